@@ -1,0 +1,33 @@
+"""Errors a user can act on.
+
+Library code raises these; only the CLI turns them into messages and exit codes.
+Each message should say what is wrong and, where possible, what to do about it.
+"""
+
+
+class TinyTriageError(Exception):
+    """Base class for every error tinytriage reports to a user (exit code 1)."""
+
+
+class ShapeError(TinyTriageError, ValueError):
+    """An array has a shape a layer cannot accept (e.g. kernel larger than the padded input)."""
+
+
+class ImageError(TinyTriageError):
+    """A photo could not be read: missing, unsupported format, corrupt, truncated, too large."""
+
+
+class DatasetError(TinyTriageError):
+    """A dataset folder is unusable: no images, an empty class, a single class."""
+
+
+class ModelFileError(TinyTriageError):
+    """A model file is missing, corrupt, unsafe, or does not match its architecture."""
+
+
+class TrainingError(TinyTriageError):
+    """Training cannot go on (e.g. the loss became NaN or Inf)."""
+
+
+class BackendUnavailable(TinyTriageError):
+    """A backend was asked for but its dependency (PyTorch) is not installed."""
