@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -40,9 +39,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-    version: Optional[bool] = typer.Option(
-        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks for errors."
+    ),
+    version: bool | None = typer.Option(
+        None,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
     global _DEBUG
@@ -51,8 +56,10 @@ def _root(
 
 @app.command()
 def explain(
-    photo: Optional[Path] = typer.Argument(None, help="Photo to explain."),
-    demo: bool = typer.Option(False, "--demo", help="The worked example on a 4x4 patch, step by step."),
+    photo: Path | None = typer.Argument(None, help="Photo to explain."),
+    demo: bool = typer.Option(
+        False, "--demo", help="The worked example on a 4x4 patch, step by step."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
 ) -> None:
     """Show how the network reaches its decision, from the first kernel to the route."""
@@ -98,8 +105,13 @@ def main() -> None:
             sys.exit(err.exit_code)
         if _DEBUG:
             raise
-        print(f"tinytriage: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        print("  (run with --debug for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"tinytriage: internal error: {type(err).__name__}: {err}", file=sys.stderr
+        )
+        print(
+            "  (run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     _flush_stdout()
 

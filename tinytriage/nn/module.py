@@ -115,7 +115,9 @@ class Module:
                 out[f"{prefix}.{key}" if prefix else key] = value.copy()
         return out
 
-    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+    def load_state_dict(
+        self, state: dict[str, np.ndarray], strict: bool = True
+    ) -> None:
         """Copy arrays in by name. With ``strict``, missing or unexpected keys and
         shape mismatches raise ``ShapeError`` naming every problem."""
         problems = []
@@ -136,13 +138,17 @@ class Module:
                         continue
                     # keep the dtype of floats as given (float64 checks) but ints as ints
                     store[key] = value.astype(
-                        value.dtype if np.issubdtype(value.dtype, np.floating) else store[key].dtype,
+                        value.dtype
+                        if np.issubdtype(value.dtype, np.floating)
+                        else store[key].dtype,
                         copy=True,
                     )
         unexpected = sorted(set(state) - seen)
         problems += [f"unexpected {k}" for k in unexpected]
         if problems and strict:
-            raise ShapeError("state dict does not match the model: " + "; ".join(problems))
+            raise ShapeError(
+                "state dict does not match the model: " + "; ".join(problems)
+            )
 
     def extra_repr(self) -> str:
         return ""
@@ -190,4 +196,6 @@ class Sequential(Module):
 def check_ndim(x: np.ndarray, ndim: int, layer: str, layout: str) -> None:
     """Raise a clear ShapeError when ``x`` is not ``ndim``-dimensional."""
     if x.ndim != ndim:
-        raise ShapeError(f"{layer} expects a {ndim}-D {layout} array, got shape {tuple(x.shape)}")
+        raise ShapeError(
+            f"{layer} expects a {ndim}-D {layout} array, got shape {tuple(x.shape)}"
+        )

@@ -1,0 +1,141 @@
+"""The triage CNN: a small VGG-style network for ticket photos, built from `tinytriage.nn`.
+
+Four stages of ``3x3 conv -> BatchNorm -> ReLU`` each followed by 2x2 max pooling (the
+last by global average pooling), then dropout and one linear layer. Why this shape:
+
+* 3x3 kernels stacked: two 3x3 layers see 5x5 pixels with fewer weights than one 5x5,
+  and each stage doubles the channels as pooling halves the map (Simonyan & Zisserman, 2014).
+* BatchNorm lets the NumPy engine train in a few epochs at a high learning rate.
+* Global average pooling keeps the parameter count small and keeps the last conv layer's
+  spatial map for Grad-CAM, which points at cracks rather than at the whole photo.
+
+The same ``CNNConfig`` builds the PyTorch twin (`tinytriage.torch_backend`), with the same
+parameter names, so one ``.safetensors`` file runs in both engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tinytriage import nn
+from tinytriage.nn.module import Module, Sequential
+
+
+@dataclass
+class CNNConfig:
+    """Everything that decides the CNN's shape. Stored in the model file."""
+
+    in_channels: int = 3  # RGB photos
+    num_classes: int = 5  # one logit per class in the model file's class list
+    input_size: int = 96  # photos are letterboxed to input_size x input_size pixels
+    widths: tuple[int, ...] = field(
+        default=(16, 32, 64, 128)
+    )  # output channels per stage
+    kernel_size: int = 3  # conv kernel, odd, with 'same' padding
+    dropout: float = 0.1  # before the classifier, training only
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CNNConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "widths" in known:
+            known["widths"] = tuple(int(w) for w in known["widths"])
+        return cls(**known)
+
+
+def feature_layers(cfg: CNNConfig) -> list[tuple[str, str, dict]]:
+    """The architecture as data: (kind, role, arguments) per layer of ``features``.
+
+    Both engines, the model summary and the receptive-field table read this one list.
+    """
+    layers: list[tuple[str, str, dict]] = []
+    c_in = cfg.in_channels
+    for stage, width in enumerate(cfg.widths):
+        k = cfg.kernel_size
+        layers.append(
+            (
+                "conv",
+                f"conv{stage + 1}",
+                dict(
+                    in_channels=c_in,
+                    out_channels=width,
+                    kernel_size=k,
+                    padding=k // 2,
+                    bias=False,
+                ),
+            )
+        )
+        layers.append(("bn", f"bn{stage + 1}", dict(num_features=width)))
+        layers.append(("relu", f"relu{stage + 1}", {}))
+        if stage < len(cfg.widths) - 1:
+            layers.append(
+                ("maxpool", f"pool{stage + 1}", dict(kernel_size=2, stride=2))
+            )
+        c_in = width
+    return layers
+
+
+class TriageCNN(Module):
+    """``features`` (conv stages) then ``head`` (global average pool, flatten, dropout, linear)."""
+
+    def __init__(
+        self,
+        cfg: CNNConfig,
+        *,
+        rng: np.random.Generator | None = None,
+        dtype=np.float32,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        rng = rng if rng is not None else np.random.default_rng(0)
+        layers = []
+        for kind, _role, args in feature_layers(cfg):
+            if kind == "conv":
+                layers.append(nn.Conv2d(**args, dtype=dtype, rng=rng))
+            elif kind == "bn":
+                layers.append(nn.BatchNorm2d(**args))
+            elif kind == "relu":
+                layers.append(nn.ReLU())
+            elif kind == "maxpool":
+                layers.append(nn.MaxPool2d(**args))
+        # the first conv's input gradient is never used: skip computing it
+        layers[0].needs_input_grad = False
+        self.features = self.add_module("features", Sequential(*layers))
+        self.head = self.add_module(
+            "head",
+            Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Dropout(cfg.dropout, rng=rng),
+                nn.Linear(cfg.widths[-1], cfg.num_classes, dtype=dtype, rng=rng),
+            ),
+        )
+        self.astype(dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        # x: (N, 3, S, S) normalised photos -> logits (N, num_classes)
+        return self.head(self.features(x))
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        return self.features.backward(self.head.backward(grad_out))
+
+
+def layer_names(cfg: CNNConfig) -> list[str]:
+    """Readable names (conv1, bn1, ...) aligned with ``model.features`` indices."""
+    return [role for _kind, role, _args in feature_layers(cfg)]
+
+
+def count_macs(cfg: CNNConfig) -> int:
+    """Multiply-adds of one forward pass for one photo (convolutions and the linear layer)."""
+    size, macs = cfg.input_size, 0
+    for kind, _role, args in feature_layers(cfg):
+        if kind == "conv":
+            k = args["kernel_size"]
+            macs += size * size * args["out_channels"] * args["in_channels"] * k * k
+        elif kind == "maxpool":
+            size //= 2
+    return macs + cfg.widths[-1] * cfg.num_classes
