@@ -307,16 +307,17 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
         raise ModelFileError(f"{path}: " + "; ".join(problems))
 
 
-def build_numpy_model(arch: str, config: dict):
+def build_numpy_model(arch: str, config: dict, seed: int = 0):
     """The NumPy engine's model for an architecture name and its config dict."""
+    rng = np.random.default_rng(seed)
     if arch == "cnn":
         from tinytriage.cnn import CNNConfig, TriageCNN
 
-        return TriageCNN(CNNConfig.from_dict(config))
+        return TriageCNN(CNNConfig.from_dict(config), rng=rng)
     if arch == "vit":
         from tinytriage.vit import ViTConfig, build_vit
 
-        return build_vit(ViTConfig.from_dict(config))
+        return build_vit(ViTConfig.from_dict(config), rng=rng)
     raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
 
 

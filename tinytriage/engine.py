@@ -1,0 +1,134 @@
+"""Engines: the same model run by NumPy (ours, by hand) or by PyTorch (autograd).
+
+An engine wraps one model and its optimizer behind the handful of calls the training
+loop, ``predict`` and ``compare`` need, so those are written once:
+
+    logits = engine.logits(x)                    # eval mode, no gradients
+    loss, logits = engine.train_step(x, y, lr)   # forward, backward, optimizer step
+    engine.state_dict() / engine.load_state_dict(sd)
+    engine.optimizer_state() / engine.load_optimizer_state(st)
+
+This module holds the NumPy engine; ``tinytriage.torch_backend`` holds the PyTorch one
+(imported only when asked for, since ``import torch`` alone takes about a second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinytriage import nn
+from tinytriage.errors import BackendUnavailable, TinyTriageError
+
+BACKENDS = ("numpy", "torch")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer both engines build, with PyTorch's semantics."""
+
+    name: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
+    lr: float = 0.05  # peak learning rate; the schedule scales it per step
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+
+
+class NumpyEngine:
+    """Our own engine: hand-written forward and backward passes (``tinytriage.nn``)."""
+
+    name = "numpy"
+
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None) -> None:
+        self.model = model
+        self.optim_cfg = optim or OptimConfig()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
+        self.optimizer = None
+
+    def _make_optimizer(self):
+        o = self.optim_cfg
+        params = self.model.params
+        if o.name == "sgd":
+            return nn.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        if o.name == "adamw":
+            return nn.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        raise TinyTriageError(f"unknown optimizer {o.name!r} (known: sgd, adamw)")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        return self.model(x)
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """Forward and backward in training mode, no optimizer step (used by ``compare``)."""
+        self.model.train()
+        logits = self.model(x)
+        loss, dlogits = self.loss_fn(logits, y)
+        self.model.backward(dlogits)
+        return float(loss), logits, self.model.grads
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
+        loss, logits, grads = self.loss_and_grads(x, y)
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        self.optimizer.lr = lr
+        self.optimizer.step(grads)
+        return loss, logits
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.model.load_state_dict(state)
+
+    def optimizer_state(self) -> dict:
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state)
+
+    def reseed(self, seed_seq: list[int]) -> None:
+        """Give every Dropout layer a fresh generator (per epoch, so resuming is exact)."""
+        for i, (_, m) in enumerate(self.model.named_modules()):
+            if isinstance(m, nn.Dropout):
+                m.rng = np.random.default_rng([*seed_seq, i])
+
+
+def torch_available() -> bool:
+    """Cheap check (no import): is PyTorch installed?"""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def make_engine(backend: str, arch: str, config: dict, *, optim: OptimConfig | None = None, device: str = "cpu", seed: int = 0):
+    """A fresh engine with freshly initialised weights for ``arch``/``config``."""
+    from tinytriage.model_io import build_numpy_model
+
+    if backend == "numpy":
+        if device != "cpu":
+            raise TinyTriageError("the numpy backend runs on the CPU only (drop --device or use --backend torch)")
+        model = build_numpy_model(arch, config, seed=seed)
+        return NumpyEngine(model, optim)
+    if backend == "torch":
+        if not torch_available():
+            raise BackendUnavailable(
+                "the torch backend needs PyTorch: pip install 'tinytriage[torch]' "
+                "(CPU build: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
+            )
+        from tinytriage.torch_backend import TorchEngine
+
+        return TorchEngine.create(arch, config, optim=optim, device=device, seed=seed)
+    raise TinyTriageError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS)})")
+
+
+def load_engine(backend: str, model_file, *, device: str = "cpu"):
+    """An engine running the weights of a loaded ``ModelFile``."""
+    engine = make_engine(backend, model_file.arch, model_file.config, device=device)
+    engine.load_state_dict(model_file.tensors)
+    return engine

@@ -1,0 +1,312 @@
+"""Training: a plain, visible loop.
+
+    for epoch in epochs:
+        for batch in shuffled(train):            # seeded by (seed, epoch): resumable, exact
+            x = normalise(augment(batch))
+            loss, logits = engine.train_step(x, y, lr_at(step))   # forward, backward, step
+        validate; keep best and last weights; write a checkpoint
+
+Afterwards the probabilities are calibrated on the validation split (temperature scaling)
+and the human-review threshold is chosen there too (`tinytriage.calibrate`).
+
+The run folder (``--out``) holds:
+  model.safetensors       best weights by validation accuracy (the model to use)
+  last.safetensors        weights after the last epoch
+  checkpoint.safetensors  last weights + optimizer state + epoch, for ``--resume``
+  metrics.json            the arguments and per-epoch metrics
+  curves.png              training curves
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinytriage import __version__
+from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
+from tinytriage.engine import OptimConfig, make_engine
+from tinytriage.errors import TrainingError
+from tinytriage.model_io import ModelFile, atomic_write_bytes, read_model, save_model
+from tinytriage.routing import DEFAULT_ROUTES, HUMAN_REVIEW
+from tinytriage.schedule import lr_at
+
+# ImageNet statistics are wrong for ticket photos; these are the generator's photos' own
+# per-channel mean and std (measured once, rounded), and they are stored in the model file.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.25, 0.25, 0.25)
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of one training run (the CLI's options fill it; stored in the run)."""
+
+    data_dir: str  # folder with one subfolder per class
+    out: str = "runs/train"  # run folder
+    arch: str = "cnn"  # "cnn" or "vit"
+    backend: str = "numpy"  # engine: "numpy" or "torch"
+    device: str = "cpu"  # torch backend only
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05  # peak learning rate
+    warmup_epochs: float = 0.5
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    seed: int = 0
+    val_fraction: float = 0.15
+    input_size: int = 96
+    augment: bool = True
+    resume: bool = False
+    target_precision: float = 0.99  # auto-routed photos must be this often right on validation
+    model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    history: list[EpochMetrics]
+    best_epoch: int
+    best_val_acc: float
+    temperature: float
+    threshold: float
+    ece_before: float
+    ece_after: float
+    duplicates: list[tuple[str, str]]
+    scan_summary: str
+    interrupted: bool = False
+    train_seconds: float = 0.0
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _arch_config(cfg: TrainConfig, num_classes: int) -> dict:
+    if cfg.arch == "cnn":
+        from tinytriage.cnn import CNNConfig
+
+        return CNNConfig.from_dict({**cfg.model_config, "num_classes": num_classes, "input_size": cfg.input_size}).to_dict()
+    if cfg.arch == "vit":
+        from tinytriage.vit import ViTConfig
+
+        return ViTConfig.from_dict({**cfg.model_config, "num_classes": num_classes, "img_size": cfg.input_size}).to_dict()
+    raise TrainingError(f"unknown architecture {cfg.arch!r} (known: cnn, vit)")
+
+
+def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and the logits of an engine on arrays, in eval mode."""
+    logits = np.concatenate([engine.logits(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]) if len(X) else np.zeros((0, 1))
+    if len(y) == 0:
+        return math.nan, math.nan, logits
+    probs = softmax(logits)
+    loss = float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean())
+    return loss, float((probs.argmax(1) == y).mean()), logits
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """Train a model on a folder of photos; returns where it went and how it did."""
+    from tinytriage.data import Augment, augment_batch, cache_resized, find_duplicates, normalise, scan_folder, stratified_split
+
+    emit = progress or (lambda event: None)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = scan_folder(cfg.data_dir)
+    emit({"event": "scan", "summary": dataset.summary(), "unreadable": dataset.unreadable})
+    train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    duplicates = [(str(a), str(b)) for a, b in find_duplicates(train_set, val_set)]
+    if duplicates:
+        emit({"event": "duplicates", "pairs": duplicates})
+
+    # decode every photo once, a little larger than the input, as uint8; augment per epoch
+    emit({"event": "cache", "n": len(train_set.samples) + len(val_set.samples)})
+    X_train_u8, y_train = cache_resized(train_set, cfg.input_size, margin=1.15 if cfg.augment else 1.0)
+    X_val_u8, y_val = cache_resized(val_set, cfg.input_size, margin=1.0)
+    mean, std = np.array(DEFAULT_MEAN, np.float32), np.array(DEFAULT_STD, np.float32)
+    X_val = normalise(X_val_u8, cfg.input_size, mean, std)
+
+    classes = list(dataset.classes)
+    routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
+    arch_config = _arch_config(cfg, len(classes))
+    optim = OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
+    engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=cfg.device, seed=cfg.seed)
+
+    n = len(y_train)
+    steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch (BatchNorm)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    history: list[EpochMetrics] = []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    start_epoch = 0
+
+    ckpt_path = run_dir / "checkpoint.safetensors"
+    if cfg.resume:
+        start_epoch, history, best_acc, best_epoch, best_state = _load_checkpoint(ckpt_path, engine, arch_config, cfg)
+        emit({"event": "resume", "epoch": start_epoch})
+
+    aug = Augment() if cfg.augment else None
+    interrupted = False
+    t_start = time.perf_counter()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            rng = np.random.default_rng([cfg.seed, epoch])
+            if hasattr(engine, "reseed"):
+                engine.reseed([cfg.seed, epoch])
+            order = rng.permutation(n)
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                xb_u8 = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng) if aug else X_train_u8[idx]
+                xb = normalise(xb_u8, cfg.input_size, mean, std)
+                yb = y_train[idx]
+                step = epoch * steps_per_epoch + b
+                lr = lr_at(step, total_steps, cfg.lr, warmup)
+                loss, logits = engine.train_step(xb, yb, lr)
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss} at epoch {epoch + 1}, step {b + 1} (lr {lr:.4g}); "
+                        "try a lower --lr. No weights were saved from this step."
+                    )
+                loss_sum += loss * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
+                elapsed = time.perf_counter() - t0
+                emit(
+                    {
+                        "event": "step",
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "step": b + 1,
+                        "steps": steps_per_epoch,
+                        "loss": loss_sum / seen,
+                        "acc": correct / seen,
+                        "images_per_s": seen / max(elapsed, 1e-9),
+                        "eta_s": elapsed / (b + 1) * (steps_per_epoch * (cfg.epochs - epoch) - b - 1),
+                    }
+                )
+            seconds = time.perf_counter() - t0
+            val_loss, val_acc, _ = evaluate_arrays(engine, X_val, y_val)
+            m = EpochMetrics(epoch + 1, loss_sum / seen, correct / seen, val_loss, val_acc, lr, seconds, seen / seconds)
+            history.append(m)
+            if val_acc > best_acc:
+                best_acc, best_epoch, best_state = val_acc, epoch + 1, engine.state_dict()
+            _save_checkpoint(ckpt_path, engine, arch_config, cfg, epoch + 1, history, best_acc, best_epoch, best_state, classes, routes)
+            emit({"event": "epoch", "metrics": asdict(m)})
+    except KeyboardInterrupt:
+        interrupted = True
+        emit({"event": "interrupted", "completed_epochs": len(history), "checkpoint": str(ckpt_path) if history else None})
+    train_seconds = time.perf_counter() - t_start
+
+    if best_state is None:  # interrupted before the first epoch ended: nothing to save
+        raise KeyboardInterrupt
+
+    # calibrate on validation: temperature, then the review threshold
+    last_state = engine.state_dict()
+    engine.load_state_dict(best_state)
+    _, _, val_logits = evaluate_arrays(engine, X_val, y_val)
+    temperature = fit_temperature(val_logits, y_val)
+    probs_raw, probs_cal = softmax(val_logits), softmax(val_logits, temperature)
+    ece_before = expected_calibration_error(probs_raw, y_val)
+    ece_after = expected_calibration_error(probs_cal, y_val)
+    threshold = pick_threshold(probs_cal, y_val, cfg.target_precision)
+
+    preprocess = {"input_size": cfg.input_size, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD), "resize_mode": "letterbox"}
+    training = {
+        "seed": cfg.seed,
+        "args": asdict(cfg),
+        "history": [asdict(h) for h in history],
+        "train_seconds": train_seconds,
+        "backend": cfg.backend,
+        "n_train": int(n),
+        "n_val": int(len(y_val)),
+        "duplicates": len(duplicates),
+        "interrupted": interrupted,
+    }
+    metrics = {"val_acc": best_acc, "best_epoch": best_epoch, "ece_before": ece_before, "ece_after": ece_after}
+
+    def model_file(state):
+        return ModelFile(
+            arch=cfg.arch, config=arch_config, classes=classes, routes=routes, preprocess=preprocess, tensors=state,
+            threshold=threshold, temperature=temperature, training=training, metrics=metrics,
+        )
+
+    model_path = save_model(model_file(best_state), run_dir / "model.safetensors")
+    save_model(model_file(last_state), run_dir / "last.safetensors")
+    atomic_write_bytes(run_dir / "metrics.json", json.dumps({"args": asdict(cfg), "history": training["history"], **metrics, "temperature": temperature, "threshold": threshold, "tinytriage_version": __version__}, indent=2).encode())
+    try:
+        from tinytriage.plots import training_curves_png
+
+        atomic_write_bytes(run_dir / "curves.png", training_curves_png(history))
+    except ImportError:
+        pass
+    return TrainResult(run_dir, model_path, history, best_epoch, best_acc, temperature, threshold, ece_before, ece_after, duplicates, dataset.summary(), interrupted, train_seconds)
+
+
+# -- checkpoints: one flat dict of arrays in a safetensors file --------------------------
+
+
+def _save_checkpoint(path, engine, arch_config, cfg, epoch, history, best_acc, best_epoch, best_state, classes, routes) -> None:
+    tensors = {f"model.{k}": v for k, v in engine.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    extra = {}
+    for k, v in engine.optimizer_state().items():
+        if isinstance(v, np.ndarray):
+            tensors[f"optim.{k}"] = v
+        else:
+            extra[k] = v
+    mf = ModelFile(
+        arch=cfg.arch, config=arch_config, classes=classes, routes=routes, preprocess={}, tensors={},
+        training={"checkpoint": {"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": [asdict(h) for h in history], "optim_scalars": extra, "args": asdict(cfg)}},
+    )
+    from safetensors.numpy import save
+
+    meta = json.dumps(mf.metadata(), allow_nan=False)
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"tinytriage_checkpoint": meta}))
+
+
+def _load_checkpoint(path: Path, engine, arch_config, cfg):
+    from safetensors.numpy import load
+
+    from tinytriage.model_io import _sniff
+
+    if not path.is_file():
+        raise TrainingError(f"--resume: no checkpoint at {path} (train without --resume first)")
+    data = path.read_bytes()
+    _sniff(path, data[:16], len(data))
+    try:
+        tensors = load(data)
+        (n,) = np.frombuffer(data[:8], "<u8")
+        meta = json.loads(json.loads(data[8 : 8 + int(n)])["__metadata__"]["tinytriage_checkpoint"])
+    except Exception as err:
+        raise TrainingError(f"{path}: unreadable checkpoint ({err})") from None
+    if meta["config"] != arch_config or meta["arch"] != cfg.arch:
+        raise TrainingError(f"{path}: checkpoint was made for a different architecture or dataset; start a new --out")
+    ck = meta["training"]["checkpoint"]
+    engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+    optim.update(ck["optim_scalars"])
+    engine.load_optimizer_state(optim)
+    best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    history = [EpochMetrics(**h) for h in ck["history"]]
+    return int(ck["epoch"]), history, float(ck["best_acc"]), int(ck["best_epoch"]), best_state
