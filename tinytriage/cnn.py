@@ -30,9 +30,7 @@ class CNNConfig:
     in_channels: int = 3  # RGB photos
     num_classes: int = 5  # one logit per class in the model file's class list
     input_size: int = 96  # photos are letterboxed to input_size x input_size pixels
-    widths: tuple[int, ...] = field(
-        default=(16, 32, 64, 128)
-    )  # output channels per stage
+    widths: tuple[int, ...] = field(default=(16, 32, 64, 128))  # output channels per stage
     kernel_size: int = 3  # conv kernel, odd, with 'same' padding
     dropout: float = 0.1  # before the classifier, training only
 
@@ -72,9 +70,7 @@ def feature_layers(cfg: CNNConfig) -> list[tuple[str, str, dict]]:
         layers.append(("bn", f"bn{stage + 1}", dict(num_features=width)))
         layers.append(("relu", f"relu{stage + 1}", {}))
         if stage < len(cfg.widths) - 1:
-            layers.append(
-                ("maxpool", f"pool{stage + 1}", dict(kernel_size=2, stride=2))
-            )
+            layers.append(("maxpool", f"pool{stage + 1}", dict(kernel_size=2, stride=2)))
         c_in = width
     return layers
 

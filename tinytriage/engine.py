@@ -106,7 +106,9 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def make_engine(backend: str, arch: str, config: dict, *, optim: OptimConfig | None = None, device: str = "cpu", seed: int = 0):
+def make_engine(
+    backend: str, arch: str, config: dict, *, optim: OptimConfig | None = None, device: str = "cpu", seed: int = 0
+):
     """A fresh engine with freshly initialised weights for ``arch``/``config``."""
     from tinytriage.model_io import build_numpy_model
 

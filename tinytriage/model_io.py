@@ -33,9 +33,7 @@ from tinytriage.errors import ModelFileError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "tinytriage"
-MAX_HEADER_BYTES = (
-    10 * 1024 * 1024
-)  # a real header is a few KB; refuse absurd ones early
+MAX_HEADER_BYTES = 10 * 1024 * 1024  # a real header is a few KB; refuse absurd ones early
 
 _PICKLE_HINT = (
     "it looks like a {kind}, which can run code when loaded; tinytriage only reads "
@@ -56,12 +54,8 @@ class ModelFile:
     threshold: float = 0.5  # below this calibrated confidence -> human review
     temperature: float = 1.0  # logits / T before softmax (temperature scaling)
     ood: dict[str, Any] = field(default_factory=dict)  # open-set score calibration
-    training: dict[str, Any] = field(
-        default_factory=dict
-    )  # seed, args, per-epoch metrics
-    metrics: dict[str, Any] = field(
-        default_factory=dict
-    )  # validation metrics of these weights
+    training: dict[str, Any] = field(default_factory=dict)  # seed, args, per-epoch metrics
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of these weights
     tinytriage_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -89,18 +83,10 @@ def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
     """Write ``model_file`` atomically to ``path``. Refuses non-finite weights."""
     from safetensors.numpy import save
 
-    bad = [
-        k
-        for k, v in model_file.tensors.items()
-        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()
-    ]
+    bad = [k for k, v in model_file.tensors.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
     if bad:
-        raise ModelFileError(
-            f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}"
-        )
-    meta = json.dumps(
-        _finite_json(model_file.metadata()), allow_nan=False, sort_keys=True
-    )
+        raise ModelFileError(f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}")
+    meta = json.dumps(_finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in model_file.tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
 
@@ -178,19 +164,14 @@ def _sniff(path: Path, head: bytes, size: int) -> None:
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="Python pickle"))
     if head[:4] == b"PK\x03\x04":
-        raise ModelFileError(
-            f"{path}: "
-            + _PICKLE_HINT.format(kind="zip archive (a PyTorch .pt or NumPy .npz file)")
-        )
+        raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="zip archive (a PyTorch .pt or NumPy .npz file)"))
     if head[:6] == b"\x93NUMPY":
         raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="NumPy .npy file"))
     if size < 8:
         raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
     (n,) = struct.unpack("<Q", head[:8])
     if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-        raise ModelFileError(
-            f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})"
-        )
+        raise ModelFileError(f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})")
 
 
 def read_model(path: str | os.PathLike) -> ModelFile:
@@ -211,24 +192,16 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     try:
         header = json.loads(data[8 : 8 + n])
         tensors = load(data)
-    except (
-        Exception
-    ) as err:  # safetensors raises its own SafetensorError, json ValueError
-        raise ModelFileError(
-            f"{path}: corrupt or truncated safetensors file ({err})"
-        ) from None
+    except Exception as err:  # safetensors raises its own SafetensorError, json ValueError
+        raise ModelFileError(f"{path}: corrupt or truncated safetensors file ({err})") from None
     raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:
-        raise ModelFileError(
-            f"{path}: a safetensors file, but not a tinytriage model (no '{METADATA_KEY}' metadata)"
-        )
+        raise ModelFileError(f"{path}: a safetensors file, but not a tinytriage model (no '{METADATA_KEY}' metadata)")
     try:
         meta = json.loads(raw)
         version = int(meta["format_version"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ModelFileError(
-            f"{path}: unreadable tinytriage metadata ({err})"
-        ) from None
+        raise ModelFileError(f"{path}: unreadable tinytriage metadata ({err})") from None
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {version} is newer than this tinytriage knows "
@@ -251,16 +224,12 @@ def read_model(path: str | os.PathLike) -> ModelFile:
             format_version=version,
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(
-            f"{path}: tinytriage metadata is missing or malformed: {err}"
-        ) from None
+        raise ModelFileError(f"{path}: tinytriage metadata is missing or malformed: {err}") from None
     check_tensors(mf, path)
     return mf
 
 
-def expected_tensors(
-    arch: str, config: dict
-) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def expected_tensors(arch: str, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Name -> (shape, dtype) that the architecture needs, from a freshly built NumPy model."""
     model = build_numpy_model(arch, config)
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -279,9 +248,7 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
     except ModelFileError:
         raise
     except Exception as err:
-        raise ModelFileError(
-            f"{path}: cannot build architecture {mf.arch!r} from its config ({err})"
-        ) from None
+        raise ModelFileError(f"{path}: cannot build architecture {mf.arch!r} from its config ({err})") from None
     problems = []
     for name, (shape, dtype) in expected.items():
         if name not in mf.tensors:
@@ -290,19 +257,13 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
         t = mf.tensors[name]
         if tuple(t.shape) != shape:
             problems.append(f"{name} has shape {tuple(t.shape)}, expected {shape}")
-        elif np.issubdtype(dtype, np.floating) != np.issubdtype(
-            t.dtype, np.floating
-        ) or (
-            np.issubdtype(t.dtype, np.floating)
-            and t.dtype != np.float32
-            and t.dtype != np.float64
+        elif np.issubdtype(dtype, np.floating) != np.issubdtype(t.dtype, np.floating) or (
+            np.issubdtype(t.dtype, np.floating) and t.dtype != np.float32 and t.dtype != np.float64
         ):
             problems.append(f"{name} has dtype {t.dtype}, expected {np.dtype(dtype)}")
         elif np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
             problems.append(f"{name} contains NaN or Inf")
-    problems += [
-        f"unexpected tensor {name}" for name in sorted(set(mf.tensors) - set(expected))
-    ]
+    problems += [f"unexpected tensor {name}" for name in sorted(set(mf.tensors) - set(expected))]
     if problems:
         raise ModelFileError(f"{path}: " + "; ".join(problems))
 

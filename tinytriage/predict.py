@@ -103,7 +103,9 @@ class Predictor:
         if routes:
             unknown = sorted(set(routes) - set(mf.classes))
             if unknown:
-                raise TinyTriageError(f"routes: unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(mf.classes)}")
+                raise TinyTriageError(
+                    f"routes: unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(mf.classes)}"
+                )
             merged.update(routes)
         t = mf.threshold if threshold is None else threshold
         if not 0.0 <= t <= 1.0:
@@ -141,7 +143,9 @@ class Predictor:
             model=self.model_path.name,
         )
 
-    def predict_paths(self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int = 2) -> Iterator[Prediction | PhotoFailure]:
+    def predict_paths(
+        self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int = 2
+    ) -> Iterator[Prediction | PhotoFailure]:
         """Results in input order; decoding runs ahead of inference in a thread pool."""
         from tinytriage.preprocess import preprocess
 
@@ -181,7 +185,9 @@ class Predictor:
 # -- inputs: files, folders, globs, stdin ---------------------------------------------
 
 
-def expand_inputs(args: list[str], *, recursive: bool = False, null: bool = False, stdin: TextIO | None = None) -> Iterator[str | PhotoFailure]:
+def expand_inputs(
+    args: list[str], *, recursive: bool = False, null: bool = False, stdin: TextIO | None = None
+) -> Iterator[str | PhotoFailure]:
     """Each argument is a file, a folder (its images; ``recursive`` for subfolders), a glob,
     or ``-`` for paths read from stdin (one per line, or NUL-separated with ``null``)."""
     for arg in args:
@@ -247,5 +253,5 @@ def load_routes(path: str | os.PathLike) -> dict[str, str]:
         raise TinyTriageError(f"{path}: not valid TOML ({err})") from None
     table = data.get("routes", data)
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise TinyTriageError(f"{path}: expected a [routes] table of class = \"queue\" strings")
+        raise TinyTriageError(f'{path}: expected a [routes] table of class = "queue" strings')
     return {str(k): v for k, v in table.items()}

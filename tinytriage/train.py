@@ -33,7 +33,7 @@ from tinytriage import __version__
 from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
 from tinytriage.engine import OptimConfig, make_engine
 from tinytriage.errors import TrainingError
-from tinytriage.model_io import ModelFile, atomic_write_bytes, read_model, save_model
+from tinytriage.model_io import ModelFile, atomic_write_bytes, save_model
 from tinytriage.routing import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.schedule import lr_at
 
@@ -104,17 +104,25 @@ def _arch_config(cfg: TrainConfig, num_classes: int) -> dict:
     if cfg.arch == "cnn":
         from tinytriage.cnn import CNNConfig
 
-        return CNNConfig.from_dict({**cfg.model_config, "num_classes": num_classes, "input_size": cfg.input_size}).to_dict()
+        return CNNConfig.from_dict(
+            {**cfg.model_config, "num_classes": num_classes, "input_size": cfg.input_size}
+        ).to_dict()
     if cfg.arch == "vit":
         from tinytriage.vit import ViTConfig
 
-        return ViTConfig.from_dict({**cfg.model_config, "num_classes": num_classes, "img_size": cfg.input_size}).to_dict()
+        return ViTConfig.from_dict(
+            {**cfg.model_config, "num_classes": num_classes, "img_size": cfg.input_size}
+        ).to_dict()
     raise TrainingError(f"unknown architecture {cfg.arch!r} (known: cnn, vit)")
 
 
 def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and the logits of an engine on arrays, in eval mode."""
-    logits = np.concatenate([engine.logits(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]) if len(X) else np.zeros((0, 1))
+    logits = (
+        np.concatenate([engine.logits(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
+        if len(X)
+        else np.zeros((0, 1))
+    )
     if len(y) == 0:
         return math.nan, math.nan, logits
     probs = softmax(logits)
@@ -124,7 +132,15 @@ def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128)
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train a model on a folder of photos; returns where it went and how it did."""
-    from tinytriage.data import Augment, augment_batch, cache_resized, find_duplicates, normalise, scan_folder, stratified_split
+    from tinytriage.data import (
+        Augment,
+        augment_batch,
+        cache_resized,
+        find_duplicates,
+        normalise,
+        scan_folder,
+        stratified_split,
+    )
 
     emit = progress or (lambda event: None)
     run_dir = Path(cfg.out)
@@ -147,7 +163,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     classes = list(dataset.classes)
     routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
     arch_config = _arch_config(cfg, len(classes))
-    optim = OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
+    optim = OptimConfig(
+        name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
+    )
     engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=cfg.device, seed=cfg.seed)
 
     n = len(y_train)
@@ -211,11 +229,29 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             history.append(m)
             if val_acc > best_acc:
                 best_acc, best_epoch, best_state = val_acc, epoch + 1, engine.state_dict()
-            _save_checkpoint(ckpt_path, engine, arch_config, cfg, epoch + 1, history, best_acc, best_epoch, best_state, classes, routes)
+            _save_checkpoint(
+                ckpt_path,
+                engine,
+                arch_config,
+                cfg,
+                epoch + 1,
+                history,
+                best_acc,
+                best_epoch,
+                best_state,
+                classes,
+                routes,
+            )
             emit({"event": "epoch", "metrics": asdict(m)})
     except KeyboardInterrupt:
         interrupted = True
-        emit({"event": "interrupted", "completed_epochs": len(history), "checkpoint": str(ckpt_path) if history else None})
+        emit(
+            {
+                "event": "interrupted",
+                "completed_epochs": len(history),
+                "checkpoint": str(ckpt_path) if history else None,
+            }
+        )
     train_seconds = time.perf_counter() - t_start
 
     if best_state is None:  # interrupted before the first epoch ended: nothing to save
@@ -231,7 +267,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     ece_after = expected_calibration_error(probs_cal, y_val)
     threshold = pick_threshold(probs_cal, y_val, cfg.target_precision)
 
-    preprocess = {"input_size": cfg.input_size, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD), "resize_mode": "letterbox"}
+    preprocess = {
+        "input_size": cfg.input_size,
+        "mean": list(DEFAULT_MEAN),
+        "std": list(DEFAULT_STD),
+        "resize_mode": "letterbox",
+    }
     training = {
         "seed": cfg.seed,
         "args": asdict(cfg),
@@ -247,26 +288,63 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     def model_file(state):
         return ModelFile(
-            arch=cfg.arch, config=arch_config, classes=classes, routes=routes, preprocess=preprocess, tensors=state,
-            threshold=threshold, temperature=temperature, training=training, metrics=metrics,
+            arch=cfg.arch,
+            config=arch_config,
+            classes=classes,
+            routes=routes,
+            preprocess=preprocess,
+            tensors=state,
+            threshold=threshold,
+            temperature=temperature,
+            training=training,
+            metrics=metrics,
         )
 
     model_path = save_model(model_file(best_state), run_dir / "model.safetensors")
     save_model(model_file(last_state), run_dir / "last.safetensors")
-    atomic_write_bytes(run_dir / "metrics.json", json.dumps({"args": asdict(cfg), "history": training["history"], **metrics, "temperature": temperature, "threshold": threshold, "tinytriage_version": __version__}, indent=2).encode())
+    atomic_write_bytes(
+        run_dir / "metrics.json",
+        json.dumps(
+            {
+                "args": asdict(cfg),
+                "history": training["history"],
+                **metrics,
+                "temperature": temperature,
+                "threshold": threshold,
+                "tinytriage_version": __version__,
+            },
+            indent=2,
+        ).encode(),
+    )
     try:
         from tinytriage.plots import training_curves_png
 
         atomic_write_bytes(run_dir / "curves.png", training_curves_png(history))
     except ImportError:
         pass
-    return TrainResult(run_dir, model_path, history, best_epoch, best_acc, temperature, threshold, ece_before, ece_after, duplicates, dataset.summary(), interrupted, train_seconds)
+    return TrainResult(
+        run_dir,
+        model_path,
+        history,
+        best_epoch,
+        best_acc,
+        temperature,
+        threshold,
+        ece_before,
+        ece_after,
+        duplicates,
+        dataset.summary(),
+        interrupted,
+        train_seconds,
+    )
 
 
 # -- checkpoints: one flat dict of arrays in a safetensors file --------------------------
 
 
-def _save_checkpoint(path, engine, arch_config, cfg, epoch, history, best_acc, best_epoch, best_state, classes, routes) -> None:
+def _save_checkpoint(
+    path, engine, arch_config, cfg, epoch, history, best_acc, best_epoch, best_state, classes, routes
+) -> None:
     tensors = {f"model.{k}": v for k, v in engine.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
     extra = {}
@@ -276,13 +354,29 @@ def _save_checkpoint(path, engine, arch_config, cfg, epoch, history, best_acc, b
         else:
             extra[k] = v
     mf = ModelFile(
-        arch=cfg.arch, config=arch_config, classes=classes, routes=routes, preprocess={}, tensors={},
-        training={"checkpoint": {"epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch, "history": [asdict(h) for h in history], "optim_scalars": extra, "args": asdict(cfg)}},
+        arch=cfg.arch,
+        config=arch_config,
+        classes=classes,
+        routes=routes,
+        preprocess={},
+        tensors={},
+        training={
+            "checkpoint": {
+                "epoch": epoch,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "history": [asdict(h) for h in history],
+                "optim_scalars": extra,
+                "args": asdict(cfg),
+            }
+        },
     )
     from safetensors.numpy import save
 
     meta = json.dumps(mf.metadata(), allow_nan=False)
-    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"tinytriage_checkpoint": meta}))
+    atomic_write_bytes(
+        path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"tinytriage_checkpoint": meta})
+    )
 
 
 def _load_checkpoint(path: Path, engine, arch_config, cfg):
