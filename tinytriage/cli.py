@@ -75,6 +75,93 @@ def explain(
     raise TinyTriageError("explaining a photo needs a trained model; not available yet")
 
 
+BackendOpt = typer.Option("numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch.")
+DeviceOpt = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda.")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: the bundled model.")
+
+
+@app.command()
+def predict(
+    paths: list[str] = typer.Argument(..., help="Photos, folders, globs, or - to read paths from stdin."),
+    model: Path | None = ModelOpt,
+    backend: str = BackendOpt,
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line on stdout."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
+    null: bool = typer.Option(False, "-0", "--null", help="Paths on stdin are NUL-separated (find -print0)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Review below this confidence (default: the model's)."),
+    routes: Path | None = typer.Option(None, "--routes", help="TOML file mapping class = queue."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
+) -> None:
+    """Route each photo to a queue: class, confidence, top 3 and route."""
+    from tinytriage.predict import Predictor, expand_inputs, load_routes
+    from tinytriage.render import print_predictions
+
+    predictor = Predictor.load(
+        model, backend=backend, device=device, threshold=threshold, routes=load_routes(routes) if routes else None
+    )
+    results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
+    _ok, failed = print_predictions(results, as_json=as_json)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Folder with one subfolder of photos per class."),
+    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (model, checkpoint, metrics, curves)."),
+    backend: str = BackendOpt,
+    device: str = DeviceOpt,
+    arch: str = typer.Option("cnn", "--arch", help="Architecture: cnn or vit."),
+    epochs: int = typer.Option(12, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=2),
+    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (warm-up then cosine decay)."),
+    seed: int = typer.Option(0, "--seed"),
+    input_size: int = typer.Option(96, "--input-size", min=16, help="Photos are letterboxed to this square size."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (nesterov momentum) or adamw."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=0.9),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model on a folder of photos (default: the NumPy CNN)."""
+    from tinytriage.render import TrainProgress, print_train_result
+    from tinytriage.train import TrainConfig
+    from tinytriage.train import train as run_training
+
+    cfg = TrainConfig(
+        data_dir=str(data_dir), out=str(out), arch=arch, backend=backend, device=device, epochs=epochs,
+        batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
+        weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
+    )  # fmt: skip
+    with TrainProgress(quiet=quiet) as progress:
+        result = run_training(cfg, progress)
+    print_train_result(result, as_json=as_json)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def evaluate(
+    data_dir: Path = typer.Argument(..., help="Labelled folder: one subfolder per class."),
+    model: Path | None = ModelOpt,
+    backend: str = BackendOpt,
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print all metrics as one JSON object."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
+    from tinytriage.evaluate import evaluate as run_evaluation
+    from tinytriage.predict import Predictor
+    from tinytriage.render import print_eval
+
+    predictor = Predictor.load(model, backend=backend, device=device)
+    print_eval(run_evaluation(str(data_dir), predictor, batch_size), as_json=as_json)
+
+
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:
