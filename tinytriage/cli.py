@@ -39,9 +39,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(
-        False, "--debug", help="Show full tracebacks for errors."
-    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
     version: bool | None = typer.Option(
         None,
         "--version",
@@ -57,9 +55,7 @@ def _root(
 @app.command()
 def explain(
     photo: Path | None = typer.Argument(None, help="Photo to explain."),
-    demo: bool = typer.Option(
-        False, "--demo", help="The worked example on a 4x4 patch, step by step."
-    ),
+    demo: bool = typer.Option(False, "--demo", help="The worked example on a 4x4 patch, step by step."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
 ) -> None:
     """Show how the network reaches its decision, from the first kernel to the route."""
@@ -89,7 +85,9 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line on stdout."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     null: bool = typer.Option(False, "-0", "--null", help="Paths on stdin are NUL-separated (find -print0)."),
-    threshold: float | None = typer.Option(None, "--threshold", help="Review below this confidence (default: the model's)."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Review below this confidence (default: the model's)."
+    ),
     routes: Path | None = typer.Option(None, "--routes", help="TOML file mapping class = queue."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
@@ -110,7 +108,9 @@ def predict(
 @app.command()
 def train(
     data_dir: Path = typer.Argument(..., help="Folder with one subfolder of photos per class."),
-    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (model, checkpoint, metrics, curves)."),
+    out: Path = typer.Option(
+        Path("runs/train"), "--out", "-o", help="Run folder (model, checkpoint, metrics, curves)."
+    ),
     backend: str = BackendOpt,
     device: str = DeviceOpt,
     arch: str = typer.Option("cnn", "--arch", help="Architecture: cnn or vit."),
@@ -192,9 +192,7 @@ def main() -> None:
             sys.exit(err.exit_code)
         if _DEBUG:
             raise
-        print(
-            f"tinytriage: internal error: {type(err).__name__}: {err}", file=sys.stderr
-        )
+        print(f"tinytriage: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         print(
             "  (run with --debug for the traceback, and please report it)",
             file=sys.stderr,

@@ -210,3 +210,101 @@ def print_eval(r, *, as_json: bool) -> None:
             ],
         )
     out.print(cm)
+
+
+# -- explain --demo ------------------------------------------------------------------------
+
+
+def _grid(a, fmt="{:.2f}", highlight=None) -> str:
+    rows = []
+    for i, row in enumerate(a):
+        cells = []
+        for j, v in enumerate(row):
+            s = fmt.format(v).rjust(6)
+            cells.append(f"[bold yellow]{s}[/bold yellow]" if highlight == (i, j) else s)
+        rows.append(" ".join(cells))
+    return "\n".join(rows)
+
+
+def print_demo(r, *, as_json: bool) -> None:
+    """The worked example, laid out so each number can be checked by hand."""
+    if as_json:
+        write_json_line(r.to_json())
+        return
+    p = out.print
+    p("[bold]1. Convolution[/bold]: a 3x3 kernel slides over the 4x4 patch (stride 1, no padding, bias 0).")
+    p("   Each output cell is one dot product: the 9 pixels under the kernel times the 9 weights, summed.\n")
+    p("patch (bright bar in rows 1-2):")
+    p(_grid(r.patch))
+    p("\nkernel (horizontal edge: bright middle row between darker rows):")
+    p(_grid(r.kernel))
+    for c in r.cells:
+        terms = [f"{w:+.2f}*{x:.2f}" for w, x in zip(c["kernel"].ravel(), c["window"].ravel(), strict=True)]
+        p(
+            f"\n[bold]cell ({c['row']},{c['col']})[/bold]: window rows {c['row']}-{c['row'] + 2}, cols {c['col']}-{c['col'] + 2}"
+        )
+        p("  products: " + "  ".join(f"{v:+.3f}" for v in c["products"].ravel()))
+        p("  = " + " ".join(terms[:3]) + "\n    " + " ".join(terms[3:6]) + "\n    " + " ".join(terms[6:]))
+        p(f"  sum {c['sum']:+.4f} + bias {c['bias']:+.2f} = [bold]{c['out']:+.4f}[/bold]")
+    p("\nfeature map:")
+    p(_grid(r.feature_map, "{:+.4f}"))
+    p("\n[bold]2. ReLU[/bold] max(0, x): negative evidence is dropped.")
+    p(_grid(r.relu, "{:.4f}"))
+    p(f"\n[bold]3. 2x2 max pooling[/bold]: the cell at {r.pool_winner} won -> {r.pooled:.4f}")
+    p(_grid(r.relu, "{:.4f}", highlight=r.pool_winner))
+    p("\n[bold]4. Linear classifier[/bold] W = [[1.5], [-1.2]], b = [0.1, -0.3] on the pooled value:")
+    for name, w, b, z, pr in zip(("damage", "clean"), (1.5, -1.2), (0.1, -0.3), r.logits, r.probs, strict=True):
+        p(f"  {name:>6}: {w:+.1f} * {r.pooled:.4f} {b:+.1f} = logit {z:+.4f}   softmax {pr:.4f}")
+    p("\n[bold]5. Why pool[/bold]: shift the bar down one pixel.")
+    p("shifted patch:")
+    p(_grid(r.shifted_patch))
+    p("feature map before -> after the shift:")
+    for a, b in zip(r.feature_map, r.shifted_map, strict=True):
+        p("  " + " ".join(f"{v:+.4f}" for v in a) + "    ->    " + " ".join(f"{v:+.4f}" for v in b))
+    p(
+        f"pooled value: {r.pooled:.4f} -> {r.shifted_pooled:.4f} (change {r.shifted_pooled - r.pooled:+.4f}): "
+        "the map moved, the pooled evidence barely did."
+    )
+    pe = r.pool_example
+    p("\n[bold]6. Max pooling on a 4x4 map[/bold] (2x2 windows, stride 2):")
+    p(_grid(pe["input"], "{:.1f}"))
+    for i in range(2):
+        for j in range(2):
+            wr, wc = pe["winners"][i][j]
+            p(f"  window ({i},{j}): winner at ({wr},{wc}) = {pe['output'][i][j]:.1f}")
+    p("\n[bold]7. Output size[/bold] = floor((H + 2P - K) / S) + 1")
+    for o in r.output_size:
+        p(f"  {o['what']}: floor(({o['H']} + 2*{o['P']} - {o['K']}) / {o['S']}) + 1 = {o['out']}")
+    p("\n[bold]8. Receptive field[/bold] r = r_prev + (k - 1) * (product of earlier strides):")
+    for row in r.receptive_field:
+        p(f"  {row['name']}: sees {row['receptive_field']}x{row['receptive_field']} input pixels")
+    pc = r.param_counts
+    p("\n[bold]9. Why convolve[/bold]: parameters to look at a 224x224x3 photo")
+    p(f"  dense layer, 256 units: 224*224*3*256 + 256 = {pc['dense_256_on_224x224x3']:,}")
+    p(
+        f"  3x3 conv, 256 filters:      3*3*3*256 + 256 = {pc['conv3x3_256_filters_on_rgb']:,}  ({pc['ratio']:,.0f}x fewer)"
+    )
+    if r.torch:
+        t = r.torch
+        table = Table(title=f"the same numbers from PyTorch {t['version']} (float64)")
+        for col in ("quantity", "tinytriage (NumPy)", "PyTorch", "max |diff|"):
+            table.add_column(col)
+        import numpy as np
+
+        for name, a, b in (
+            ("feature map", r.feature_map, t["feature_map"]),
+            ("pooled", r.pooled, t["pooled"]),
+            ("logits", r.logits, t["logits"]),
+            ("probabilities", r.probs, t["probs"]),
+            ("pooled after shift", r.shifted_pooled, t["shifted_pooled"]),
+            ("4x4 pool example", pe["output"], t["pool_example"]),
+        ):
+            a_, b_ = np.atleast_1d(np.asarray(a, float)), np.atleast_1d(np.asarray(b, float))
+            table.add_row(
+                name,
+                np.array2string(a_.ravel(), precision=4),
+                np.array2string(b_.ravel(), precision=4),
+                f"{np.abs(a_ - b_).max():.1e}",
+            )
+        out.print()
+        out.print(table)
