@@ -1,0 +1,167 @@
+"""The PyTorch engine: twins of tinytriage's models, same parameter names, autograd.
+
+Imported only when ``--backend torch`` is chosen (``import torch`` alone takes about a
+second). A model file written by either engine loads in both: the twins are built from
+the same config dataclasses and ``state_dict()`` keys match name for name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinytriage.cnn import CNNConfig, feature_layers
+from tinytriage.engine import OptimConfig
+from tinytriage.errors import BackendUnavailable, TinyTriageError
+
+
+class TorchTriageCNN(nn.Module):
+    """PyTorch twin of ``tinytriage.cnn.TriageCNN``."""
+
+    def __init__(self, cfg: CNNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        for kind, _role, args in feature_layers(cfg):
+            if kind == "conv":
+                layers.append(nn.Conv2d(**args))
+            elif kind == "bn":
+                layers.append(nn.BatchNorm2d(**args))
+            elif kind == "relu":
+                layers.append(nn.ReLU())
+            elif kind == "maxpool":
+                layers.append(nn.MaxPool2d(**args))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.widths[-1], cfg.num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_torch_model(arch: str, config: dict) -> nn.Module:
+    if arch == "cnn":
+        return TorchTriageCNN(CNNConfig.from_dict(config))
+    if arch == "vit":
+        from tinytriage.torch_vit import TorchVisionTransformer
+        from tinytriage.vit import ViTConfig
+
+        return TorchVisionTransformer(ViTConfig.from_dict(config))
+    raise TinyTriageError(f"unknown architecture {arch!r} (known: cnn, vit)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("--device cuda: PyTorch sees no CUDA GPU here (use --device cpu)")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise TinyTriageError(f"unknown device {device!r} (choose cpu or cuda)")
+    return torch.device(device)
+
+
+class TorchEngine:
+    """Same calls as ``tinytriage.engine.NumpyEngine``; arrays in and out are NumPy."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, optim: OptimConfig | None, device: torch.device, dtype=torch.float32):
+        self.device = device
+        self.dtype = dtype
+        self.model = model.to(device=device, dtype=dtype)
+        self.optim_cfg = optim or OptimConfig()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+
+    @classmethod
+    def create(cls, arch: str, config: dict, *, optim=None, device: str = "cpu", seed: int = 0) -> TorchEngine:
+        """Fresh twin. Its weights start from the NumPy engine's initialisation for the same
+        seed, so both engines train from identical weights."""
+        from tinytriage.model_io import build_numpy_model
+
+        engine = cls(build_torch_model(arch, config), optim, resolve_device(device))
+        engine.load_state_dict(build_numpy_model(arch, config, seed=seed).state_dict())
+        return engine
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.optim_cfg
+        if o.name == "sgd":
+            return torch.optim.SGD(
+                self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+            )
+        if o.name == "adamw":
+            return torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        raise TinyTriageError(f"unknown optimizer {o.name!r} (known: sgd, adamw)")
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        return self.model(self._tensor(x)).float().cpu().numpy()
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray):
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        logits = self.model(self._tensor(x))
+        loss = self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
+        loss.backward()
+        grads = {n: p.grad.detach().cpu().numpy() for n, p in self.model.named_parameters()}
+        return float(loss), logits.detach().cpu().numpy(), grads
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        loss, logits, _ = self.loss_and_grads(x, y)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return loss, logits
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        own = self.model.state_dict()
+        converted = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(own[k].dtype)
+            if k in own
+            else torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in state.items()
+        }
+        self.model.load_state_dict(converted, strict=True)
+
+    # optimizer state as flat arrays, with the NumPy engine's key names
+    def optimizer_state(self) -> dict:
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        flat: dict = {}
+        params = dict(self.model.named_parameters())
+        by_id = {id(p): n for n, p in params.items()}
+        for p, st in self.optimizer.state.items():
+            name = by_id[id(p)]
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.ndim > 0:
+                    flat[f"{k}.{name}"] = v.detach().cpu().numpy().copy()
+                else:
+                    flat[f"{k}.{name}"] = float(v)
+        return flat
+
+    def load_optimizer_state(self, state: dict) -> None:
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer()
+        params = dict(self.model.named_parameters())
+        for key, v in state.items():
+            k, _, name = key.partition(".")
+            if name not in params:
+                continue
+            st = self.optimizer.state[params[name]]
+            if isinstance(v, np.ndarray) and v.ndim > 0:
+                st[k] = torch.from_numpy(v.copy()).to(self.device, self.dtype)
+            else:
+                st[k] = torch.tensor(float(np.asarray(v)))
+
+    def reseed(self, seed_seq: list[int]) -> None:
+        torch.manual_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
