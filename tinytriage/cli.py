@@ -162,6 +162,29 @@ def evaluate(
     print_eval(run_evaluation(str(data_dir), predictor, batch_size), as_json=as_json)
 
 
+@app.command()
+def compare(
+    backends: str = typer.Option("numpy,torch", "--backends", help="Two engines, comma-separated."),
+    model: Path | None = ModelOpt,
+    data: Path | None = typer.Option(None, "--data", help="Labelled folder: also report each engine's accuracy."),
+    batch: int = typer.Option(16, "--batch", min=2, help="Photos per batch for the checks and timings."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Optimizer steps in the training check."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats (the median is reported)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
+) -> None:
+    """Run one model file through two engines: outputs, gradients, training and speed side by side."""
+    from tinytriage.compare import compare as run_compare
+    from tinytriage.render import print_compare
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    result = run_compare(
+        names, str(model) if model else None, str(data) if data else None, batch=batch, steps=steps, repeats=repeats
+    )
+    print_compare(result, as_json=as_json)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:

@@ -308,3 +308,92 @@ def print_demo(r, *, as_json: bool) -> None:
             )
         out.print()
         out.print(table)
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def print_compare(r, *, as_json: bool) -> None:
+    if as_json:
+        write_json_line(r.to_json())
+        return
+    a, b = r.backends
+    tol = r.tolerances
+
+    def mark(value, key):
+        return "[green]ok[/green]" if value <= tol[key] else "[red]OVER[/red]"
+
+    f = r.forward
+    t = Table(title=f"forward: {a} vs {b} on {f['n']} photos ({r.model})")
+    for col in ("quantity", "max |diff|", "max rel. diff", "tolerance", ""):
+        t.add_column(col)
+    t.add_row(
+        "logits",
+        f"{f['logits_max_abs']:.2e}",
+        f"{f['logits_max_rel']:.2e}",
+        f"rel {tol['forward_logits_rel']:.0e}",
+        mark(f["logits_max_rel"], "forward_logits_rel"),
+    )
+    t.add_row(
+        "probabilities",
+        f"{f['probs_max_abs']:.2e}",
+        f"{f['probs_max_rel']:.2e}",
+        f"abs {tol['forward_probs_abs']:.0e}",
+        mark(f["probs_max_abs"], "forward_probs_abs"),
+    )
+    t.add_row(
+        "labels agree",
+        f"{f['labels_agree']}/{f['n']}",
+        "",
+        "all",
+        "[green]ok[/green]" if f["labels_agree"] == f["n"] else "[red]NO[/red]",
+    )
+    out.print(t)
+
+    bw = r.backward
+    t = Table(
+        title=f"backward: loss {bw['loss'][0]:.6f} ({a}) vs {bw['loss'][1]:.6f} ({b}), rel. diff {bw['loss_rel']:.1e}"
+    )
+    for col in ("parameter", "max |diff|", "max rel. diff", ""):
+        t.add_column(col)
+    for k, d in bw["grads"].items():
+        t.add_row(k, f"{d['max_abs']:.2e}", f"{d['max_rel']:.2e}", mark(d["max_rel"], "grad_rel"))
+    out.print(t)
+
+    tr = r.training
+    t = Table(title=f"training: {tr['steps']} SGD steps, same weights and batches (lr {tr['lr']})")
+    t.add_column("step")
+    t.add_column(f"loss ({a})")
+    t.add_column(f"loss ({b})")
+    for i, (p, q) in enumerate(zip(tr["loss"][a], tr["loss"][b], strict=True)):
+        t.add_row(str(i + 1), f"{p:.6f}", f"{q:.6f}")
+    out.print(t)
+    out.print(
+        f"final weights: max rel. diff {tr['weight_max_rel']:.2e} ({tr['worst_weight']}) {mark(tr['weight_max_rel'], 'train_weight_rel')}"
+    )
+
+    s = r.speed
+    t = Table(title=f"speed, batch {r.batch} (median of repeats)")
+    for col in ("engine", "forward / batch", "train step / batch", "forward img/s", "train img/s", "cold start"):
+        t.add_column(col, justify="right")
+    for name in (a, b):
+        d = s[name]
+        cold = f"{d['cold_start_s']:.2f} s" if "cold_start_s" in d else "-"
+        t.add_row(
+            name,
+            f"{d['forward_s'] * 1e3:.1f} ms",
+            f"{d['train_step_s'] * 1e3:.1f} ms",
+            f"{d['forward_images_per_s']:.0f}",
+            f"{d['train_images_per_s']:.0f}",
+            cold,
+        )
+    ra = s["ratio"]
+    t.add_row(f"ratio {ra['of']}", f"{ra['forward']:.2f}x", f"{ra['train_step']:.2f}x", "", "", "")
+    out.print(t)
+    if r.accuracy:
+        out.print("accuracy on --data: " + ", ".join(f"{k} {v:.4f}" for k, v in r.accuracy.items()))
+    if r.flags:
+        for fl in r.flags:
+            error_line(fl)
+    else:
+        out.print("[green]all differences within tolerance[/green]")
