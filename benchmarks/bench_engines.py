@@ -96,12 +96,16 @@ def main() -> None:
     ne.train_step(x, y, 1e-3)
 
     fwd = blocks({"numpy": lambda: ne.logits(x), "torch": lambda: te.logits(x)}, args.blocks, args.steps)
-    step = blocks({"numpy": lambda: ne.train_step(x, y, 1e-3), "torch": lambda: te.train_step(x, y, 1e-3)}, args.blocks, args.steps)
+    step = blocks(
+        {"numpy": lambda: ne.train_step(x, y, 1e-3), "torch": lambda: te.train_step(x, y, 1e-3)},
+        args.blocks,
+        args.steps,
+    )
 
     # per conv layer: forward and backward GFLOP/s at this batch, both engines
     from tinytriage import nn as tnn
 
-    layers, size, c_in = [], s, 3
+    layers, size = [], s
     for kind, role, a in feature_layers(cfg):
         if kind == "maxpool":
             size //= 2
@@ -117,11 +121,11 @@ def main() -> None:
         txi = torch.from_numpy(xi).requires_grad_(role != "conv1")
         tg = torch.from_numpy(g)
 
-        def t_fwd():
+        def t_fwd(tconv=tconv, txi=txi):
             with torch.no_grad():
                 tconv(txi)
 
-        def t_bwd():
+        def t_bwd(tconv=tconv, txi=txi, tg=tg):
             out = tconv(txi)
             out.backward(tg)
 
@@ -162,7 +166,8 @@ def main() -> None:
         "threads": args.threads,
         "batch": n,
         "input": f"{s}x{s}",
-        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"} or "glibc defaults",
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+        or "glibc defaults",
         "torch": torch.__version__,
         "matmul_gflops": matmul_gflops(),
         "forward_s": fwd,
@@ -176,7 +181,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"machine: {result['machine']}; threads {args.threads}; torch {result['torch']}; allocator: {result['malloc_env']}")
+    print(
+        f"machine: {result['machine']}; threads {args.threads}; torch {result['torch']}; allocator: {result['malloc_env']}"
+    )
     print(f"bundled CNN, batch {n}, input {s}x{s}, float32, median of {args.blocks} blocks x {args.steps} steps")
     print(f"{'':14}{'numpy':>10}{'torch':>10}{'ratio':>8}")
     for name, d, r in (("forward", fwd, result["ratio_forward"]), ("train step", step, result["ratio_train_step"])):
@@ -184,8 +191,12 @@ def main() -> None:
     print(f"float32 matmul (1024^3) on this machine: {result['matmul_gflops']:.1f} GFLOP/s")
     print(f"{'conv layer':12}{'shape':>22}{'np fwd':>9}{'np bwd':>9}{'pt fwd':>9}{'pt bwd':>9}   GFLOP/s")
     for L in layers:
-        print(f"{L['layer']:12}{L['shape']:>22}{L['numpy_fwd_gflops']:>9.1f}{L['numpy_bwd_gflops']:>9.1f}{L['torch_fwd_gflops']:>9.1f}{L['torch_bwd_gflops']:>9.1f}")
-    print(f"numpy training step: peak traced memory {result['numpy_step_peak_mb']:.1f} MB, growth over 5 steps {result['numpy_step_growth_mb']:+.2f} MB")
+        print(
+            f"{L['layer']:12}{L['shape']:>22}{L['numpy_fwd_gflops']:>9.1f}{L['numpy_bwd_gflops']:>9.1f}{L['torch_fwd_gflops']:>9.1f}{L['torch_bwd_gflops']:>9.1f}"
+        )
+    print(
+        f"numpy training step: peak traced memory {result['numpy_step_peak_mb']:.1f} MB, growth over 5 steps {result['numpy_step_growth_mb']:+.2f} MB"
+    )
 
 
 if __name__ == "__main__":
