@@ -273,9 +273,7 @@ def _open_checked(fp: BinaryIO, shown: str, max_pixels: int) -> ImageFile.ImageF
         fmt, allowed = guess
         if allowed:
             raise ImageError(f"{shown}: corrupt {fmt} (cannot read its header)") from None
-        raise ImageError(
-            f"{shown}: unsupported format {fmt}; send a JPEG, PNG, WEBP, BMP, GIF or TIFF"
-        ) from None
+        raise ImageError(f"{shown}: unsupported format {fmt}; send a JPEG, PNG, WEBP, BMP, GIF or TIFF") from None
     except Exception as err:  # Pillow's plugins raise many types on hostile headers
         raise ImageError(f"{shown}: corrupt image ({type(err).__name__}: {err})") from None
 
@@ -286,17 +284,14 @@ def _open_checked(fp: BinaryIO, shown: str, max_pixels: int) -> ImageFile.ImageF
         raise ImageError(f"{shown}: empty image ({w}x{h} pixels)")
     if w * h > max_pixels:
         raise ImageError(
-            f"{shown}: image too large ({w}x{h} = {w * h:,} pixels, limit {max_pixels:,}); "
-            "refused before decoding"
+            f"{shown}: image too large ({w}x{h} = {w * h:,} pixels, limit {max_pixels:,}); refused before decoding"
         )
     if max(w, h) > MAX_ASPECT * min(w, h):
         raise ImageError(f"{shown}: absurd dimensions {w}x{h} (aspect ratio over {MAX_ASPECT:g}:1)")
     return img
 
 
-def check_image(
-    src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
-) -> ImageInfo:
+def check_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> ImageInfo:
     """Cheap check that ``src`` is a photo we will accept: open and header checks only,
     no decoding (a truncated file passes here and fails in ``load_image``).
 
@@ -403,9 +398,7 @@ def _decode(
     return rgb, orientation, box, stored_size
 
 
-def load_image(
-    src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
-) -> Image.Image:
+def load_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Decode a photo at full resolution: upright (EXIF applied), RGB, alpha on white.
 
     ``src`` is a path or the file's bytes; ``name`` overrides the name used in error
@@ -470,9 +463,7 @@ def _place(
     return out, geom
 
 
-def fit(
-    img: Image.Image, cfg: Preprocess, *, size: int | None = None
-) -> tuple[Image.Image, LetterboxGeometry]:
+def fit(img: Image.Image, cfg: Preprocess, *, size: int | None = None) -> tuple[Image.Image, LetterboxGeometry]:
     """Fit an upright RGB PIL image into a square (``size``, default ``cfg.input_size``)
     with ``cfg.resize_mode``. Returns the square image and where the photo sits in it."""
     size = cfg.input_size if size is None else size

@@ -1,0 +1,109 @@
+"""Batch normalisation (Ioffe & Szegedy, 2015) over (N, C, H, W), per channel c:
+
+    x_hat = (x - mean_c) / sqrt(var_c + eps)        y = weight_c * x_hat + bias_c
+
+In training, mean and var are the batch's (var biased: divided by M = N*H*W), and the
+running statistics move towards them: running = (1 - momentum) * running + momentum * batch,
+where running_var takes the *unbiased* batch variance (times M / (M - 1)), exactly as
+PyTorch. In eval the running statistics are used instead.
+
+Backward (training), with g = dy * weight summed over the M values of a channel:
+
+    dx = (1 / M) / sqrt(var + eps) * (M g - sum(g) - x_hat * sum(g * x_hat))
+
+because mean and var depend on every x of the channel. In eval mean and var are constants
+and dx = g / sqrt(var + eps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinytriage.errors import ShapeError
+from tinytriage.nn.module import Module, check_ndim
+
+
+class BatchNorm2d(Module):
+    """``torch.nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True)``.
+
+    ``momentum=None`` gives PyTorch's cumulative average (factor 1 / num_batches_tracked)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: type = np.float32,
+    ) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self._params["weight"] = np.ones(num_features, dtype=dtype)
+            self._params["bias"] = np.zeros(num_features, dtype=dtype)
+        if track_running_stats:
+            self._buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
+            self._buffers["running_var"] = np.ones(num_features, dtype=dtype)
+            self._buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
+        self._cache: tuple | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_ndim(x, 4, "BatchNorm2d", "(N, C, H, W)")
+        N, C, H, W = x.shape
+        if C != self.num_features:
+            raise ShapeError(f"BatchNorm2d: expected {self.num_features} channels, got {C} (input shape {tuple(x.shape)})")
+        batch_stats = self.training or not self.track_running_stats
+        if batch_stats:
+            M = N * H * W  # values per channel
+            if self.training and M == 1:
+                raise ShapeError(f"BatchNorm2d: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
+            mean = x.mean(axis=(0, 2, 3))  # (C,)
+            var = x.var(axis=(0, 2, 3))  # (C,) biased, used to normalise
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var * (M / (M - 1)))  # unbiased
+        else:
+            mean, var = self._buffers["running_mean"], self._buffers["running_var"]
+        inv_std = 1 / np.sqrt(var + self.eps)  # (C,)
+        x_hat = (x - mean.reshape(1, C, 1, 1)) * inv_std.reshape(1, C, 1, 1)  # (N, C, H, W)
+        self._cache = (x_hat, inv_std, batch_stats)
+        if not self.affine:
+            return x_hat
+        return x_hat * self._params["weight"].reshape(1, C, 1, 1) + self._params["bias"].reshape(1, C, 1, 1)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        x_hat, inv_std, batch_stats = self._cache
+        N, C, H, W = grad_out.shape
+        if self.affine:
+            self._grads = {
+                "weight": (grad_out * x_hat).sum(axis=(0, 2, 3)),  # d y / d weight = x_hat
+                "bias": grad_out.sum(axis=(0, 2, 3)),  # d y / d bias = 1
+            }
+            g = grad_out * self._params["weight"].reshape(1, C, 1, 1)  # dL / d x_hat
+        else:
+            g = grad_out
+        if not batch_stats:
+            return g * inv_std.reshape(1, C, 1, 1)  # running statistics are constants
+        M = N * H * W
+        g_sum = g.sum(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
+        g_xhat_sum = (g * x_hat).sum(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
+        return (inv_std.reshape(1, C, 1, 1) / M) * (M * g - g_sum - x_hat * g_xhat_sum)
+
+    def _update_running_stats(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
+        self._buffers["num_batches_tracked"] += 1
+        if self.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(self._buffers["num_batches_tracked"])
+        else:
+            factor = self.momentum
+        running_mean, running_var = self._buffers["running_mean"], self._buffers["running_var"]
+        running_mean *= 1 - factor
+        running_mean += factor * mean
+        running_var *= 1 - factor
+        running_var += factor * unbiased_var
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
