@@ -28,7 +28,6 @@ import io
 import math
 import os
 import stat
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -60,11 +59,6 @@ _ACCEPTED_FORMATS = frozenset((*ALLOWED_FORMATS, "MPO"))
 #: within a grey level or so (Pillow's docs: >= 3.0 is "indistinguishable").
 REDUCING_GAP = 3.0
 _WHITE = (255, 255, 255)
-
-# A decompression-bomb warning from Pillow (an image over Image.MAX_IMAGE_PIXELS) is an
-# error in this process, not a line on stderr: such an image must never be decoded.
-# Only this one warning category is affected.
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -156,8 +150,8 @@ class LetterboxGeometry:
 
         Crop a heatmap to this box, then resize it to (orig_w, orig_h), to overlay it
         on the original photo."""
-        x0, y0 = self.to_model(0.0, 0.0)
-        x1, y1 = self.to_model(float(self.orig_w), float(self.orig_h))
+        x0, y0 = (float(c) for c in self.to_model(0.0, 0.0))
+        x1, y1 = (float(c) for c in self.to_model(self.orig_w, self.orig_h))
         return (max(0.0, x0), max(0.0, y0), min(float(size), x1), min(float(size), y1))
 
 
@@ -175,9 +169,11 @@ class ImageInfo:
 # Opening: source checks, allow-listed formats, header limits
 
 
-def _display(src: ImageSource, name: str | None) -> str:
-    """The file name for messages, with control characters (a newline in a file name
-    could forge a line of output) escaped and everything else left as it is."""
+def display_name(src: ImageSource, name: str | None = None) -> str:
+    """How a photo is named in messages (every ImageError starts with this and ": ").
+
+    Control characters are escaped, since a newline in a file name could forge a line
+    of output; everything else, unicode included, is left as it is."""
     if name is None:
         if isinstance(src, bytes | bytearray | memoryview):
             return "<bytes>"
@@ -193,7 +189,6 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xc5\xd0\xd3\xc6", "EPS"),
     (b"SIMPLE  =", "FITS"),
     (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "CUR"),
     (b"DDS ", "DDS"),
     (b"qoif", "QOI"),
     (b"\xffO\xffQ", "JPEG 2000"),
@@ -229,6 +224,14 @@ def _sniff(head: bytes) -> tuple[str, bool] | None:
         if head.startswith(magic):
             return fmt, False
     return None
+
+
+def _corrupt(shown: str, fmt: str, err: Exception) -> ImageError:
+    """The ImageError for a decoder's exception: truncated, or corrupt with the detail."""
+    text = str(err)
+    if "truncated" in text.lower() or "broken data stream" in text:
+        return ImageError(f"{shown}: truncated file (the photo is incomplete)")
+    return ImageError(f"{shown}: corrupt {fmt} ({type(err).__name__}: {text})")
 
 
 def _open_source(src: ImageSource, shown: str) -> BinaryIO:
@@ -275,16 +278,23 @@ def _open_checked(fp: BinaryIO, shown: str, max_pixels: int) -> ImageFile.ImageF
             raise ImageError(f"{shown}: corrupt {fmt} (cannot read its header)") from None
         raise ImageError(f"{shown}: unsupported format {fmt}; send a JPEG, PNG, WEBP, BMP, GIF or TIFF") from None
     except Exception as err:  # Pillow's plugins raise many types on hostile headers
-        raise ImageError(f"{shown}: corrupt image ({type(err).__name__}: {err})") from None
+        fp.seek(0)
+        guess = _sniff(fp.read(16))
+        raise _corrupt(shown, guess[0] if guess else "image", err) from None
 
     if img.format not in _ACCEPTED_FORMATS:  # belt and braces: formats= already restricts
         raise ImageError(f"{shown}: unsupported format {img.format}")
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"{shown}: empty image ({w}x{h} pixels)")
-    if w * h > max_pixels:
+    # Where Pillow would only warn of a decompression bomb (over Image.MAX_IMAGE_PIXELS,
+    # 89 Mpx by default) we refuse too, even if max_pixels was raised above it. (Making
+    # the warning an error with a warnings filter would be process-wide state, and lost
+    # whenever this module is imported inside warnings.catch_warnings, as pytest does.)
+    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    if w * h > limit:
         raise ImageError(
-            f"{shown}: image too large ({w}x{h} = {w * h:,} pixels, limit {max_pixels:,}); refused before decoding"
+            f"{shown}: image too large ({w}x{h} = {w * h:,} pixels, limit {limit:,}); refused before decoding"
         )
     if max(w, h) > MAX_ASPECT * min(w, h):
         raise ImageError(f"{shown}: absurd dimensions {w}x{h} (aspect ratio over {MAX_ASPECT:g}:1)")
@@ -296,7 +306,7 @@ def check_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name:
     no decoding (a truncated file passes here and fails in ``load_image``).
 
     Raises ``ImageError``. Width and height are as stored, before EXIF rotation."""
-    shown = _display(src, name)
+    shown = display_name(src, name)
     with _open_source(src, shown) as fp:
         img = _open_checked(fp, shown, max_pixels)
         return ImageInfo(format=img.format or "", width=img.width, height=img.height, mode=img.mode)
@@ -368,7 +378,7 @@ def _decode(
     """Open, optionally draft, decode, to RGB. Returns (rgb as stored, EXIF orientation,
     the photo's extent inside rgb, the stored size before any draft).
     ``after_open`` may call ``img.draft`` and returns that extent."""
-    shown = _display(src, name)
+    shown = display_name(src, name)
     # A truncated photo must never be classified as if it were complete. This is a
     # process-wide Pillow setting that some other library may have switched on.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -382,19 +392,12 @@ def _decode(
             img.load()
             orientation = _orientation(img)
             rgb = _to_rgb(img)
-        except ImageError:
-            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageError(f"{shown}: image too large ({err})") from None
-        except OSError as err:
-            text = str(err)
-            if "truncated" in text or "broken data stream" in text:
-                raise ImageError(f"{shown}: truncated file (the photo is incomplete)") from None
-            raise ImageError(f"{shown}: corrupt {img.format} ({text})") from None
         except MemoryError:
             raise ImageError(f"{shown}: not enough memory to decode this photo") from None
         except Exception as err:  # hostile pixel data: decoders raise many types
-            raise ImageError(f"{shown}: corrupt {img.format} ({type(err).__name__}: {err})") from None
+            raise _corrupt(shown, img.format or "image", err) from None
     return rgb, orientation, box, stored_size
 
 

@@ -211,8 +211,7 @@ def conv2d_cell(
     Ho, Wo = sliding_output_hw("Conv2d", (H, W), (KH, KW), stride, padding, dilation)
     if not (0 <= n < N and 0 <= oc < O and 0 <= row < Ho and 0 <= col < Wo):
         raise ShapeError(
-            f"Conv2d: cell (n={n}, oc={oc}, row={row}, col={col}) is outside the output "
-            f"of shape ({N}, {O}, {Ho}, {Wo})"
+            f"Conv2d: cell (n={n}, oc={oc}, row={row}, col={col}) is outside the output of shape ({N}, {O}, {Ho}, {Wo})"
         )
     g = oc // (O // groups)
     window = conv2d_window(pad2d(x, padding), n, slice(g * Cg, (g + 1) * Cg), row, col, (KH, KW), stride, dilation)
@@ -305,8 +304,9 @@ def conv2d_backward(
     for u in range(KH):
         for v in range(KW):
             # kernel offset (u, v) of window (i, j) sits at padded pixel (i*S + u*D, j*S + v*D)
-            top, left = u * DH, v * DW
-            dx_padded[:, :, top : top + SH * (Ho - 1) + 1 : SH, left : left + SW * (Wo - 1) + 1 : SW] += dcols[:, :, u, v]
+            rows = slice(u * DH, u * DH + SH * (Ho - 1) + 1, SH)
+            cols_ = slice(v * DW, v * DW + SW * (Wo - 1) + 1, SW)
+            dx_padded[:, :, rows, cols_] += dcols[:, :, u, v]
     dx = dx_padded[:, :, PH : PH + H, PW : PW + W]
     return dx, dw, db
 

@@ -147,7 +147,27 @@ def _plain(rng: np.random.Generator, n: int) -> np.ndarray:
     return 0.8 + 0.2 * fbm(rng, n, n, 3, 3) + 0.03 * rng.random((n, n), dtype=np.float32)
 
 
+def _cardboard(rng: np.random.Generator, n: int) -> np.ndarray:
+    fibres = fbm(rng, n, n, 64, 2, aspect=4.0)
+    blotches = fbm(rng, n, n, 5, 4)
+    flutes = 0.5 + 0.5 * np.sin(np.arange(n, dtype=np.float32) * rng.uniform(0.5, 0.8))[None, :]  # corrugation
+    return 0.3 * fibres + 0.6 * blotches + 0.1 * flutes
+
+
+def _paper(rng: np.random.Generator, n: int) -> np.ndarray:
+    return 0.7 * fbm(rng, n, n, 24, 3) + 0.3 * fbm(rng, n, n, 3, 2)
+
+
+def _crinkle(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Plastic mailer or padded envelope: soft ridges of wrinkles."""
+    ridges = 1 - np.abs(fbm(rng, n, n, 4, 4) - 0.5) * 2
+    return 0.7 * ridges**3 + 0.3 * fbm(rng, n, n, 40, 2)
+
+
 _MAKERS = {
+    "cardboard": _cardboard,
+    "paper": _paper,
+    "crinkle": _crinkle,
     "wood": lambda rng, n: _planks(rng, n, (n // 7, n // 3), seams=0.35),
     "floor": lambda rng, n: _planks(rng, n, (n // 6, n // 4), seams=0.6),
     "tiles": _tiles,
@@ -180,3 +200,17 @@ def surface_colours(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np
     dark, light = SURFACES[kind][int(rng.integers(len(SURFACES[kind])))]
     jitter = rng.normal(1.0, 0.07, size=3) * rng.uniform(0.8, 1.15)
     return np.asarray(dark, np.float32) * jitter, np.asarray(light, np.float32) * jitter
+
+
+def material(
+    rng: np.random.Generator, kind: str, size: tuple[int, int], dark: tuple[float, ...], light: tuple[float, ...]
+) -> Image.Image:
+    """An RGB ``size`` swatch of a cached pattern (random crop and zoom), coloured dark..light."""
+    w, h = size
+    pat = pattern(kind, int(rng.integers(VARIANTS)))
+    side = int(TILE * rng.uniform(0.4, 1.0))
+    x, y = rng.integers(0, TILE - side + 1, 2)
+    scale = side / max(w, h)
+    box = (int(x), int(y), int(x + w * scale), int(y + h * scale))
+    grey = np.asarray(pat.resize((w, h), Image.BILINEAR, box=box))
+    return Image.fromarray(colourise(grey, np.asarray(dark, np.float32), np.asarray(light, np.float32)))

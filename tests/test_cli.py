@@ -1,0 +1,112 @@
+"""The command line as users meet it: exit codes, stdout vs stderr, no tracebacks, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+
+def test_import_cli_never_imports_torch():
+    code = "import sys, tinytriage.cli, tinytriage.predict, tinytriage.engine, tinytriage.demo; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_version_and_help():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("tinytriage ")
+    r = run_cli("--help")
+    assert r.returncode == 0 and "predict" in r.stdout and "train" in r.stdout
+
+
+def test_usage_error_exit_2_no_traceback():
+    r = run_cli("predict")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    r = run_cli("frobnicate")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_demo_numbers_are_computed():
+    r = run_cli("explain", "--demo", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    patch, kernel = np.array(d["patch"]), np.array(d["kernel"])
+    # recompute the feature map by hand, independently of the library
+    fmap = np.array([[(patch[i : i + 3, j : j + 3] * kernel).sum() for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(d["feature_map"], fmap, atol=1e-12)
+    relu = np.maximum(fmap, 0)
+    assert d["pooled"] == pytest.approx(relu.max())
+    logits = np.array([1.5, -1.2]) * relu.max() + np.array([0.1, -0.3])
+    np.testing.assert_allclose(d["logits"], logits)
+    np.testing.assert_allclose(d["probs"], np.exp(logits) / np.exp(logits).sum())
+    for c in d["cells"]:
+        assert len(np.ravel(c["products"])) == 9
+        assert c["sum"] == pytest.approx(np.sum(c["products"]))
+    assert d["receptive_field"][-1]["receptive_field"] == 5
+    assert d["param_counts"]["dense_256_on_224x224x3"] == 224 * 224 * 3 * 256 + 256
+    assert d["param_counts"]["conv3x3_256_filters_on_rgb"] == 3 * 3 * 3 * 256 + 256
+    assert np.array(d["pool_example"]["output"]).tolist() == [[3.2, 2.4], [2.6, 4.0]]
+    # pooling barely moves when the bar shifts, the map does
+    assert abs(d["shifted_pooled"] - d["pooled"]) < 0.25 * d["pooled"]
+    assert not np.allclose(d["shifted_map"], d["feature_map"])
+    if d["torch"] is not None:
+        np.testing.assert_allclose(d["torch"]["feature_map"], d["feature_map"], atol=1e-12)
+        np.testing.assert_allclose(d["torch"]["probs"], d["probs"], atol=1e-12)
+
+
+def test_demo_terminal_layout():
+    r = run_cli("explain", "--demo")
+    assert r.returncode == 0, r.stderr
+    for text in ("cell (0,0)", "ReLU", "max pooling", "softmax", "Output size", "Receptive field", "38,535,424"):
+        assert text in r.stdout
+
+
+def test_predict_bad_photos_carry_on(tmp_path, tiny_model_path):
+    from PIL import Image
+
+    good = tmp_path / "good photo ü.jpg"
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(good)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    r = run_cli("predict", str(good), str(tmp_path / "empty.jpg"), str(tmp_path / "text.jpg"), str(tmp_path / "missing.jpg"),
+                "--model", str(tiny_model_path), "--json")  # fmt: skip
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["path"] == str(good)
+    for key in ("label", "confidence", "probabilities", "route", "needs_review", "backend", "model"):
+        assert key in rec
+    assert abs(sum(rec["probabilities"].values()) - 1) < 1e-4
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 3 and "Traceback" not in r.stderr
+    assert any("empty.jpg" in e for e in errors) and any("missing.jpg" in e for e in errors)
+
+
+def test_predict_stdin_and_head_quiet(tmp_path, tiny_model_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(40):
+        p = tmp_path / f"p{i}.png"
+        Image.new("RGB", (40, 30), (i * 5, 100, 200 - i * 4)).save(p)
+        paths.append(str(p))
+    cmd = f"{sys.executable} -m tinytriage predict - --json --model {tiny_model_path} | head -1"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], input="\n".join(paths), capture_output=True, text=True)
+    assert r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["path"] == paths[0]
+
+
+def test_debug_shows_traceback(tmp_path):
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"garbage!" * 4)
+    r = run_cli("predict", "x.jpg", "--model", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "m.safetensors" in r.stderr
+    r = run_cli("--debug", "predict", "x.jpg", "--model", str(bad))
+    assert "Traceback" in r.stderr

@@ -1,0 +1,531 @@
+"""Every layer of tinytriage.nn against PyTorch, one case per line, float64 and float32.
+
+To add a layer, add rows to LAYERS (and a small one to GRADCHECK): the NumPy class beside
+its PyTorch twin, the same arguments, the input shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+from parity import assert_close, assert_matches_torch  # noqa: E402
+
+from tinytriage.errors import ShapeError  # noqa: E402
+from tinytriage.nn import (  # noqa: E402
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    CrossEntropyLoss,
+    Dropout,
+    Flatten,
+    GradcheckError,
+    Linear,
+    MaxPool2d,
+    Module,
+    ReLU,
+    Sequential,
+    avgpool2d_backward,
+    avgpool2d_backward_reference,
+    avgpool2d_forward,
+    avgpool2d_reference,
+    conv2d_backward,
+    conv2d_backward_reference,
+    conv2d_cell,
+    conv2d_forward,
+    conv2d_reference,
+    gradcheck,
+    maxpool2d_backward,
+    maxpool2d_backward_reference,
+    maxpool2d_forward,
+    maxpool2d_reference,
+)
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
+DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
+
+
+def twins(np_cls, torch_cls, *args, **kwargs):
+    """The same constructor call in both engines, as two factories."""
+    return (lambda: np_cls(*args, **kwargs)), (lambda: torch_cls(*args, **kwargs))
+
+
+def case(id, layers, *inputs, train=True, params=None):
+    """One row: (NumPy factory, torch factory), inputs (shapes, class indices or
+    ``f(rng, dtype)``), train/eval mode, state to load into both."""
+    return pytest.param(layers, inputs, train, params, id=id)
+
+
+def ints(low, high, shape):
+    """Small integers as floats: inputs full of ties and exact zeros."""
+    return lambda rng, dtype: rng.integers(low, high, shape).astype(dtype)
+
+
+def scaled(scale, shape):
+    return lambda rng, dtype: (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def small_cnn(conv, relu, pool, flatten, linear, seq):
+    return seq(conv(2, 3, 3, padding=1), relu(), pool(2), conv(3, 4, 3), relu(), flatten(), linear(16, 5))
+
+
+TARGETS = np.array([0, 3, 1, 4, 3])
+STATS = {
+    "running_mean": np.array([0.5, -1.0, 2.0]),
+    "running_var": np.array([0.25, 2.0, 1.5]),
+    "num_batches_tracked": np.array(7),
+}
+
+# fmt: off
+LAYERS = [
+    # -- convolution: kernel 1/3/5, stride 1/2/3, padding 0/1/2, dilation, groups, odd and non-square sizes
+    case("conv-k1",                 twins(Conv2d, tnn.Conv2d, 3, 4, 1),                                     (2, 3, 5, 6)),
+    case("conv-k3",                 twins(Conv2d, tnn.Conv2d, 3, 4, 3),                                     (2, 3, 5, 6)),
+    case("conv-k5",                 twins(Conv2d, tnn.Conv2d, 2, 3, 5),                                     (2, 2, 7, 6)),
+    case("conv-k3-p1",              twins(Conv2d, tnn.Conv2d, 3, 4, 3, padding=1),                          (2, 3, 5, 6)),
+    case("conv-k3-p2",              twins(Conv2d, tnn.Conv2d, 3, 4, 3, padding=2),                          (2, 3, 4, 5)),
+    case("conv-k3-s2-p1-odd",       twins(Conv2d, tnn.Conv2d, 3, 4, 3, stride=2, padding=1),                (2, 3, 7, 9)),
+    case("conv-k3-s3",              twins(Conv2d, tnn.Conv2d, 3, 4, 3, stride=3),                           (1, 3, 10, 8)),
+    case("conv-k5-s2-p2",           twins(Conv2d, tnn.Conv2d, 2, 3, 5, stride=2, padding=2),                (2, 2, 9, 11)),
+    case("conv-k1-s2-p1",           twins(Conv2d, tnn.Conv2d, 4, 2, 1, stride=2, padding=1),                (2, 4, 5, 5)),
+    case("conv-k3x5-s2x1-p1x2",     twins(Conv2d, tnn.Conv2d, 3, 4, (3, 5), stride=(2, 1), padding=(1, 2)), (2, 3, 6, 9)),
+    case("conv-kernel-is-input",    twins(Conv2d, tnn.Conv2d, 3, 5, (5, 4)),                                (2, 3, 5, 4)),
+    case("conv-batch-1",            twins(Conv2d, tnn.Conv2d, 3, 4, 3, padding=1),                          (1, 3, 6, 6)),
+    case("conv-many-channels",      twins(Conv2d, tnn.Conv2d, 16, 24, 3, padding=1),                        (2, 16, 6, 6)),
+    case("conv-fewer-out-channels", twins(Conv2d, tnn.Conv2d, 16, 4, 3, padding=1),                         (2, 16, 6, 7)),
+    case("conv-fewer-out-k1-p1",    twins(Conv2d, tnn.Conv2d, 6, 2, 1, padding=1),                          (2, 6, 4, 5)),
+    case("conv-fewer-out-k5-p0",    twins(Conv2d, tnn.Conv2d, 6, 2, 5),                                     (2, 6, 7, 6)),
+    case("conv-dilation-2",         twins(Conv2d, tnn.Conv2d, 3, 4, 3, padding=2, dilation=2),              (2, 3, 7, 8)),
+    case("conv-dilation-fewer-out", twins(Conv2d, tnn.Conv2d, 8, 4, 3, padding=1, dilation=2),              (2, 8, 7, 6)),
+    case("conv-dilation-2x1-s2",    twins(Conv2d, tnn.Conv2d, 3, 4, 3, stride=2, dilation=(2, 1)),          (2, 3, 9, 8)),
+    case("conv-groups-2",           twins(Conv2d, tnn.Conv2d, 4, 6, 3, padding=1, groups=2),                (2, 4, 5, 6)),
+    case("conv-groups-fewer-out",   twins(Conv2d, tnn.Conv2d, 8, 4, 3, padding=1, groups=2),                (2, 8, 5, 5)),
+    case("conv-depthwise",          twins(Conv2d, tnn.Conv2d, 4, 4, 3, padding=1, groups=4),                (2, 4, 5, 6)),
+    case("conv-groups-3-s2",        twins(Conv2d, tnn.Conv2d, 6, 6, 3, stride=2, groups=3),                 (2, 6, 7, 7)),
+    case("conv-no-bias",            twins(Conv2d, tnn.Conv2d, 3, 4, 3, bias=False),                         (2, 3, 5, 5)),
+    # -- pooling
+    case("maxpool-k2",              twins(MaxPool2d, tnn.MaxPool2d, 2),                                     (2, 3, 6, 8)),
+    case("maxpool-k2-odd",          twins(MaxPool2d, tnn.MaxPool2d, 2),                                     (2, 3, 7, 9)),
+    case("maxpool-k3-s2",           twins(MaxPool2d, tnn.MaxPool2d, 3, 2),                                  (2, 3, 7, 7)),
+    case("maxpool-k3-s1-p1",        twins(MaxPool2d, tnn.MaxPool2d, 3, 1, 1),                               (2, 3, 5, 6)),
+    case("maxpool-k2x3-s1x2",       twins(MaxPool2d, tnn.MaxPool2d, (2, 3), (1, 2)),                        (2, 2, 5, 8)),
+    case("maxpool-k5-s3-p2",        twins(MaxPool2d, tnn.MaxPool2d, 5, 3, 2),                               (1, 2, 9, 10)),
+    case("maxpool-kernel-is-input", twins(MaxPool2d, tnn.MaxPool2d, (5, 4)),                                (2, 2, 5, 4)),
+    case("maxpool-ties",            twins(MaxPool2d, tnn.MaxPool2d, 2),                                     ints(0, 2, (2, 3, 6, 6))),
+    case("maxpool-ties-overlap",    twins(MaxPool2d, tnn.MaxPool2d, 3, 1, 1),                               ints(0, 2, (2, 2, 5, 5))),
+    case("avgpool-k2",              twins(AvgPool2d, tnn.AvgPool2d, 2),                                     (2, 3, 6, 8)),
+    case("avgpool-k2-odd",          twins(AvgPool2d, tnn.AvgPool2d, 2),                                     (2, 3, 7, 9)),
+    case("avgpool-k3-s2-p1",        twins(AvgPool2d, tnn.AvgPool2d, 3, 2, 1),                               (2, 3, 7, 6)),
+    case("avgpool-k2x3-s1x2-p1",    twins(AvgPool2d, tnn.AvgPool2d, (2, 3), (1, 2), 1),                     (2, 2, 5, 8)),
+    case("adaptive-avg-1",          twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, 1),                     (2, 3, 5, 7)),
+    case("adaptive-avg-2x3",        twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, (2, 3)),                (2, 3, 5, 7)),
+    case("adaptive-avg-3-overlap",  twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, 3),                     (2, 2, 7, 4)),
+    case("adaptive-avg-upsample",   twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, (4, 5)),                (1, 2, 3, 3)),
+    # -- activations, linear, flatten
+    case("relu",                    twins(ReLU, tnn.ReLU),                                                  (2, 3, 4, 5)),
+    case("relu-exact-zeros",        twins(ReLU, tnn.ReLU),                                                  ints(-2, 3, (4, 6))),
+    case("linear",                  twins(Linear, tnn.Linear, 6, 4),                                        (3, 6)),
+    case("linear-3d",               twins(Linear, tnn.Linear, 6, 4),                                        (2, 5, 6)),
+    case("linear-batch-1",          twins(Linear, tnn.Linear, 7, 3),                                        (1, 7)),
+    case("linear-no-bias",          twins(Linear, tnn.Linear, 6, 4, bias=False),                            (3, 6)),
+    case("flatten",                 twins(Flatten, tnn.Flatten),                                            (2, 3, 4, 5)),
+    case("flatten-1-2",             twins(Flatten, tnn.Flatten, 1, 2),                                      (2, 3, 4, 5)),
+    # -- batch norm: train (batch statistics, running statistics updated) and eval
+    case("bn-train",                twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (4, 3, 5, 6)),
+    case("bn-train-batch-1",        twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (1, 3, 4, 4)),
+    case("bn-train-momentum-none",  twins(BatchNorm2d, tnn.BatchNorm2d, 3, momentum=None),                  (4, 3, 3, 3), params=STATS),
+    case("bn-train-no-affine",      twins(BatchNorm2d, tnn.BatchNorm2d, 3, affine=False),                   (4, 3, 5, 6)),
+    case("bn-no-running-stats",     twins(BatchNorm2d, tnn.BatchNorm2d, 3, track_running_stats=False),      (4, 3, 5, 6), train=False),
+    case("bn-eval",                 twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (4, 3, 5, 6), train=False, params=STATS),
+    case("bn-eval-scaled",          twins(BatchNorm2d, tnn.BatchNorm2d, 3, eps=1e-3),                       (2, 3, 4, 4), train=False,
+         params={**STATS, "weight": np.array([2.0, -0.5, 1.0]), "bias": np.array([0.1, 0.2, -0.3])}),
+    case("bn-train-scaled",         twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 scaled(5.0, (4, 3, 3, 5)),
+         params={"weight": np.array([2.0, -0.5, 1.0]), "bias": np.array([0.1, 0.2, -0.3])}),
+    # -- dropout where it is deterministic (train mode with torch's own mask: see below)
+    case("dropout-p0-train",        twins(Dropout, tnn.Dropout, 0.0),                                       (3, 8)),
+    case("dropout-eval",            twins(Dropout, tnn.Dropout, 0.5),                                       (3, 8), train=False),
+    # -- loss: logits and class indices
+    case("cross-entropy",           twins(CrossEntropyLoss, tnn.CrossEntropyLoss),                          (5, 6), TARGETS),
+    case("cross-entropy-smooth-0.1", twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.1),    (5, 6), TARGETS),
+    case("cross-entropy-smooth-0.4", twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.4),    (5, 6), TARGETS),
+    case("cross-entropy-sum",       twins(CrossEntropyLoss, tnn.CrossEntropyLoss, reduction="sum"),         (5, 6), TARGETS),
+    case("cross-entropy-none",      twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.2, reduction="none"), (5, 6), TARGETS),
+    case("cross-entropy-huge",      twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.1),    scaled(300.0, (5, 6)), TARGETS),
+    case("cross-entropy-1-sample",  twins(CrossEntropyLoss, tnn.CrossEntropyLoss),                          (1, 4), np.array([2])),
+    # -- composition: names such as "0.weight" and "4.bias" must line up
+    case("sequential-cnn",          (lambda: small_cnn(Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential),
+                                     lambda: small_cnn(tnn.Conv2d, tnn.ReLU, tnn.MaxPool2d, tnn.Flatten, tnn.Linear, tnn.Sequential)), (2, 2, 8, 8)),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layers, inputs, train, params", LAYERS)
+def test_layer_matches_torch(layers, inputs, train, params, dtype):
+    np_layer, torch_layer = layers
+    assert_matches_torch(np_layer(), torch_layer(), inputs, dtype=dtype, train=train, params=params, **TOL[dtype])
+
+
+# -- the helper itself must fail on wrong layers ------------------------------------------
+class _WrongInputGrad(ReLU):
+    def backward(self, grad_out):
+        return 1.001 * super().backward(grad_out)
+
+
+class _WrongBiasGrad(Linear):
+    def backward(self, grad_out):
+        dx = super().backward(grad_out)
+        self._grads["bias"] = self._grads["bias"] + 1e-6
+        return dx
+
+
+class _RenamedParam(Linear):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._params["b"] = self._params.pop("bias")
+
+
+@pytest.mark.parametrize(
+    "np_layer, torch_layer, message",
+    [
+        (lambda: _WrongInputGrad(), lambda: tnn.ReLU(), "d input 0"),
+        (lambda: _WrongBiasGrad(4, 3), lambda: tnn.Linear(4, 3), "d bias"),
+        (lambda: ReLU(), lambda: tnn.Tanh(), "output: max abs diff"),
+        (lambda: _RenamedParam(4, 3), lambda: tnn.Linear(4, 3), "Missing key|Unexpected key"),
+    ],
+    ids=["input-grad", "param-grad", "output", "param-names"],
+)
+def test_parity_helper_catches_mistakes(np_layer, torch_layer, message):
+    with pytest.raises((AssertionError, RuntimeError, ShapeError), match=message):
+        assert_matches_torch(np_layer(), torch_layer(), [(3, 4)], dtype=np.float64, **TOL[np.float64])
+
+
+def test_parity_helper_rejects_an_upcast():
+    class Upcasting(ReLU):
+        def forward(self, x):
+            return super().forward(x).astype(np.float64)
+
+    with pytest.raises(AssertionError, match="expected float32"):
+        assert_matches_torch(Upcasting(), tnn.ReLU(), [(3, 4)], dtype=np.float32, **TOL[np.float32])
+
+
+# -- dropout in training mode, with the very mask torch drew ------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_dropout_train_matches_torch_given_its_mask(p, dtype):
+    shape = (4, 50)
+    torch_dtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+
+    def torch_dropout(x):
+        torch.manual_seed(0)
+        return torch.nn.functional.dropout(x, p, training=True)
+
+    keep = (torch_dropout(torch.ones(shape, dtype=torch_dtype)) != 0).numpy()
+    assert 0 < keep.sum() < keep.size  # a real mask, not all or nothing
+    layer = Dropout(p)
+    layer.sample_keep = lambda s: keep  # draw torch's mask instead of our own
+    assert_matches_torch(layer, torch_dropout, [shape], dtype=dtype, **TOL[dtype])
+
+
+def test_dropout_scales_survivors_and_backward_reuses_the_mask():
+    layer = Dropout(0.25, rng=np.random.default_rng(1))
+    x = np.random.default_rng(0).standard_normal((200, 100)).astype(np.float32)
+    y = layer(x)
+    kept = y != 0
+    assert y.dtype == np.float32
+    assert abs(kept.mean() - 0.75) < 0.01  # 20,000 draws: 0.75 +- 3 sigma (0.009)
+    np.testing.assert_array_equal(y[kept], x[kept] * np.float32(1 / 0.75))
+    g = np.ones_like(x)
+    np.testing.assert_array_equal(layer.backward(g), kept * np.float32(1 / 0.75))
+    assert not np.array_equal(layer(x) != 0, kept)  # a fresh mask on the next forward
+
+
+def test_dropout_p1_drops_everything():
+    layer = Dropout(1.0)
+    x = np.ones((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(layer(x), 0)
+    np.testing.assert_array_equal(layer.backward(x), 0)
+
+
+# -- batch norm: running statistics over several steps, then eval -------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+def test_batchnorm_running_stats_follow_torch_over_steps(momentum, dtype):
+    torch_dtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    ours = BatchNorm2d(3, momentum=momentum).astype(dtype)
+    theirs = tnn.BatchNorm2d(3, momentum=momentum).to(torch_dtype)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = (2.0 * rng.standard_normal((5, 3, 4, 3)) + 1.5).astype(dtype)
+        ours.forward(x)
+        theirs(torch.from_numpy(x))
+    tstate = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        assert_close(name, value, tstate[name], **TOL[dtype])
+    assert ours.state_dict()["num_batches_tracked"].dtype == np.int64
+    assert int(ours.state_dict()["num_batches_tracked"]) == 4
+    x = rng.standard_normal((2, 3, 4, 3)).astype(dtype)
+    ours.eval(), theirs.eval()
+    assert_close("eval output", ours.forward(x), theirs(torch.from_numpy(x)), **TOL[dtype])
+
+
+def test_batchnorm_state_dict_keys_are_torchs():
+    assert list(BatchNorm2d(4).state_dict()) == list(tnn.BatchNorm2d(4).state_dict())
+
+
+# -- reference loops == fast versions -----------------------------------------------------
+CONV_CONFIGS = [
+    # x shape, (O, kernel), stride, padding, dilation, groups
+    ((2, 3, 6, 7), (4, 3), 1, 1, 1, 1),
+    ((2, 6, 6, 7), (2, 3), 1, 1, 1, 1),  # O < C: dx as a convolution of dout
+    ((2, 6, 6, 7), (2, 3), 1, 2, 1, 1),  # O < C, padding > K-1: dx by col2im
+    ((1, 3, 9, 8), (4, (3, 5)), (2, 3), (1, 2), 1, 1),
+    ((2, 4, 8, 8), (6, 3), 2, 2, 2, 2),
+    ((2, 8, 7, 7), (4, 3), 1, 2, (2, 1), 4),
+    ((2, 2, 5, 4), (3, (5, 4)), 1, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("x_shape, ok, stride, padding, dilation, groups", CONV_CONFIGS)
+def test_conv_fast_equals_reference(x_shape, ok, stride, padding, dilation, groups):
+    rng = np.random.default_rng(0)
+    (O, k), C = ok, x_shape[1]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal((O, C // groups, kh, kw))
+    b = rng.standard_normal(O)
+    args = (stride, padding, dilation, groups)
+    out, cache = conv2d_forward(x, w, b, *args)
+    np.testing.assert_allclose(out, conv2d_reference(x, w, b, *args), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    fast = conv2d_backward(dout, cache)
+    slow = conv2d_backward_reference(x, w, dout, *args)
+    for name, a, r in zip(("dx", "dw", "db"), fast, slow, strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=name)
+    dx_none, dw, db = conv2d_backward(dout, cache, needs_input_grad=False)
+    assert dx_none is None
+    np.testing.assert_array_equal(dw, fast[1])
+
+
+POOL_CONFIGS = [
+    ((2, 3, 6, 8), 2, None, 0),
+    ((2, 3, 7, 9), 2, None, 0),
+    ((2, 2, 7, 7), 3, 2, 1),
+    ((1, 2, 6, 7), (2, 3), (1, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", POOL_CONFIGS)
+@pytest.mark.parametrize("data", ["normal", "ties"])
+def test_maxpool_fast_equals_reference(x_shape, kernel, stride, padding, data):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape) if data == "normal" else rng.integers(0, 2, x_shape).astype(np.float64)
+    out, cache = maxpool2d_forward(x, kernel, stride, padding)
+    ref, winners = maxpool2d_reference(x, kernel, stride, padding)
+    np.testing.assert_array_equal(out, ref)
+    n, c, i, j = np.indices(out.shape)
+    np.testing.assert_array_equal(x[n, c, winners[..., 0], winners[..., 1]], out)  # winners hold the max
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(
+        maxpool2d_backward(dout, cache), maxpool2d_backward_reference(dout, winners, x.shape), rtol=1e-13, atol=1e-13
+    )
+
+
+def test_maxpool_ties_go_to_the_first_maximum_and_nan_wins():
+    x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]])
+    out, winners = maxpool2d_reference(x, 2)
+    assert out[0, 0, 0, 0] == 3.0 and tuple(winners[0, 0, 0, 0]) == (0, 1)  # row-major first
+    _, cache = maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(maxpool2d_backward(np.ones((1, 1, 1, 1)), cache), [[[[0, 1], [0, 0]]]])
+    x[0, 0, 1, 0] = np.nan
+    assert np.isnan(maxpool2d_forward(x, 2)[0]).all() and np.isnan(maxpool2d_reference(x, 2)[0]).all()
+    assert np.isnan(tnn.functional.max_pool2d(torch.from_numpy(x), 2).numpy()).all()
+
+
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", POOL_CONFIGS)
+def test_avgpool_fast_equals_reference(x_shape, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape)
+    out, cache = avgpool2d_forward(x, kernel, stride, padding)
+    np.testing.assert_allclose(out, avgpool2d_reference(x, kernel, stride, padding), rtol=1e-12, atol=1e-13)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(
+        avgpool2d_backward(dout, cache),
+        avgpool2d_backward_reference(dout, x.shape, kernel, stride, padding),
+        rtol=1e-12,
+        atol=1e-13,
+    )
+
+
+# -- one output cell, as explain shows it -------------------------------------------------
+def test_conv2d_cell_shows_the_window_the_kernel_and_their_sum():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
+    out = conv2d_reference(x, w, b, stride=2, padding=1, groups=2)
+    cell = conv2d_cell(x, w, b, n=1, oc=4, row=1, col=2, stride=2, padding=1, groups=2)
+    x_padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    np.testing.assert_array_equal(cell["window"], x_padded[1, 2:4, 2:5, 4:7])  # group 1: channels 2, 3
+    np.testing.assert_array_equal(cell["kernel"], w[4])
+    np.testing.assert_array_equal(cell["products"], cell["window"] * cell["kernel"])
+    assert cell["sum"] == pytest.approx(cell["products"].sum())
+    assert cell["bias"] == b[4] and cell["out"] == pytest.approx(cell["sum"] + b[4])
+    assert cell["out"] == pytest.approx(out[1, 4, 1, 2], abs=1e-12)
+    with pytest.raises(ShapeError, match="outside the output"):
+        conv2d_cell(x, w, b, n=0, oc=0, row=3, col=0, stride=2, padding=1, groups=2)
+
+
+# -- gradient checks by central differences, float64 --------------------------------------
+def _fixed_mask_dropout():
+    layer = Dropout(0.5)
+    keep = np.random.default_rng(3).random((3, 5)) > 0.5
+    layer.sample_keep = lambda shape: keep  # the same mask on every forward
+    return layer
+
+
+GRADCHECK = [
+    pytest.param(lambda: Conv2d(2, 3, 3, stride=2, padding=1), [(2, 2, 5, 5)], id="conv-s2-p1"),
+    pytest.param(lambda: Conv2d(4, 2, 3, padding=2, dilation=2), [(1, 4, 4, 5)], id="conv-dilated-fewer-out"),
+    pytest.param(lambda: Conv2d(4, 4, 3, padding=1, groups=2), [(1, 4, 4, 4)], id="conv-groups"),
+    pytest.param(lambda: MaxPool2d(2), [(2, 2, 4, 5)], id="maxpool"),
+    pytest.param(lambda: MaxPool2d(3, 2, 1), [(1, 2, 5, 5)], id="maxpool-overlap"),
+    pytest.param(lambda: AvgPool2d(3, 2, 1), [(1, 2, 5, 5)], id="avgpool"),
+    pytest.param(lambda: AdaptiveAvgPool2d((2, 3)), [(1, 2, 5, 7)], id="adaptive-avg"),
+    pytest.param(lambda: ReLU(), [(3, 7)], id="relu"),
+    pytest.param(lambda: Linear(5, 3), [(4, 5)], id="linear"),
+    pytest.param(lambda: Flatten(), [(2, 2, 3)], id="flatten"),
+    pytest.param(lambda: BatchNorm2d(2), [(3, 2, 2, 3)], id="bn-train"),
+    pytest.param(lambda: BatchNorm2d(2).eval(), [(3, 2, 2, 3)], id="bn-eval"),
+    pytest.param(lambda: CrossEntropyLoss(label_smoothing=0.1), [(4, 5), np.array([1, 0, 4, 4])], id="cross-entropy"),
+    pytest.param(_fixed_mask_dropout, [(3, 5)], id="dropout"),
+]
+
+
+@pytest.mark.parametrize("make, inputs", GRADCHECK)
+def test_gradcheck(make, inputs):
+    rng = np.random.default_rng(0)
+    x, *extra = [rng.standard_normal(s) if isinstance(s, tuple) else s for s in inputs]
+    errors = gradcheck(make().astype(np.float64), x, *extra)
+    assert "input" in errors
+
+
+def test_gradcheck_catches_a_wrong_gradient():
+    with pytest.raises(GradcheckError, match="input"):
+        gradcheck(_WrongInputGrad(), np.random.default_rng(0).standard_normal((3, 4)))
+
+
+# -- construction, init, dtypes -----------------------------------------------------------
+def test_conv_and_linear_init_like_torch():
+    conv, tconv = Conv2d(8, 16, 3, rng=np.random.default_rng(1)), tnn.Conv2d(8, 16, 3)
+    linear, tlinear = Linear(50, 40), tnn.Linear(50, 40)
+    for ours, theirs, fan_in in [(conv, tconv, 8 * 9), (linear, tlinear, 50)]:
+        bound = 1 / np.sqrt(fan_in)
+        for name, p in ours.params.items():
+            t = theirs.state_dict()[name].numpy()
+            assert p.shape == t.shape and p.dtype == np.float32
+            assert np.abs(p).max() <= bound and np.abs(t).max() <= bound
+            if p.size > 500:  # both fill U(-bound, bound)
+                assert np.abs(p).max() > 0.98 * bound
+                assert abs(p.std() - bound / np.sqrt(3)) < 0.05 * bound
+    np.testing.assert_array_equal(Conv2d(3, 4, 3).params["weight"], Conv2d(3, 4, 3).params["weight"])  # seeded
+    assert Conv2d(3, 4, 3, dtype=np.float64).params["weight"].dtype == np.float64
+
+
+def test_first_conv_skips_the_input_gradient():
+    conv = Conv2d(3, 4, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    g = np.ones((2, 4, 5, 5), np.float32)
+    conv(x)
+    conv.backward(g)
+    expected = conv.grads
+    conv.needs_input_grad = False
+    conv(x)
+    assert conv.backward(g) is None
+    for name in expected:
+        np.testing.assert_array_equal(conv.grads[name], expected[name])
+
+
+def test_float32_stays_float32_through_a_training_step():
+    model = Sequential(
+        Conv2d(2, 4, 3, padding=1),
+        BatchNorm2d(4),
+        ReLU(),
+        MaxPool2d(2),
+        AvgPool2d(1),
+        AdaptiveAvgPool2d(1),
+        Flatten(),
+        Dropout(0.3),
+        Linear(4, 3),
+    )
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    logits = model(x)
+    loss, dlogits = CrossEntropyLoss(label_smoothing=0.1)(logits, np.array([0, 1, 2]))
+    dx = model.backward(dlogits)
+    assert logits.dtype == dlogits.dtype == dx.dtype == np.float32 and np.asarray(loss).dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.grads.values())
+    assert set(model.grads) == set(model.params)
+
+
+def test_state_dict_round_trips_into_torch_and_back():
+    ours = small_cnn(Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential)
+    theirs = small_cnn(tnn.Conv2d, tnn.ReLU, tnn.MaxPool2d, tnn.Flatten, tnn.Linear, tnn.Sequential)
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    for name, value in theirs.state_dict().items():
+        np.testing.assert_array_equal(ours.state_dict()[name], value.numpy())
+
+
+# -- clear errors for impossible shapes ---------------------------------------------------
+# fmt: off
+BAD = [
+    # what to call                                                      shape                  message
+    (lambda x: Conv2d(3, 4, 5)(x),                                      (1, 3, 3, 4),          r"Conv2d: kernel 5x5 does not fit the padded input 3x4 \(H \+ 2P = 3 < K = 5\)"),
+    (lambda x: Conv2d(3, 4, (1, 5), padding=(0, 1))(x),                 (1, 3, 3, 2),          r"Conv2d: kernel 1x5 does not fit the padded input 3x4 \(W \+ 2P = 4 < K = 5\)"),
+    (lambda x: Conv2d(3, 4, 3, dilation=2)(x),                          (1, 3, 4, 9),          r"kernel 3x3 with dilation 2x2 does not fit the padded input 4x9 \(H \+ 2P = 4 < D\*\(K-1\) \+ 1 = 5\)"),
+    (lambda x: Conv2d(3, 4, 3)(x),                                      (3, 8, 8),             r"Conv2d expects a 4-D \(N, C, H, W\) array, got shape \(3, 8, 8\)"),
+    (lambda x: Conv2d(3, 4, 3)(x),                                      (1, 2, 8, 8),          r"Conv2d: expected 3 input channels, got 2"),
+    (lambda x: Conv2d(3, 4, 3, stride=0),                               None,                  r"Conv2d: stride must be positive"),
+    (lambda x: Conv2d(3, 4, 3, stride=(1, -1)),                         None,                  r"Conv2d: stride must be positive"),
+    (lambda x: Conv2d(3, 4, 0),                                         None,                  r"Conv2d: kernel_size must be positive"),
+    (lambda x: Conv2d(3, 4, 3, padding=-1),                             None,                  r"Conv2d: padding must be non-negative"),
+    (lambda x: Conv2d(3, 4, 3, groups=2),                               None,                  r"Conv2d: groups=2 must divide in_channels=3 and out_channels=4"),
+    (lambda x: conv2d_forward(x, np.ones((4, 2, 3, 3)), None),          (1, 3, 5, 5),          r"Conv2d: the input has 3 channels but the weight expects 2"),
+    (lambda x: MaxPool2d(3)(x),                                         (1, 1, 2, 5),          r"MaxPool2d: kernel 3x3 does not fit the padded input 2x5"),
+    (lambda x: MaxPool2d(2, stride=0),                                  None,                  r"MaxPool2d: stride must be positive"),
+    (lambda x: MaxPool2d(2, padding=2),                                 None,                  r"MaxPool2d: padding \(2, 2\) must be at most half the kernel size"),
+    (lambda x: AvgPool2d(2)(x),                                         (1, 4, 4),             r"AvgPool2d expects a 4-D"),
+    (lambda x: AdaptiveAvgPool2d(0),                                    None,                  r"AdaptiveAvgPool2d: output_size must be positive"),
+    (lambda x: Linear(4, 3)(x),                                         (2, 5),                r"Linear: expected \(\.\.\., 4\) input, got shape \(2, 5\)"),
+    (lambda x: BatchNorm2d(3)(x),                                       (2, 4, 3, 3),          r"BatchNorm2d: expected 3 channels, got 4"),
+    (lambda x: BatchNorm2d(3)(x),                                       (1, 3, 1, 1),          r"BatchNorm2d: training needs more than 1 value per channel"),
+    (lambda x: CrossEntropyLoss()(x, np.array([0, 5])),                 (2, 5),                r"targets must lie in \[0, 5\)"),
+    (lambda x: CrossEntropyLoss()(x, np.array([0, 1, 2])),              (2, 5),                r"targets must be 2 integer class indices"),
+    (lambda x: CrossEntropyLoss()(x, np.array([0, 1])),                 (2, 5, 1),             r"CrossEntropyLoss expects a 2-D"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("call, shape, message", BAD)
+def test_impossible_shapes_raise_clear_errors(call, shape, message):
+    x = None if shape is None else np.zeros(shape, np.float32)
+    with pytest.raises(ShapeError, match=message):
+        call(x)
+
+
+def test_every_layer_is_a_module():
+    for layer in (
+        Conv2d(1, 1, 1),
+        MaxPool2d(2),
+        AvgPool2d(2),
+        AdaptiveAvgPool2d(1),
+        ReLU(),
+        Linear(1, 1),
+        Flatten(),
+        BatchNorm2d(1),
+        Dropout(),
+        CrossEntropyLoss(),
+    ):
+        assert isinstance(layer, Module)
+        assert repr(layer).startswith(type(layer).__name__)

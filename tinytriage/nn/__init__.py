@@ -1,0 +1,74 @@
+"""tinytriage.nn: a small neural-network library written from first principles in NumPy.
+
+Layers keep PyTorch's class names, constructor arguments and parameter keys, so weights
+move between the two engines by name; every layer has ``forward`` and ``backward``.
+"""
+
+from tinytriage.nn.activation import ReLU
+from tinytriage.nn.conv import (
+    Conv2d,
+    conv2d_backward,
+    conv2d_backward_reference,
+    conv2d_cell,
+    conv2d_forward,
+    conv2d_reference,
+    conv2d_window,
+    conv_output_size,
+)
+from tinytriage.nn.dropout import Dropout
+from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
+from tinytriage.nn.linear import Flatten, Linear
+from tinytriage.nn.loss import CrossEntropyLoss
+from tinytriage.nn.module import Module, Sequential
+from tinytriage.nn.norm import BatchNorm2d
+from tinytriage.nn.optim import SGD, Adam, AdamW, Optimizer
+from tinytriage.nn.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    MaxPool2d,
+    avgpool2d_backward,
+    avgpool2d_backward_reference,
+    avgpool2d_forward,
+    avgpool2d_reference,
+    maxpool2d_backward,
+    maxpool2d_backward_reference,
+    maxpool2d_forward,
+    maxpool2d_reference,
+)
+
+__all__ = [
+    "Module",
+    "Sequential",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "ReLU",
+    "Linear",
+    "Flatten",
+    "BatchNorm2d",
+    "Dropout",
+    "CrossEntropyLoss",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "conv_output_size",
+    "conv2d_window",
+    "conv2d_cell",
+    "conv2d_reference",
+    "conv2d_backward_reference",
+    "conv2d_forward",
+    "conv2d_backward",
+    "maxpool2d_reference",
+    "maxpool2d_backward_reference",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_reference",
+    "avgpool2d_backward_reference",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "numerical_grad",
+    "gradcheck",
+    "GradcheckError",
+]
