@@ -188,7 +188,11 @@ def compare(
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: errors come back to us; typer.Exit(n) comes back as n
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            _flush_stdout()
+            sys.exit(rc)
     except TinyTriageError as err:
         if _DEBUG:
             raise
@@ -207,10 +211,10 @@ def main() -> None:
         # `tinytriage predict ... | head -1`: the reader left; end quietly.
         _silence_stdout()
         sys.exit(0)
-    except Exception as err:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # usage errors (click's, or the click vendored by newer Typer) arrive here in
+        # standalone_mode=False: they know how to show themselves and their exit code (2)
+        if hasattr(err, "show") and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
         if _DEBUG:

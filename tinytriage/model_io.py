@@ -87,7 +87,7 @@ def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
     if bad:
         raise ModelFileError(f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}")
     meta = json.dumps(_finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
-    tensors = {k: np.ascontiguousarray(v) for k, v in model_file.tensors.items()}
+    tensors = {k: np.array(v, order="C", copy=None) for k, v in model_file.tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
 
 
@@ -255,6 +255,8 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
             problems.append(f"missing tensor {name}")
             continue
         t = mf.tensors[name]
+        if shape == () and tuple(t.shape) == (1,):  # safetensors' numpy API stores 0-d as (1,)
+            t = mf.tensors[name] = t.reshape(())
         if tuple(t.shape) != shape:
             problems.append(f"{name} has shape {tuple(t.shape)}, expected {shape}")
         elif np.issubdtype(dtype, np.floating) != np.issubdtype(t.dtype, np.floating) or (

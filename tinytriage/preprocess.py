@@ -229,7 +229,7 @@ def _sniff(head: bytes) -> tuple[str, bool] | None:
 def _corrupt(shown: str, fmt: str, err: Exception) -> ImageError:
     """The ImageError for a decoder's exception: truncated, or corrupt with the detail."""
     text = str(err)
-    if "truncated" in text.lower() or "broken data stream" in text:
+    if "truncated" in text.lower():
         return ImageError(f"{shown}: truncated file (the photo is incomplete)")
     return ImageError(f"{shown}: corrupt {fmt} ({type(err).__name__}: {text})")
 
@@ -256,7 +256,7 @@ def _open_source(src: ImageSource, shown: str) -> BinaryIO:
     if st.st_size == 0:
         raise ImageError(f"{shown}: empty file (0 bytes)")
     try:
-        return open(src, "rb")  # noqa: SIM115 - closed by the caller's `with`
+        return open(src, "rb")  # closed by the caller's `with`
     except OSError as err:
         reason = "permission denied" if isinstance(err, PermissionError) else str(err)
         raise ImageError(f"{shown}: cannot read ({reason})") from None

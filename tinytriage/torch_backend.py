@@ -126,9 +126,9 @@ class TorchEngine:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         own = self.model.state_dict()
         converted = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).to(own[k].dtype)
+            k: torch.from_numpy(np.array(v, order="C")).to(own[k].dtype)
             if k in own
-            else torch.from_numpy(np.ascontiguousarray(v))
+            else torch.from_numpy(np.array(v, order="C"))
             for k, v in state.items()
         }
         self.model.load_state_dict(converted, strict=True)

@@ -190,7 +190,7 @@ def _page(rng: np.random.Generator, page: Image.Image) -> Image.Image:
     """Paper's look: fibre texture, a fold or a curl in the lighting; returns RGBA."""
     w, h = page.size
     a = np.asarray(page, np.float32)
-    tex = np.asarray(textures.material(rng, "paper", (w, h), (0.96,) * 3, (1.02,) * 3).convert("L"), np.float32) / 255
+    tex = np.asarray(textures.material(rng, "paper", (w, h), (238,) * 3, (255,) * 3).convert("L"), np.float32) / 255
     shade = np.ones((h, w), np.float32)
     if rng.random() < 0.5:  # a fold: one half a little darker, a thin crease line
         vertical = rng.random() < 0.5
