@@ -58,6 +58,9 @@ def _seed_images() -> list[bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6
     save(rgb, "JPEG", exif=exif.tobytes())
+    big = rgb.resize((64, 48))  # larger than the input: exercises JPEG draft decoding
+    save(big, "JPEG", exif=exif.tobytes())
+    save(big.convert("L"), "JPEG", progressive=True)
     save(rgb, "GIF", save_all=True, append_images=[rgb.rotate(90)])
     save(rgb, "BMP")
     save(rgb.convert("1"), "BMP")

@@ -24,6 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from tinytriage.preprocess import Preprocess
+
+#: Colour for areas a rotation uncovers, when the caller gives none: the default
+#: config's letterbox fill (the ImageNet mean colour), which normalises to ~0.
+DEFAULT_FILL = Preprocess().fill
+
 # ITU-R 601 luma, the weights Pillow's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -133,7 +139,7 @@ def augment_batch(
     aug: Augment,
     rng: np.random.Generator,
     *,
-    fill: tuple[int, int, int] = (0, 0, 0),
+    fill: tuple[int, int, int] = DEFAULT_FILL,
     workers: int = 1,
 ) -> np.ndarray:
     """Augment uint8 (N, H, W, 3) images into uint8 (N, size, size, 3).
@@ -164,7 +170,7 @@ def augment_image(
     aug: Augment,
     rng: np.random.Generator,
     *,
-    fill: tuple[int, int, int] = (0, 0, 0),
+    fill: tuple[int, int, int] = DEFAULT_FILL,
 ) -> np.ndarray:
     """Augment one RGB image (PIL or uint8 (H, W, 3)) into uint8 (size, size, 3)."""
     arr = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else image

@@ -3,7 +3,7 @@
 The folder layout is torchvision's ``ImageFolder``: one subfolder per class, the class
 index is the position of its name in sorted order, and files are matched by extension
 (case-insensitive). The scan opens every file's header, so a broken photo is reported
-up front ("3,412 images, 3 unreadable") instead of crashing training mid-epoch.
+up front ("3,412 images in 5 classes (...), 3 unreadable") instead of crashing training mid-epoch.
 
 Training decodes each photo once (``cache_resized``) into a small uint8 letterboxed
 square a little larger than the model input; every epoch then augments those small

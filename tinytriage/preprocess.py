@@ -214,6 +214,8 @@ def _sniff(head: bytes) -> tuple[str, bool] | None:
             return fmt, True
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP", True
+    if head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        return "PPM", True
     if head[4:8] == b"ftyp":  # ISO media: HEIC from iPhones, AVIF
         brand = head[8:12]
         if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heim", b"heis"):
@@ -348,6 +350,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greys (PNG, TIFF, PGM): scale 0..65535 to 0..255. Pillow's own
         # convert("L") clips at 255, which would make almost every pixel white.
+        # Pillow also opens 16-bit PGMs and signed TIFFs as 32-bit "I"; we read
+        # those as 16-bit too (values outside 0..65535 are clipped).
         a = np.asarray(img).astype(np.float32)
         grey = np.rint(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")

@@ -124,6 +124,8 @@ class TrainProgress:
             )
             for a, b in e["pairs"][:10]:
                 err.print(f"  {b} == {a}")
+        elif kind == "unreadable":
+            err.print(f"  [yellow]skipped[/yellow] {e['reason']}")
         elif kind == "cache":
             err.print(f"decoding {e['n']} photos once (cached as small uint8 arrays)...")
         elif kind == "resume":

@@ -2,7 +2,7 @@
 
     for epoch in epochs:
         for batch in shuffled(train):            # seeded by (seed, epoch): resumable, exact
-            x = normalise(augment(batch))
+            x = normalize(augment(batch))
             loss, logits = engine.train_step(x, y, lr_at(step))   # forward, backward, step
         validate; keep best and last weights; write a checkpoint
 
@@ -37,8 +37,9 @@ from tinytriage.model_io import ModelFile, atomic_write_bytes, save_model
 from tinytriage.routing import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.schedule import lr_at
 
-# ImageNet statistics are wrong for ticket photos; these are the generator's photos' own
-# per-channel mean and std (measured once, rounded), and they are stored in the model file.
+# Pixels in [0, 1] are mapped to about [-2, 2]. A neutral choice rather than dataset
+# statistics: the first BatchNorm re-centres every channel anyway, and a fixed value keeps
+# a model's input contract simple. Stored in the model file like everything else.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
 
@@ -132,15 +133,9 @@ def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128)
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train a model on a folder of photos; returns where it went and how it did."""
-    from tinytriage.data import (
-        Augment,
-        augment_batch,
-        cache_resized,
-        find_duplicates,
-        normalise,
-        scan_folder,
-        stratified_split,
-    )
+    from tinytriage.augment import Augment, augment_batch
+    from tinytriage.data import cache_resized, find_duplicates, scan_folder, stratified_split
+    from tinytriage.preprocess import Preprocess, normalize
 
     emit = progress or (lambda event: None)
     run_dir = Path(cfg.out)
@@ -155,10 +150,13 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     # decode every photo once, a little larger than the input, as uint8; augment per epoch
     emit({"event": "cache", "n": len(train_set.samples) + len(val_set.samples)})
-    X_train_u8, y_train = cache_resized(train_set, cfg.input_size, margin=1.15 if cfg.augment else 1.0)
-    X_val_u8, y_val = cache_resized(val_set, cfg.input_size, margin=1.0)
-    mean, std = np.array(DEFAULT_MEAN, np.float32), np.array(DEFAULT_STD, np.float32)
-    X_val = normalise(X_val_u8, cfg.input_size, mean, std)
+    pcfg = Preprocess(input_size=cfg.input_size, mean=DEFAULT_MEAN, std=DEFAULT_STD, resize_mode="letterbox")
+    train_cache = cache_resized(train_set, pcfg, size=None if cfg.augment else cfg.input_size, workers=2)
+    val_cache = cache_resized(val_set, pcfg, size=cfg.input_size, workers=2)
+    for path, why in train_cache.errors + val_cache.errors:
+        emit({"event": "unreadable", "path": str(path), "reason": why})
+    X_train_u8, y_train = train_cache.images, train_cache.labels
+    X_val, y_val = normalize(val_cache.images, pcfg), val_cache.labels
 
     classes = list(dataset.classes)
     routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
@@ -196,7 +194,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 xb_u8 = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng) if aug else X_train_u8[idx]
-                xb = normalise(xb_u8, cfg.input_size, mean, std)
+                xb = normalize(xb_u8, pcfg)
                 yb = y_train[idx]
                 step = epoch * steps_per_epoch + b
                 lr = lr_at(step, total_steps, cfg.lr, warmup)
@@ -267,12 +265,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     ece_after = expected_calibration_error(probs_cal, y_val)
     threshold = pick_threshold(probs_cal, y_val, cfg.target_precision)
 
-    preprocess = {
-        "input_size": cfg.input_size,
-        "mean": list(DEFAULT_MEAN),
-        "std": list(DEFAULT_STD),
-        "resize_mode": "letterbox",
-    }
+    preprocess = pcfg.to_dict()
     training = {
         "seed": cfg.seed,
         "args": asdict(cfg),

@@ -7,12 +7,13 @@ running statistics move towards them: running = (1 - momentum) * running + momen
 where running_var takes the *unbiased* batch variance (times M / (M - 1)), exactly as
 PyTorch. In eval the running statistics are used instead.
 
-Backward (training), with g = dy * weight summed over the M values of a channel:
+Backward (training): mean and var depend on every x of the channel, and the chain rule
+through them gives, with the M values of a channel and mean() over them,
 
-    dx = (1 / M) / sqrt(var + eps) * (M g - sum(g) - x_hat * sum(g * x_hat))
+    dx = weight / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 
-because mean and var depend on every x of the channel. In eval mean and var are constants
-and dx = g / sqrt(var + eps).
+where mean(dy) = dbias / M and mean(dy * x_hat) = dweight / M. In eval mean and var are
+constants and dx = weight / sqrt(var + eps) * dy.
 """
 
 from __future__ import annotations
@@ -75,20 +76,20 @@ class BatchNorm2d(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         x_hat, inv_std, batch_stats = self._cache
         N, C, H, W = grad_out.shape
+        dbias = grad_out.sum(axis=(0, 2, 3))  # (C,)  d y / d bias = 1
+        dweight = np.einsum("nchw,nchw->c", grad_out, x_hat)  # (C,)  d y / d weight = x_hat
         if self.affine:
-            self._grads = {
-                "weight": (grad_out * x_hat).sum(axis=(0, 2, 3)),  # d y / d weight = x_hat
-                "bias": grad_out.sum(axis=(0, 2, 3)),  # d y / d bias = 1
-            }
-            g = grad_out * self._params["weight"].reshape(1, C, 1, 1)  # dL / d x_hat
+            self._grads = {"weight": dweight, "bias": dbias}
+            scale = self._params["weight"] * inv_std  # (C,)  d y / d x at fixed statistics
         else:
-            g = grad_out
+            scale = inv_std
+        scale = scale.reshape(1, C, 1, 1)
         if not batch_stats:
-            return g * inv_std.reshape(1, C, 1, 1)  # running statistics are constants
+            return scale * grad_out  # running statistics are constants
         M = N * H * W
-        g_sum = g.sum(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
-        g_xhat_sum = (g * x_hat).sum(axis=(0, 2, 3), keepdims=True)  # (1, C, 1, 1)
-        return (inv_std.reshape(1, C, 1, 1) / M) * (M * g - g_sum - x_hat * g_xhat_sum)
+        mean_dy = (dbias / M).reshape(1, C, 1, 1)  # mean(dy)
+        mean_dy_xhat = (dweight / M).reshape(1, C, 1, 1)  # mean(dy * x_hat)
+        return scale * (grad_out - mean_dy - x_hat * mean_dy_xhat)
 
     def _update_running_stats(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
         self._buffers["num_batches_tracked"] += 1

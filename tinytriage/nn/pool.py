@@ -98,37 +98,35 @@ def maxpool2d_backward_reference(dout: np.ndarray, winners: np.ndarray, x_shape:
 def maxpool2d_forward(
     x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
 ) -> tuple[np.ndarray, tuple]:
-    """Fast max pooling; returns ``(out, cache)``. A running max over the K*K kernel offsets."""
+    """Fast max pooling; returns ``(out, cache)``. A running maximum over the K*K kernel
+    offsets, each one ``np.maximum`` over a strided slab of the whole batch."""
     kernel, stride, padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
     Ho, Wo = _output_hw("MaxPool2d", x, kernel, stride, padding)
     KH, KW = kernel
     x_padded = pad2d(x, padding, value=-np.inf)
-    out = _slab(x_padded, 0, 0, stride, (Ho, Wo)).copy()  # (N, C, H', W'), offset (0, 0) leads
-    winner = np.zeros(out.shape, dtype=np.int32)  # u*KW + v of the leading offset
-    better = np.empty(out.shape, dtype=bool)
+    out = _slab(x_padded, 0, 0, stride, (Ho, Wo)).copy()  # (N, C, H', W')
     for u in range(KH):
         for v in range(KW):
-            if u == v == 0:
-                continue
-            slab = _slab(x_padded, u, v, stride, (Ho, Wo))
-            # strictly greater, in row-major order: the first maximum keeps ties; NaN wins
-            np.greater(slab, out, out=better)
-            better |= np.isnan(slab)
-            np.copyto(out, slab, where=better)
-            np.copyto(winner, u * KW + v, where=better)
-    cache = (x.shape, winner, kernel, stride, padding)
+            np.maximum(out, _slab(x_padded, u, v, stride, (Ho, Wo)), out=out)  # NaN propagates
+    cache = (x.shape, x_padded, out, kernel, stride, padding)
     return out, cache
 
 
 def maxpool2d_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
-    """dx: dout routed to each window's winner, one strided add per kernel offset."""
-    (N, C, H, W), winner, (KH, KW), stride, (PH, PW) = cache
-    Ho, Wo = dout.shape[2:]
+    """dx: each window's gradient goes to its winner, the first cell (row-major) equal to
+    the max; one strided add per kernel offset. (A window whose max is NaN passes none.)"""
+    (N, C, H, W), x_padded, out, (KH, KW), stride, (PH, PW) = cache
+    Ho, Wo = out.shape[2:]
     dx_padded = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)
+    unclaimed = np.ones(out.shape, dtype=bool)  # windows whose winner is still to be found
+    wins = np.empty(out.shape, dtype=bool)
     for u in range(KH):
         for v in range(KW):
+            np.equal(_slab(x_padded, u, v, stride, (Ho, Wo)), out, out=wins)
+            wins &= unclaimed  # an earlier offset with the same value keeps the tie
+            unclaimed ^= wins
             # d max / d x = 1 for the winner, 0 for the rest
-            _slab(dx_padded, u, v, stride, (Ho, Wo))[...] += np.where(winner == u * KW + v, dout, 0)
+            _slab(dx_padded, u, v, stride, (Ho, Wo))[...] += dout * wins
     return dx_padded[:, :, PH : PH + H, PW : PW + W]
 
 

@@ -120,10 +120,9 @@ def _render_once(class_name: str, rng: np.random.Generator, size_range: tuple[in
         dmg = Damage(damage_rng, visible=show_damage) if class_name == "screen_damage" else None
         canvas, mask = scenes.compose(subject.draw(scene_rng, px, dmg), shot, scene_rng, size)
 
-    rgb = camera.expose(np.asarray(canvas), shot)
-    rgb = np.asarray(camera.blur(Image.fromarray(rgb), shot))
-    rgb = camera.add_noise(rgb, shot, noise_rng)
-    image = Image.fromarray(rgb)
+    image = camera.expose(canvas, shot)
+    image = camera.blur(image, shot, shot.size)
+    image = camera.add_noise(image, shot, noise_rng)
     if image.size != shot.size:
         image = image.resize(shot.size, Image.BILINEAR)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops
 
 from tinytriage.synth.textures import SURFACES, VARIANTS
 
@@ -101,7 +101,7 @@ def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 16
     temperature = rng.normal(0, 0.08)  # warm (tungsten) to cool (shade) white-balance error
     tint = rng.normal(0, 0.03)  # green-magenta
     dim = rng.random() < 0.3
-    noise = rng.uniform(4, 12) if dim else rng.uniform(0.5, 4)
+    noise = rng.uniform(3, 8) if dim else rng.uniform(0.5, 3)
     light_angle = rng.uniform(0, 2 * np.pi)
     return Shot(
         size=(w, h),
@@ -214,72 +214,94 @@ def warp(image: Image.Image, H: np.ndarray, size: tuple[int, int]) -> tuple[Imag
 # --- photometry -------------------------------------------------------------------------
 
 
-def light_field(shot: Shot, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 illumination: a linear falloff along the light direction, times vignetting."""
+def light_field(shot: Shot, size: tuple[int, int]) -> Image.Image:
+    """Illumination, mode "L" (255 = full light): a falloff along the light direction, times vignetting."""
     w, h = size
     gw, gh = 17, 13  # smooth, so a coarse grid resized up is exact enough
     y, x = np.mgrid[-1 : 1 : gh * 1j, -1 : 1 : gw * 1j]
     along = x * shot.light_dir[0] + y * shot.light_dir[1]
-    field = (1 - shot.light_falloff * (along + 1) / 2) * (1 - shot.vignette * (x**2 + y**2) / 2)
-    return np.asarray(Image.fromarray(field.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
+    field = (1 - shot.light_falloff * (along - along.min()) / np.ptp(along)) * (1 - shot.vignette * (x**2 + y**2) / 2)
+    return Image.fromarray(np.clip(field * 255, 0, 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
 
 
-def expose(rgb: np.ndarray, shot: Shot) -> np.ndarray:
-    """Light, auto exposure, auto white balance, colour cast and tone curve. (H, W, 3) uint8 -> same.
+def expose(image: Image.Image, shot: Shot) -> Image.Image:
+    """Light, auto exposure, auto white balance, colour cast and tone curve (RGB -> RGB).
 
     Auto exposure scales the image so its mean brightness lands on ``shot.exposure``;
     white balance moves each channel's mean toward grey by ``shot.awb`` (grey-world).
-    Both use the image's own statistics, as a phone does.
+    Both use the image's own statistics, as a phone does. The per-channel gain and the
+    tone curve are one lookup table; the light field is one multiply.
     """
-    field = light_field(shot, (rgb.shape[1], rgb.shape[0]))
-    sample = rgb[::4, ::4].astype(np.float32) * field[::4, ::4, None]
+    lit = ImageChops.multiply(image, light_field(shot, image.size).convert("RGB"))
+    sample = np.asarray(lit.reduce(4), np.float32)
     mean = sample.reshape(-1, 3).mean(0) + 1.0  # per-channel mean, 0-255
-    grey = mean @ np.array([0.299, 0.587, 0.114])
-    balance = (grey / mean) ** shot.awb * np.asarray(shot.cast)
-    lum = (mean * balance) @ np.array([0.299, 0.587, 0.114])
-    gain = np.clip(balance * (shot.exposure * 255 / lum), 0.2, 5.0)
-    # tone curve as a lookup table: contrast around the target mean, then clip to [0, 255]
-    x = np.arange(256, dtype=np.float32)
+    luma = np.array([0.299, 0.587, 0.114])
+    balance = (float(mean @ luma) / mean) ** shot.awb * np.asarray(shot.cast)
+    gain = np.clip(balance * (shot.exposure * 255 / float((mean * balance) @ luma)), 0.2, 5.0)
     mid = shot.exposure * 255
-    lut = np.clip(mid + (x - mid) * shot.contrast, 0, 255).astype(np.uint8)
-    out = rgb * (field[:, :, None] * gain.astype(np.float32)[None, None, :])
-    return lut[np.clip(out, 0, 255).astype(np.uint8)]
+    x = np.arange(256, dtype=np.float64)[None, :] * gain[:, None]  # (3, 256): gain, then contrast about mid
+    lut = np.clip(mid + (np.clip(x, 0, 255) - mid) * shot.contrast, 0, 255).astype(np.uint8)
+    return lit.point(lut.ravel().tolist())
 
 
-def blur(image: Image.Image, shot: Shot) -> Image.Image:
-    """Focus blur (Gaussian) or motion blur (a line of shifted copies), sized to the frame."""
-    amount = shot.blur_amount * max(image.size)
-    if shot.blur == "focus" and amount > 0.3:
-        return image.filter(ImageFilter.GaussianBlur(amount))
-    if shot.blur == "motion" and amount > 1:
-        a = np.asarray(image, np.float32)
-        n = int(np.ceil(amount))
-        dx, dy = np.cos(np.radians(shot.blur_angle)), np.sin(np.radians(shot.blur_angle))
-        pad = np.pad(a, ((n, n), (n, n), (0, 0)), mode="edge")
-        h, w = a.shape[:2]
-        acc = np.zeros_like(a)
-        steps = np.linspace(-amount / 2, amount / 2, n + 1)
-        for t in steps:
-            ox, oy = int(round(t * dx)), int(round(t * dy))
-            acc += pad[n + oy : n + oy + h, n + ox : n + ox + w]
-        return Image.fromarray((acc / len(steps)).astype(np.uint8))
+def blur(image: Image.Image, shot: Shot, out_size: tuple[int, int]) -> Image.Image:
+    """Focus or motion blur, sized to the photo. Returns an image to be resized to ``out_size``.
+
+    Focus blur is done by shrinking: the final resize up to ``out_size`` interpolates
+    the shrunken image back, which blurs it (about sigma = 0.5 x the shrink factor)
+    at no extra cost. Motion blur averages copies shifted along a line.
+    """
+    out_long = max(out_size)
+    if shot.blur == "focus":
+        sigma = shot.blur_amount * out_long  # in output pixels
+        long = int(min(max(image.size), out_long / max(2 * sigma, 1e-6)))
+        if long < max(image.size):
+            s = long / max(image.size)
+            return image.resize((max(2, round(image.width * s)), max(2, round(image.height * s))), Image.BOX)
+    if shot.blur == "motion":
+        length = shot.blur_amount * max(image.size)
+        if length > 1:
+            a = np.asarray(image, np.float32)
+            n = int(np.ceil(length))
+            dx, dy = np.cos(np.radians(shot.blur_angle)), np.sin(np.radians(shot.blur_angle))
+            pad = np.pad(a, ((n, n), (n, n), (0, 0)), mode="edge")
+            h, w = a.shape[:2]
+            acc = np.zeros_like(a)
+            steps = np.linspace(-length / 2, length / 2, n + 1)
+            for t in steps:
+                ox, oy = int(round(t * dx)), int(round(t * dy))
+                acc += pad[n + oy : n + oy + h, n + ox : n + ox + w]
+            return Image.fromarray((acc / len(steps)).astype(np.uint8))
     return image
 
 
+#: Noise tiles are stored as uint8 around 128 with this many levels per sigma.
+_NOISE_SD = 32
+
+
 @lru_cache(maxsize=1)
-def _noise_tile() -> np.ndarray:
-    """(640, 640, 4) float32 unit Gaussian noise: 3 colour channels and 1 luminance."""
-    return np.random.default_rng(1234567).standard_normal((640, 640, 4), dtype=np.float32)
+def _noise_tiles() -> tuple[Image.Image, Image.Image]:
+    """(colour, luminance) Gaussian noise, RGB, 640 x 640, stored as 128 + 32 * N(0, 1)."""
+    rng = np.random.default_rng(1234567)
+    n = np.clip(128 + _NOISE_SD * rng.standard_normal((640, 640, 4), dtype=np.float32), 0, 255).astype(np.uint8)
+    colour = Image.fromarray(n[:, :, :3])
+    lum = Image.fromarray(n[:, :, 3]).convert("RGB")
+    return colour, lum
 
 
-def add_noise(rgb: np.ndarray, shot: Shot, rng: np.random.Generator) -> np.ndarray:
-    """Sensor noise: luminance plus colour noise, from a random window of a cached noise tile."""
-    h, w = rgb.shape[:2]
-    tile = _noise_tile()
-    y, x = int(rng.integers(0, 641 - h)), int(rng.integers(0, 641 - w))
-    n = tile[y : y + h, x : x + w]
-    noisy = rgb + shot.noise * n[:, :, 3:4] + shot.chroma_noise * n[:, :, :3]
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+def add_noise(image: Image.Image, shot: Shot, rng: np.random.Generator) -> Image.Image:
+    """Sensor noise: luminance plus colour noise, from a random window of cached noise tiles."""
+    w, h = image.size
+    colour, lum = _noise_tiles()
+    x, y = int(rng.integers(0, 641 - w)), int(rng.integers(0, 641 - h))
+    box = (x, y, x + w, y + h)
+
+    def scaled(tile: Image.Image, sigma: float) -> Image.Image:  # 128 + sigma * N(0, 1)
+        lut = np.clip(np.round(128 + (np.arange(256) - 128) * (sigma / _NOISE_SD)), 0, 255).astype(np.uint8)
+        return tile.crop(box).point(lut.tolist() * 3)
+
+    noise = ImageChops.add(scaled(lum, shot.noise), scaled(colour, shot.chroma_noise), 1.0, -128)
+    return ImageChops.add(image, noise, 1.0, -128)
 
 
 #: EXIF orientation -> how the pixels are stored so that a viewer applying the tag

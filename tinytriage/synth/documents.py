@@ -91,7 +91,7 @@ def invoice(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         y += row
         d.line([m, y, w - m, y], fill=(200, 200, 200))
     draw.text(d, (w * 0.6, y + row * 0.5), "TOTAL", row * 0.6, INK, bold=True)
-    draw.text(d, (w * 0.8, y + row * 0.5), f"€{rng.uniform(20, 900):.2f}", row * 0.6, INK, bold=True)
+    draw.text(d, (w * 0.8, y + row * 0.5), f"EUR {rng.uniform(20, 900):.2f}", row * 0.6, INK, bold=True)
     draw.paragraph(d, rng, (m, y + row * 2.5, w * 0.55, y + row * 5), h * 0.012, (110, 110, 110))
     if rng.random() < 0.5:
         draw.barcode(d, rng, (m, h * 0.86, m + w * 0.35, h * 0.92))
@@ -272,7 +272,7 @@ def screenshot(rng: np.random.Generator, w: int, h: int) -> Image.Image:
             break
         d.rounded_rectangle([x0, y, x0 + u * 0.18, y + u * 0.18], u * 0.02, fill=draw.vivid(rng))
         draw.text(d, (x0 + u * 0.22, y), draw.pick(rng, draw.PRODUCT), u * 0.04, INK)
-        draw.text(d, (x0 + u * 0.22, y + u * 0.06), f"€{rng.uniform(5, 400):.2f}", u * 0.04, (90, 90, 90))
+        draw.text(d, (x0 + u * 0.22, y + u * 0.06), f"EUR {rng.uniform(5, 400):.2f}", u * 0.04, (90, 90, 90))
         y += u * 0.24
         d.line([x0, y - u * 0.03, x1, y - u * 0.03], fill=(225, 225, 230))
     draw.paragraph(d, rng, (x0, y, x1, min(h - u * 0.2, y + u * 0.2)), u * 0.03, (120, 120, 125), spacing=1.8)

@@ -190,25 +190,33 @@ def pet(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
     return flat(img, lift=0.08)
 
 
+def _oval(cx: float, cy: float, rx: float, ry: float, angle: float, n: int = 24) -> list[tuple[float, float]]:
+    """Polygon of an ellipse with radii (rx, ry) turned by ``angle`` radians."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = rx * np.cos(t), ry * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return [(float(cx + c * a - s * b), float(cy + s * a + c * b)) for a, b in zip(x, y, strict=True)]
+
+
 def mug(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
-    """A mug seen from above at an angle: body, handle, rim, coffee or tea inside."""
+    """A mug from above: rim, inner wall, coffee or tea, the handle sticking out."""
     s = int(px)
-    img, d = _sprite((s * 0.9, s))
-    colour = draw.vivid(rng) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(200, 250, 3))
-    x0, x1 = s * 0.12, s * 0.7
-    top, bottom = s * 0.25, s * 0.9
-    rim = (x1 - x0) * 0.35
-    d.arc([x1 - s * 0.08, top + s * 0.12, x1 + s * 0.2, top + s * 0.48], 270, 90, fill=colour + (255,), width=max(1, int(s * 0.05)))
-    d.rectangle([x0, top, x1, bottom], fill=_mix(colour, (0, 0, 0), 0.12) + (255,))
-    d.ellipse([x0, bottom - rim / 2, x1, bottom + rim / 2], fill=_mix(colour, (0, 0, 0), 0.12) + (255,))
-    d.rectangle([x0 + (x1 - x0) * 0.15, top, x0 + (x1 - x0) * 0.3, bottom], fill=_mix(colour, (255, 255, 255), 0.25) + (255,))  # highlight
-    d.ellipse([x0, top - rim / 2, x1, top + rim / 2], fill=_mix(colour, (255, 255, 255), 0.1) + (255,))
-    drink = [(60, 35, 20), (150, 100, 50), (190, 140, 90)][int(rng.integers(3))]
-    m = (x1 - x0) * 0.06
-    d.ellipse([x0 + m, top - rim / 2 + m, x1 - m, top + rim / 2 - m], fill=drink + (255,))
-    if rng.random() < 0.5:
-        draw.text(d, (x0 + (x1 - x0) * 0.35, top + s * 0.25), draw.pick(rng, ["LOVE", "#1", "MONDAY", "COFFEE"]), s * 0.07, (30, 30, 30))
-    return flat(img, lift=0.06)
+    img, d = _sprite((s, s * 0.78))
+    colour = draw.vivid(rng) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(190, 250, 3))
+    r = s * 0.36
+    cx, cy = s * 0.39, s * 0.39
+    d.rounded_rectangle([cx + r * 0.8, cy - r * 0.22, cx + r * 1.65, cy + r * 0.22], r * 0.2, fill=_mix(colour, (0, 0, 0), 0.1) + (255,))
+    d.rounded_rectangle([cx + r * 0.95, cy - r * 0.1, cx + r * 1.5, cy + r * 0.1], r * 0.1, fill=(0, 0, 0, 0))  # the hole in the handle
+    _shaded_ellipse(d, (cx - r, cy - r, cx + r, cy + r), colour, (-0.3, -0.3), steps=5)
+    wall = r * 0.88
+    d.ellipse([cx - wall, cy - wall, cx + wall, cy + wall], fill=_mix(colour, (0, 0, 0), 0.3) + (255,))
+    drink = [(55, 32, 18), (120, 75, 40), (170, 115, 60), (200, 150, 90)][int(rng.integers(4))]
+    level = wall * rng.uniform(0.8, 0.95)
+    d.ellipse([cx - level, cy - level + wall * 0.04, cx + level, cy + level + wall * 0.04], fill=drink + (255,))
+    if rng.random() < 0.5:  # crema / milk swirl
+        d.ellipse([cx - level * 0.5, cy - level * 0.45, cx + level * 0.4, cy + level * 0.35], fill=_mix(drink, (240, 220, 190), 0.5) + (255,))
+    d.ellipse([cx - level * 0.7, cy - level * 0.75, cx - level * 0.3, cy - level * 0.55], fill=_mix(drink, (255, 255, 255), 0.45) + (255,))  # a reflection
+    return flat(img, lift=0.08)
 
 
 def plate(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
@@ -251,27 +259,26 @@ def plate(rng: np.random.Generator, px: float, damage: Damage | None = None) -> 
 
 
 def plant(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
-    """A pot plant from the side: a pot and leaves fanning out of it."""
+    """A pot plant from above: the pot's rim, soil, a rosette of leaves spilling over."""
     s = int(px)
-    img, d = _sprite((s * 0.85, s))
+    img, d = _sprite((s, s))
+    c = s / 2
     pot = [(180, 90, 55), (235, 235, 230), (60, 60, 65), (110, 140, 170)][int(rng.integers(4))]
-    pw = s * rng.uniform(0.3, 0.45)
-    cx = s * 0.425
-    top = s * rng.uniform(0.55, 0.7)
-    d.polygon([(cx - pw / 2, top), (cx + pw / 2, top), (cx + pw * 0.38, s * 0.99), (cx - pw * 0.38, s * 0.99)], fill=pot + (255,))
-    d.rectangle([cx - pw * 0.53, top - s * 0.03, cx + pw * 0.53, top + s * 0.03], fill=_mix(pot, (255, 255, 255), 0.1) + (255,))
-    green = [(50, 110, 45), (70, 140, 60), (35, 90, 50), (95, 150, 70)]
-    for _ in range(int(rng.integers(7, 18))):
-        a = rng.uniform(-2.6, -0.5)
-        length = s * rng.uniform(0.2, 0.5)
-        x1, y1 = cx + np.cos(a) * length, top + np.sin(a) * length
-        col = green[int(rng.integers(len(green)))] + (255,)
-        d.line([(cx, top), (x1, y1)], fill=_mix(col[:3], (0, 0, 0), 0.3) + (255,), width=max(1, int(s * 0.01)))
-        lw = s * rng.uniform(0.05, 0.1)
-        mx, my = (cx + x1) / 2 + (x1 - cx) * 0.25, (top + y1) / 2 + (y1 - top) * 0.25
-        d.ellipse([mx - lw, my - lw * 0.6, mx + lw, my + lw * 0.6], fill=col)
-        d.ellipse([x1 - lw, y1 - lw * 0.8, x1 + lw, y1 + lw * 0.8], fill=col)
-    return flat(img, lift=0.1)
+    pr = s * rng.uniform(0.2, 0.3)
+    _shaded_ellipse(d, (c - pr, c - pr, c + pr, c + pr), pot, steps=4)
+    d.ellipse([c - pr * 0.85, c - pr * 0.85, c + pr * 0.85, c + pr * 0.85], fill=(60, 42, 30, 255))  # soil
+    green = [(50, 110, 45), (70, 140, 60), (35, 90, 50), (95, 150, 70), (60, 120, 80)]
+    base = green[int(rng.integers(len(green)))]
+    n = int(rng.integers(8, 20))
+    for k in range(n):
+        a = 2 * np.pi * k / n + rng.normal(0, 0.2)
+        length = s * rng.uniform(0.22, 0.48)
+        width = length * rng.uniform(0.18, 0.35)
+        mx, my = c + np.cos(a) * length * 0.55, c + np.sin(a) * length * 0.55
+        col = _mix(base, (255, 255, 200), rng.uniform(0, 0.25))
+        d.polygon(_oval(mx, my, length / 2, width / 2, a), fill=col + (255,))
+        d.line([(c, c), (c + np.cos(a) * length * 0.95, c + np.sin(a) * length * 0.95)], fill=_mix(col, (255, 255, 255), 0.3) + (255,), width=max(1, int(s * 0.006)))
+    return flat(img, lift=0.15)
 
 
 def fruit(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
@@ -289,14 +296,22 @@ def fruit(rng: np.random.Generator, px: float, damage: Damage | None = None) -> 
 
 
 def shoe(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
-    """A trainer from the side: sole, upper, laces, a stripe."""
+    """A pair of trainers from above: soles, uppers, the openings, laces."""
     s = int(px)
-    img, d = _sprite((s, s * 0.45))
-    upper = draw.vivid(rng) if rng.random() < 0.6 else tuple(int(v) for v in rng.uniform(20, 240, 3))
-    d.polygon([(s * 0.05, s * 0.36), (s * 0.08, s * 0.18), (s * 0.35, s * 0.05), (s * 0.5, s * 0.1), (s * 0.62, s * 0.2), (s * 0.92, s * 0.28), (s * 0.97, s * 0.36)], fill=upper + (255,))
-    d.rounded_rectangle([s * 0.03, s * 0.34, s * 0.98, s * 0.43], s * 0.03, fill=(240, 240, 235, 255))
-    for k in range(5):
-        x = s * (0.4 + 0.05 * k)
-        d.line([(x, s * (0.1 + 0.02 * k)), (x + s * 0.04, s * (0.14 + 0.02 * k))], fill=(245, 245, 245, 255), width=max(1, int(s * 0.012)))
-    d.line([(s * 0.3, s * 0.32), (s * 0.6, s * 0.18)], fill=_mix(upper, (255, 255, 255), 0.6) + (255,), width=max(1, int(s * 0.03)))
+    img, d = _sprite((s * 0.75, s))
+    upper = draw.vivid(rng) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(20, 240, 3))
+    sole = (238, 238, 232) if rng.random() < 0.7 else (35, 35, 38)
+    for k, cx in enumerate([s * 0.2, s * 0.53]):
+        cy = s * (0.5 + 0.03 * k)
+        t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        half_w = s * 0.13 * (1 + 0.15 * np.sin(t))  # wider at the toe than the heel
+        outline = [(float(cx + w * np.cos(a)), float(cy - s * 0.45 * np.sin(a))) for a, w in zip(t, half_w, strict=True)]
+        d.polygon(outline, fill=sole + (255,))
+        inner = [(cx + (x - cx) * 0.85, cy + (y - cy) * 0.9) for x, y in outline]
+        d.polygon(inner, fill=upper + (255,))
+        d.ellipse([cx - s * 0.07, cy + s * 0.1, cx + s * 0.07, cy + s * 0.32], fill=(30, 28, 28, 255))  # the opening
+        for j in range(5):  # laces
+            y = cy - s * 0.02 - j * s * 0.045
+            d.line([(cx - s * 0.05, y), (cx + s * 0.05, y - s * 0.015)], fill=(245, 245, 245, 255), width=max(1, int(s * 0.012)))
+        d.chord([cx - s * 0.1, cy - s * 0.43, cx + s * 0.1, cy - s * 0.25], 180, 360, fill=_mix(upper, (255, 255, 255), 0.3) + (255,))  # toe cap
     return flat(img, lift=0.05)

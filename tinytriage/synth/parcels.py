@@ -13,7 +13,7 @@ from tinytriage.synth import draw, textures
 from tinytriage.synth.documents import shipping_label
 from tinytriage.synth.scenes import Model, Part, flat
 
-KRAFT = [((150, 105, 62), (205, 160, 110)), ((120, 82, 48), (180, 135, 90)), ((195, 190, 180), (236, 233, 226)), ((160, 125, 85), (218, 185, 140))]
+KRAFT = [((168, 122, 78), (205, 160, 110)), ((140, 100, 62), (180, 135, 90)), ((205, 200, 190), (236, 233, 226)), ((180, 145, 102), (218, 185, 140))]
 
 
 def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
@@ -106,10 +106,12 @@ def mailer(rng: np.random.Generator, px: float, damage: Damage | None = None) ->
     kind = ["padded", "poly"][int(rng.integers(2))]
     H = int(max(64, px))
     W = int(H / rng.uniform(1.15, 1.6))
-    if kind == "padded":
-        dark, light = [((170, 140, 90), (225, 200, 150)), ((200, 200, 195), (245, 245, 240)), ((150, 150, 155), (205, 205, 210))][int(rng.integers(3))]
-    else:
-        dark, light = [((90, 90, 95), (190, 190, 195)), ((190, 190, 190), (250, 250, 250)), ((20, 20, 22), (95, 95, 100)), ((150, 40, 90), (230, 120, 170))][int(rng.integers(4))]
+    if kind == "padded":  # kraft, white or silver bubble mailer
+        light = [(222, 196, 146), (242, 242, 236), (200, 200, 206)][int(rng.integers(3))]
+    else:  # grey, white, black or pink plastic
+        light = [(175, 175, 180), (245, 245, 245), (80, 80, 86), (225, 130, 170)][int(rng.integers(4))]
+    light = tuple(float(v) for v in np.array(light) * rng.uniform(0.92, 1.04))
+    dark = tuple(v * rng.uniform(0.72, 0.85) for v in light)
     img = textures.material(rng, "crinkle", (W, H), dark, light)
     # pillowing: the middle bulges toward the light, the edges fall away
     y, x = np.mgrid[-1 : 1 : H * 1j, -1 : 1 : W * 1j].astype(np.float32)

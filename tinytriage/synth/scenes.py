@@ -65,8 +65,8 @@ def _facing(quad: np.ndarray) -> bool:
     return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) > 0
 
 
-def surface(shot: Shot, rng: np.random.Generator, cam: Camera, ground: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8: the surface pattern seen through the camera on the ground plane."""
+def surface(shot: Shot, rng: np.random.Generator, cam: Camera, ground: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """RGB: the surface pattern seen through the camera on the ground plane."""
     origin, pu, pv = ground
     u, v = pu - origin, pv - origin
     # homography plane (a, b) -> pixel, from four plane points
@@ -85,17 +85,17 @@ def surface(shot: Shot, rng: np.random.Generator, cam: Camera, ground: np.ndarra
         ab = back[:, :2] / back[:, 2:3]
     lo, hi = ab.min(0), ab.max(0)
     tile = textures.TILE
-    ppu = min(tile * 0.98 / float(np.max(hi - lo)), rng.uniform(200, 900))  # texture pixels per unit
+    # texture pixels per unit: at least the frame's own pixels per unit (no aliasing), if the tile allows
+    ppu = min(tile * 0.98 / float(np.max(hi - lo)), cam.f / shot.pose.distance * rng.uniform(1.0, 2.5))
     span = (hi - lo) * ppu
     off = rng.uniform(0, 1, 2) * np.maximum(tile - span, 0)
     # texture pixel t = (p - lo) * ppu + off  ->  pixel = H @ plane; so pixel <- texture: H @ S^-1
     S = np.array([[ppu, 0, off[0] - lo[0] * ppu], [0, ppu, off[1] - lo[1] * ppu], [0, 0, 1]])
     pattern = textures.pattern(shot.surface, shot.surface_variant)
     region = camera.warp(pattern, H @ np.linalg.inv(S), size)
-    grey = np.full((h, w), 128, np.uint8)
+    grey = Image.new("L", size, 128)
     if region is not None:
-        img, (x0, y0) = region
-        grey[y0 : y0 + img.size[1], x0 : x0 + img.size[0]] = np.asarray(img)
+        grey.paste(*region)
     dark, light = textures.surface_colours(rng, shot.surface)
     return textures.colourise(grey, dark, light)
 
@@ -106,7 +106,7 @@ def compose(
     """Photograph ``model`` on the shot's surface: (RGB canvas, damage mask "L" or None)."""
     points = np.concatenate([p.corners for p in model.parts])
     cam = camera.frame_camera(shot.pose, points, size)
-    canvas = Image.fromarray(surface(shot, rng, cam, model.ground, size))
+    canvas = surface(shot, rng, cam, model.ground, size)
     placed = []  # (warped RGBA, offset, warped damage)
     alpha = Image.new("L", size, 0)
     for part in model.parts:
@@ -187,7 +187,9 @@ def occlude(canvas: Image.Image, mask: Image.Image | None, shot: Shot, rng: np.r
             width * 0.42,
             tuple(int(min(255, c * 1.15 + 20)) for c in tone) + (255,),
         )
-        layer = layer.filter(ImageFilter.GaussianBlur(long * 0.004))
+        box = layer.getbbox()
+        if box is not None:  # soften the edges (blur just the thumb's region)
+            layer.paste(layer.crop(box).filter(ImageFilter.BoxBlur(long * 0.003)), box[:2])
     else:  # a pen lying across the edge
         width = long * rng.uniform(0.02, 0.035)
         tip = start + direction * long * rng.uniform(0.25, 0.5)

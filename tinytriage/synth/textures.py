@@ -41,14 +41,14 @@ SURFACES: dict[str, list[tuple[tuple[int, int, int], tuple[int, int, int]]]] = {
         ((130, 70, 45), (196, 120, 84)),  # terracotta
     ],
     "carpet": [
-        ((70, 70, 72), (140, 140, 142)),  # grey
-        ((120, 105, 85), (190, 175, 150)),  # beige
-        ((40, 52, 85), (95, 110, 150)),  # blue
-        ((80, 50, 45), (150, 100, 90)),  # red-brown
+        ((80, 80, 82), (135, 135, 137)),  # grey
+        ((130, 115, 95), (185, 170, 145)),  # beige
+        ((45, 57, 90), (90, 105, 145)),  # blue
+        ((90, 58, 52), (145, 98, 88)),  # red-brown
     ],
     "concrete": [
-        ((95, 95, 92), (175, 173, 168)),
-        ((120, 114, 104), (196, 188, 176)),
+        ((110, 110, 107), (170, 168, 163)),
+        ((135, 128, 118), (190, 182, 170)),
     ],
     "fabric": [
         ((50, 60, 85), (130, 145, 175)),  # denim-blue sofa
@@ -130,9 +130,10 @@ def _carpet(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _concrete(rng: np.random.Generator, n: int) -> np.ndarray:
-    base = fbm(rng, n, n, 8, 6)
-    pits = (rng.random((n, n)) < 0.004).astype(np.float32)
-    return 0.9 * base + 0.1 * rng.random((n, n), dtype=np.float32) - 0.5 * pits
+    base = fbm(rng, n, n, 16, 5)
+    grit = fbm(rng, n, n, 160, 2)
+    pits = (rng.random((n, n)) < 0.003).astype(np.float32)
+    return 0.5 * base + 0.4 * grit + 0.1 * rng.random((n, n), dtype=np.float32) - 0.4 * pits
 
 
 def _fabric(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -148,10 +149,10 @@ def _plain(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _cardboard(rng: np.random.Generator, n: int) -> np.ndarray:
-    fibres = fbm(rng, n, n, 64, 2, aspect=4.0)
-    blotches = fbm(rng, n, n, 5, 4)
+    fibres = fbm(rng, n, n, 96, 2, aspect=4.0)
+    blotches = fbm(rng, n, n, 6, 4)
     flutes = 0.5 + 0.5 * np.sin(np.arange(n, dtype=np.float32) * rng.uniform(0.5, 0.8))[None, :]  # corrugation
-    return 0.3 * fibres + 0.6 * blotches + 0.1 * flutes
+    return 0.45 * fibres + 0.4 * blotches + 0.15 * flutes
 
 
 def _paper(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -159,9 +160,10 @@ def _paper(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _crinkle(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Plastic mailer or padded envelope: soft ridges of wrinkles."""
-    ridges = 1 - np.abs(fbm(rng, n, n, 4, 4) - 0.5) * 2
-    return 0.7 * ridges**3 + 0.3 * fbm(rng, n, n, 40, 2)
+    """Plastic mailer or padded envelope: broad soft folds, a fine bubbly grain."""
+    folds = fbm(rng, n, n, 3, 3, aspect=rng.uniform(0.4, 2.5))
+    grain = fbm(rng, n, n, 64, 2)
+    return 0.8 * folds + 0.2 * grain
 
 
 _MAKERS = {
@@ -189,10 +191,12 @@ def pattern(kind: str, variant: int) -> Image.Image:
     return Image.fromarray((p * 255).astype(np.uint8), "L")
 
 
-def colourise(grey: np.ndarray, dark: np.ndarray, light: np.ndarray) -> np.ndarray:
-    """Map a grey (H, W) uint8 pattern to colour (H, W, 3) uint8 between two colours."""
+def colourise(grey: Image.Image, dark: np.ndarray, light: np.ndarray) -> Image.Image:
+    """Map a grey ("L") pattern to RGB between two colours, through a 256-entry palette."""
     lut = dark[None, :] + (light - dark)[None, :] * np.linspace(0, 1, 256, dtype=np.float32)[:, None]
-    return np.clip(lut, 0, 255).astype(np.uint8)[grey]  # (256, 3) lookup table, indexed per pixel
+    p = grey.copy()
+    p.putpalette(np.clip(lut, 0, 255).astype(np.uint8).ravel().tolist())  # "L" + palette -> "P"
+    return p.convert("RGB")
 
 
 def surface_colours(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -212,5 +216,5 @@ def material(
     x, y = rng.integers(0, TILE - side + 1, 2)
     scale = side / max(w, h)
     box = (int(x), int(y), int(x + w * scale), int(y + h * scale))
-    grey = np.asarray(pat.resize((w, h), Image.BILINEAR, box=box))
-    return Image.fromarray(colourise(grey, np.asarray(dark, np.float32), np.asarray(light, np.float32)))
+    grey = pat.resize((w, h), Image.BILINEAR, box=box)
+    return colourise(grey, np.asarray(dark, np.float32), np.asarray(light, np.float32))
