@@ -40,9 +40,7 @@ class Linear(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ShapeError(
-                f"Linear: expected (..., {self.in_features}) input, got shape {tuple(x.shape)}"
-            )
+            raise ShapeError(f"Linear: expected (..., {self.in_features}) input, got shape {tuple(x.shape)}")
         self._x = x
         out = x @ self._params["weight"].T  # (..., in) @ (in, out) -> (..., out)
         if "bias" in self._params:

@@ -100,8 +100,7 @@ class Module:
         for _, module in self.named_modules():
             module._params = {k: v.astype(dtype) for k, v in module._params.items()}
             module._buffers = {
-                k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v)
-                for k, v in module._buffers.items()
+                k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in module._buffers.items()
             }
             module._grads = {}
         return self
@@ -115,9 +114,7 @@ class Module:
                 out[f"{prefix}.{key}" if prefix else key] = value.copy()
         return out
 
-    def load_state_dict(
-        self, state: dict[str, np.ndarray], strict: bool = True
-    ) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays in by name. With ``strict``, missing or unexpected keys and
         shape mismatches raise ``ShapeError`` naming every problem."""
         problems = []
@@ -132,23 +129,17 @@ class Module:
                     seen.add(full)
                     value = np.asarray(state[full])
                     if value.shape != store[key].shape:
-                        problems.append(
-                            f"{full}: shape {tuple(value.shape)}, expected {tuple(store[key].shape)}"
-                        )
+                        problems.append(f"{full}: shape {tuple(value.shape)}, expected {tuple(store[key].shape)}")
                         continue
                     # keep the dtype of floats as given (float64 checks) but ints as ints
                     store[key] = value.astype(
-                        value.dtype
-                        if np.issubdtype(value.dtype, np.floating)
-                        else store[key].dtype,
+                        value.dtype if np.issubdtype(value.dtype, np.floating) else store[key].dtype,
                         copy=True,
                     )
         unexpected = sorted(set(state) - seen)
         problems += [f"unexpected {k}" for k in unexpected]
         if problems and strict:
-            raise ShapeError(
-                "state dict does not match the model: " + "; ".join(problems)
-            )
+            raise ShapeError("state dict does not match the model: " + "; ".join(problems))
 
     def extra_repr(self) -> str:
         return ""
@@ -196,6 +187,4 @@ class Sequential(Module):
 def check_ndim(x: np.ndarray, ndim: int, layer: str, layout: str) -> None:
     """Raise a clear ShapeError when ``x`` is not ``ndim``-dimensional."""
     if x.ndim != ndim:
-        raise ShapeError(
-            f"{layer} expects a {ndim}-D {layout} array, got shape {tuple(x.shape)}"
-        )
+        raise ShapeError(f"{layer} expects a {ndim}-D {layout} array, got shape {tuple(x.shape)}")

@@ -54,20 +54,26 @@ class BatchNorm2d(Module):
         check_ndim(x, 4, "BatchNorm2d", "(N, C, H, W)")
         N, C, H, W = x.shape
         if C != self.num_features:
-            raise ShapeError(f"BatchNorm2d: expected {self.num_features} channels, got {C} (input shape {tuple(x.shape)})")
+            raise ShapeError(
+                f"BatchNorm2d: expected {self.num_features} channels, got {C} (input shape {tuple(x.shape)})"
+            )
         batch_stats = self.training or not self.track_running_stats
         if batch_stats:
             M = N * H * W  # values per channel
             if self.training and M == 1:
-                raise ShapeError(f"BatchNorm2d: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
+                raise ShapeError(
+                    f"BatchNorm2d: training needs more than 1 value per channel, got input shape {tuple(x.shape)}"
+                )
             mean = x.mean(axis=(0, 2, 3))  # (C,)
-            var = x.var(axis=(0, 2, 3))  # (C,) biased, used to normalise
+            x_centered = x - mean.reshape(1, C, 1, 1)  # (N, C, H, W)
+            var = np.einsum("nchw,nchw->c", x_centered, x_centered) / M  # (C,) biased, used to normalise
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var * (M / (M - 1)))  # unbiased
         else:
             mean, var = self._buffers["running_mean"], self._buffers["running_var"]
+            x_centered = x - mean.reshape(1, C, 1, 1)
         inv_std = 1 / np.sqrt(var + self.eps)  # (C,)
-        x_hat = (x - mean.reshape(1, C, 1, 1)) * inv_std.reshape(1, C, 1, 1)  # (N, C, H, W)
+        x_hat = x_centered * inv_std.reshape(1, C, 1, 1)  # (N, C, H, W)
         self._cache = (x_hat, inv_std, batch_stats)
         if not self.affine:
             return x_hat
