@@ -185,6 +185,30 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def samples(
+    out_dir: Path = typer.Argument(..., help="Folder to write OUT_DIR/<class>/<class>_00000.jpg into."),
+    per_class: int = typer.Option(100, "--per-class", "-n", min=1, help="Photos per class."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes; photo i depends only on (seed, class, i)."),
+    other: bool = typer.Option(True, "--other/--no-other", help="Include the open-set class 'other'."),
+    min_size: int = typer.Option(480, "--min-size", min=16, help="Smallest long side of a photo, pixels."),
+    max_size: int = typer.Option(1600, "--max-size", min=16, help="Largest long side of a photo, pixels."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the output does not depend on it)."),
+) -> None:
+    """Generate synthetic ticket photos: one folder per class, damage boxes in JSON sidecars."""
+    from tinytriage.synth import CLASSES, generate_dataset
+
+    classes = [c for c in CLASSES if other or c != "other"]
+    report = generate_dataset(
+        out_dir, per_class, seed, classes=classes, size_range=(min(min_size, max_size), max_size), workers=workers
+    )
+    print(
+        f"wrote {report.n_photos} photos ({len(classes)} classes x {per_class}, {report.n_bytes / 1e6:.1f} MB) "
+        f"to {out_dir} in {report.seconds:.1f} s ({report.photos_per_s:.0f} photos/s)",
+        file=sys.stderr,
+    )
+
+
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:

@@ -189,7 +189,7 @@ def print_eval(r, *, as_json: bool) -> None:
     out.print(f"{r.scan_summary}; evaluated {r.n} photos")
     out.print(
         f"accuracy [bold]{r.accuracy:.4f}[/bold]   ECE {r.ece:.4f}   sent to review {r.review_rate:.1%}   "
-        (f"auto-routed to the right queue {r.routed_accuracy:.2%}" if r.routed_accuracy == r.routed_accuracy else "nothing auto-routed")
+        + (f"auto-routed to the right queue {r.routed_accuracy:.2%}" if r.routed_accuracy == r.routed_accuracy else "nothing auto-routed")
     )
     if r.open_set_review_rate is not None:
         out.print(f"non-ticket photos reaching a human: {r.open_set_review_rate:.1%}")

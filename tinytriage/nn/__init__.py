@@ -35,6 +35,17 @@ from tinytriage.nn.pool import (
     maxpool2d_forward,
     maxpool2d_reference,
 )
+from tinytriage.nn.transformer import (
+    GELU,
+    Attention,
+    Block,
+    LayerNorm,
+    Mlp,
+    PatchEmbed,
+    VisionTransformer,
+    erf,
+    trunc_normal,
+)
 
 __all__ = [
     "Module",
@@ -71,4 +82,13 @@ __all__ = [
     "numerical_grad",
     "gradcheck",
     "GradcheckError",
+    "LayerNorm",
+    "GELU",
+    "Attention",
+    "Mlp",
+    "Block",
+    "PatchEmbed",
+    "VisionTransformer",
+    "erf",
+    "trunc_normal",
 ]

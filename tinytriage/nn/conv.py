@@ -304,9 +304,9 @@ def conv2d_backward(
     for u in range(KH):
         for v in range(KW):
             # kernel offset (u, v) of window (i, j) sits at padded pixel (i*S + u*D, j*S + v*D)
-            rows = slice(u * DH, u * DH + SH * (Ho - 1) + 1, SH)
-            cols_ = slice(v * DW, v * DW + SW * (Wo - 1) + 1, SW)
-            dx_padded[:, :, rows, cols_] += dcols[:, :, u, v]
+            in_rows = slice(u * DH, u * DH + SH * (Ho - 1) + 1, SH)
+            in_cols = slice(v * DW, v * DW + SW * (Wo - 1) + 1, SW)
+            dx_padded[:, :, in_rows, in_cols] += dcols[:, :, u, v]
     dx = dx_padded[:, :, PH : PH + H, PW : PW + W]
     return dx, dw, db
 

@@ -26,7 +26,7 @@ class Dropout(Module):
 
     def sample_keep(self, shape: tuple[int, ...]) -> np.ndarray:
         """Boolean mask of the values to keep, each True with probability 1 - p."""
-        return self.rng.random(shape) >= self.p
+        return self.rng.random(shape, dtype=np.float32) >= self.p
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not self.training or self.p == 0.0:

@@ -131,6 +131,10 @@ class Module:
                     if value.shape != store[key].shape:
                         problems.append(f"{full}: shape {tuple(value.shape)}, expected {tuple(store[key].shape)}")
                         continue
+                    if value.dtype == store[key].dtype:
+                        # copy INTO the existing array: an optimizer holding it keeps working
+                        store[key][...] = value
+                        continue
                     # keep the dtype of floats as given (float64 checks) but ints as ints
                     store[key] = value.astype(
                         value.dtype if np.issubdtype(value.dtype, np.floating) else store[key].dtype,

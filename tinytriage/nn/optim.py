@@ -97,14 +97,12 @@ class SGD(Optimizer):
         if self.weight_decay != 0:
             g = g + self.weight_decay * p  # L2 penalty: d/dp (wd/2 * p^2) = wd * p
         if self.momentum != 0:
-            buffers = self.state["momentum_buffer"]
-            if name not in buffers:
-                buffers[name] = np.array(g, dtype=p.dtype)  # the first step starts from g itself
+            b = self.state["momentum_buffer"].get(name)
+            if b is None:  # the first step starts the buffer at g itself (no dampening)
+                b = self.state["momentum_buffer"][name] = np.array(g, dtype=p.dtype)
             else:
-                b = buffers[name]
                 b *= self.momentum
                 b += (1 - self.dampening) * g
-            b = buffers[name]
             g = g + self.momentum * b if self.nesterov else b
         p -= self.lr * g
 

@@ -40,18 +40,21 @@ from tinytriage.nn.module import Module, Sequential, check_ndim
 #
 # and erf(x) = sign(x) (1 - erfc(|x|)). Evaluated with NumPy this is within 3 ulp of
 # libm's erf in float64 (tested), and in float32 it runs in float32 (error ~2e-7).
+# Cody's coefficients, highest power first (for _polyval); the denominators are monic.
+# fmt: off
 _A = (1.85777706184603153e-1, 3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
-      3.20937758913846947e03)  # fmt: skip
+      3.20937758913846947e03)
 _B = (1.0, 2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03, 2.84423683343917062e03)
 _C = (2.15311535474403846e-8, 5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
       2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03, 2.05107837782607147e03,
-      1.23033935479799725e03)  # fmt: skip
+      1.23033935479799725e03)
 _D = (1.0, 1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02, 1.62138957456669019e03,
-      3.29079923573345963e03, 4.36261909014324716e03, 3.43936767414372164e03, 1.23033935480374942e03)  # fmt: skip
+      3.29079923573345963e03, 4.36261909014324716e03, 3.43936767414372164e03, 1.23033935480374942e03)
 _P = (1.63153871373020978e-2, 3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
-      1.60837851487422766e-2, 6.58749161529837803e-4)  # fmt: skip
+      1.60837851487422766e-2, 6.58749161529837803e-4)
 _Q = (1.0, 2.56852019228982242e00, 1.87295284992346047e00, 5.27905102951428412e-1, 6.05183413124413191e-2,
-      2.33520497626869185e-3)  # fmt: skip
+      2.33520497626869185e-3)
+# fmt: on
 _INV_SQRT_PI = 5.6418958354775628695e-1  # 1 / sqrt(pi)
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
@@ -297,9 +300,7 @@ class PatchEmbed(Module):
         self.img_size = pair(img_size, "img_size", "PatchEmbed", 1)
         self.patch_size = pair(patch_size, "patch_size", "PatchEmbed", 1)
         if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ShapeError(
-                f"PatchEmbed: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ShapeError(f"PatchEmbed: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = self.add_module(

@@ -28,7 +28,7 @@ from PIL import Image, ImageChops
 from tinytriage.synth.textures import SURFACES, VARIANTS
 
 #: Internal render size (long side, pixels): scenes are drawn this big, then resized.
-RENDER_LONG = 448
+RENDER_LONG = 400
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 16
     )
     kinds = sorted(SURFACES)
     blur = ["none", "focus", "motion"][int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
-    blur_amount = {"none": 0.0, "focus": rng.uniform(0.001, 0.008), "motion": rng.uniform(0.004, 0.02)}[blur]
+    blur_amount = {"none": 0.0, "focus": rng.uniform(0.001, 0.006), "motion": rng.uniform(0.004, 0.02)}[blur]
     temperature = rng.normal(0, 0.08)  # warm (tungsten) to cool (shade) white-balance error
     tint = rng.normal(0, 0.03)  # green-magenta
     dim = rng.random() < 0.3

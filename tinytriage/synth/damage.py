@@ -26,12 +26,13 @@ class Damage:
     """A request to damage a screen (what a device renderer receives for screen_damage)."""
 
     rng: np.random.Generator  # the damage's own random stream, separate from the scene's
+    min_width: float = 1.0  # thinnest crack, in pixels: keeps cracks visible when the photo is shrunk
     visible: bool = True  # False: measure where it would be, leave the screen intact (for checks)
 
     def apply(self, screen: Image.Image) -> Image.Image:
         """Crack ``screen`` (in place, if visible) and return the damage mask."""
         target = screen if self.visible else screen.copy()
-        return crack_screen(self.rng, target)
+        return crack_screen(self.rng, target, self.min_width)
 
 
 def _walk(
@@ -102,7 +103,7 @@ def _blot(rng: np.random.Generator, centre: np.ndarray, radius: float) -> Path:
     return [(float(centre[0] + r_ * np.cos(a)), float(centre[1] + r_ * np.sin(a))) for a, r_ in zip(t, r, strict=True)]
 
 
-def crack_screen(rng: np.random.Generator, screen: Image.Image) -> Image.Image:
+def crack_screen(rng: np.random.Generator, screen: Image.Image, min_width: float = 1.0) -> Image.Image:
     """Draw damage onto ``screen`` (RGB, in place); return its mask ("L", 255 where drawn).
 
     Styles: an impact point with a spider web, a shattered corner, a few long cracks, or
@@ -110,8 +111,8 @@ def crack_screen(rng: np.random.Generator, screen: Image.Image) -> Image.Image:
     """
     w, h = screen.size
     diag = float(np.hypot(w, h))
-    width = max(1.0, diag * rng.uniform(0.004, 0.009))  # crack line width, scaled with the screen
-    strength = rng.uniform(0.35, 0.65) if rng.random() < 0.35 else rng.uniform(0.65, 1.0)  # faint ones too
+    width = max(min_width, diag * rng.uniform(0.005, 0.012))  # crack line width, scaled with the screen
+    strength = rng.uniform(0.5, 0.75) if rng.random() < 0.35 else rng.uniform(0.75, 1.0)  # faint ones too
     step = diag * rng.uniform(0.015, 0.03)
     style = ["impact", "corner", "lines", "lcd"][int(rng.choice(4, p=[0.45, 0.25, 0.18, 0.12]))]
 
@@ -150,17 +151,18 @@ def crack_screen(rng: np.random.Generator, screen: Image.Image) -> Image.Image:
         d.polygon(shard, fill=(tone, tone, tone, int(255 * strength * rng.uniform(0.15, 0.4))))
         m.polygon(shard, fill=255)
     lw = max(1, int(round(width)))
-    off = max(0.5, width * 0.45)
-    for path in paths:  # a dark line with a bright edge offset from it: light caught by the break
-        a = strength * rng.uniform(0.7, 1.0)
-        d.line(path, fill=(20, 20, 20, int(200 * a)), width=lw, joint="curve")
-        d.line(
-            [(x - off, y - off) for x, y in path],
-            fill=(245, 248, 255, int(235 * a)),
-            width=max(1, lw - 1),
-            joint="curve",
-        )
-        m.line(path, fill=255, width=lw + 2, joint="curve")
+    off = max(1.0, width * 0.6)
+    # A break catches the light: a bright line with a thin dark edge. On a bright screen the
+    # break reads as a dark line instead. Either way one tone dominates, so a crack does not
+    # average away to the screen's own colour when the photo is shrunk.
+    bright, dark = (245, 248, 255), (15, 15, 18)
+    lit = np.asarray(screen.reduce(8), np.float32).mean() > 150
+    main, edge = (dark, bright) if lit else (bright, dark)
+    for path in paths:
+        a = strength * rng.uniform(0.8, 1.0)
+        d.line([(x + off, y + off) for x, y in path], fill=edge + (int(170 * a),), width=max(1, lw // 2), joint="curve")
+        d.line(path, fill=main + (int(240 * a),), width=lw, joint="curve")
+        m.line(path, fill=255, width=lw + 2 + 2 * int(np.ceil(off)), joint="curve")  # covers both lines
     if style == "lcd" or rng.random() < 0.2:
         _lcd(rng, d, m, w, h, diag, paths)
     screen.paste(Image.alpha_composite(screen.convert("RGBA"), overlay).convert("RGB"))
@@ -201,7 +203,7 @@ def _lcd(
         a0 = int(rng.uniform(0, 0.5) * length) if rng.random() < 0.4 else 0  # partial bands start mid-screen
         x = start
         while x < start + band:
-            sw = max(1, int(rng.integers(1, max(2, band // 3 + 1))))
+            sw = min(start + band - x, max(1, int(rng.integers(1, max(2, band // 3 + 1)))))
             c = colours[int(rng.integers(len(colours)))] + (int(rng.uniform(170, 255)),)
             box = [x, a0, x + sw - 1, length] if vertical else [a0, x, length, x + sw - 1]
             d.rectangle(box, fill=c)

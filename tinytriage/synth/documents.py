@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tinytriage.synth.damage import Damage
 from tinytriage.synth import draw, textures
+from tinytriage.synth.damage import Damage
 from tinytriage.synth.scenes import Model, flat
 
 INK = (25, 25, 30)
@@ -43,7 +43,7 @@ def shipping_label(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     for i, s in enumerate(draw.address(rng)):
         draw.text(d, (m + w * 0.05, h * (0.29 + 0.045 * i)), s.upper(), h * 0.036, INK, bold=i == 0)
     d.line([0, h * 0.44, w, h * 0.44], fill=INK, width=line)
-    draw.matrix_code(d, rng, (m, h * 0.46, m + w * 0.3, h * 0.46 + w * 0.3))
+    draw.matrix_code(img, rng, (m, h * 0.46, m + w * 0.3, h * 0.46 + w * 0.3))
     code = f"{draw.pick(rng, ['NL', 'DE', 'GB', 'FR', 'BE'])} {draw.digits(rng, 3)} {draw.digits(rng, 1)}-{draw.digits(rng, 2)}"
     draw.text(d, (w * 0.42, h * 0.48), code, h * 0.05, INK, bold=True)
     draw.barcode(d, rng, (w * 0.42, h * 0.56, w - m, h * 0.62))

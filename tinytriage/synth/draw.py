@@ -11,7 +11,7 @@ import colorsys
 from functools import lru_cache
 
 import numpy as np
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 Colour = tuple[int, ...]
 
@@ -188,23 +188,23 @@ def barcode(
 
 
 def matrix_code(
-    draw: ImageDraw.ImageDraw,
+    image: Image.Image,
     rng: np.random.Generator,
     box: tuple[float, float, float, float],
     n: int = 21,
     fill: Colour = (0, 0, 0),
 ) -> None:
-    """A QR-like square of random modules with three finder patterns."""
-    x0, y0, x1, _ = box
-    m = (x1 - x0) / n
+    """A QR-like square of random modules with three finder patterns, pasted into ``image``."""
     cells = rng.random((n, n)) < 0.5
     for fy, fx in [(0, 0), (0, n - 7), (n - 7, 0)]:  # finder squares: 7x7 ring, 3x3 centre
         cells[fy : fy + 7, fx : fx + 7] = False
         cells[fy : fy + 7, fx] = cells[fy : fy + 7, fx + 6] = True
         cells[fy, fx : fx + 7] = cells[fy + 6, fx : fx + 7] = True
         cells[fy + 2 : fy + 5, fx + 2 : fx + 5] = True
-    for j, i in zip(*np.nonzero(cells), strict=True):
-        draw.rectangle([x0 + i * m, y0 + j * m, x0 + (i + 1) * m - 0.5, y0 + (j + 1) * m - 0.5], fill=fill)
+    x0, y0, x1, _ = box
+    side = max(n, int(x1 - x0))
+    modules = Image.fromarray(cells.astype(np.uint8) * 255).resize((side, side), Image.NEAREST)
+    image.paste(fill, (int(x0), int(y0)), modules)
 
 
 def vivid(rng: np.random.Generator) -> Colour:

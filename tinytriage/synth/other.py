@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tinytriage.synth.damage import Damage
 from tinytriage.synth import draw, textures
+from tinytriage.synth.damage import Damage
 from tinytriage.synth.scenes import Model, flat
 
 SKIN = [(241, 194, 167), (224, 172, 140), (198, 134, 100), (160, 105, 72), (120, 78, 52), (88, 57, 40)]
@@ -24,7 +24,13 @@ def _mix(a: tuple[int, ...], b: tuple[int, ...], t: float) -> tuple[int, ...]:
     return tuple(int(x + (y - x) * t) for x, y in zip(a, b, strict=True))
 
 
-def _shaded_ellipse(d: ImageDraw.ImageDraw, box: tuple[float, float, float, float], colour: tuple[int, ...], light: tuple[float, float] = (-0.3, -0.3), steps: int = 8) -> None:
+def _shaded_ellipse(
+    d: ImageDraw.ImageDraw,
+    box: tuple[float, float, float, float],
+    colour: tuple[int, ...],
+    light: tuple[float, float] = (-0.3, -0.3),
+    steps: int = 8,
+) -> None:
     """A ball-like ellipse: darker rim, lighter toward the light direction."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
@@ -54,9 +60,14 @@ def selfie(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     if long_hair:
         d.rounded_rectangle([cx - fw * 0.65, cy - fh * 0.45, cx + fw * 0.65, cy + fh * 0.9], fw * 0.4, fill=hair)
     d.ellipse([cx - u * 0.55, cy + fh * 0.62, cx + u * 0.55, cy + fh * 0.62 + u * 0.8], fill=shirt)  # shoulders
-    d.rectangle([cx - fw * 0.22, cy + fh * 0.2, cx + fw * 0.22, cy + fh * 0.72], fill=_mix(skin, (0, 0, 0), 0.15))  # neck
+    d.rectangle(
+        [cx - fw * 0.22, cy + fh * 0.2, cx + fw * 0.22, cy + fh * 0.72], fill=_mix(skin, (0, 0, 0), 0.15)
+    )  # neck
     for s in (-1, 1):  # ears
-        d.ellipse([cx + s * fw * 0.5 - fw * 0.08, cy - fh * 0.05, cx + s * fw * 0.5 + fw * 0.08, cy + fh * 0.15], fill=_mix(skin, (0, 0, 0), 0.1))
+        d.ellipse(
+            [cx + s * fw * 0.5 - fw * 0.08, cy - fh * 0.05, cx + s * fw * 0.5 + fw * 0.08, cy + fh * 0.15],
+            fill=_mix(skin, (0, 0, 0), 0.1),
+        )
     _shaded_ellipse(d, (cx - fw / 2, cy - fh / 2, cx + fw / 2, cy + fh / 2), skin, (rng.uniform(-0.5, 0.5), -0.3))
     if rng.random() < 0.85:  # hair on top
         d.chord([cx - fw * 0.55, cy - fh * 0.62, cx + fw * 0.55, cy + fh * 0.1], 180, 360, fill=hair)
@@ -68,9 +79,23 @@ def selfie(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         d.ellipse([ex - ew, ey - eh, ex + ew, ey + eh], fill=(240, 240, 235))
         d.ellipse([ex - eh, ey - eh, ex + eh, ey + eh], fill=iris)
         d.ellipse([ex - eh * 0.45, ey - eh * 0.45, ex + eh * 0.45, ey + eh * 0.45], fill=(10, 10, 10))
-        d.arc([ex - ew, ey - eh * 1.3, ex + ew, ey + eh * 1.3], 190, 350, fill=_mix(skin, (0, 0, 0), 0.5), width=max(1, int(fh * 0.012)))
-        d.line([ex - ew, ey - fh * 0.1, ex + ew, ey - fh * 0.11 - s * fh * 0.01], fill=_mix(hair, skin, 0.2), width=max(1, int(fh * 0.025)))
-    d.line([cx, ey + fh * 0.05, cx - fw * 0.04, ey + fh * 0.2, cx + fw * 0.03, ey + fh * 0.22], fill=_mix(skin, (0, 0, 0), 0.3), width=max(1, int(fh * 0.012)))
+        d.arc(
+            [ex - ew, ey - eh * 1.3, ex + ew, ey + eh * 1.3],
+            190,
+            350,
+            fill=_mix(skin, (0, 0, 0), 0.5),
+            width=max(1, int(fh * 0.012)),
+        )
+        d.line(
+            [ex - ew, ey - fh * 0.1, ex + ew, ey - fh * 0.11 - s * fh * 0.01],
+            fill=_mix(hair, skin, 0.2),
+            width=max(1, int(fh * 0.025)),
+        )
+    d.line(
+        [cx, ey + fh * 0.05, cx - fw * 0.04, ey + fh * 0.2, cx + fw * 0.03, ey + fh * 0.22],
+        fill=_mix(skin, (0, 0, 0), 0.3),
+        width=max(1, int(fh * 0.012)),
+    )
     my = cy + fh * 0.28
     lips = _mix(skin, (170, 40, 50), 0.45)
     if rng.random() < 0.6:  # smile
@@ -80,7 +105,11 @@ def selfie(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     if rng.random() < 0.25:  # glasses
         for s in (-1, 1):
             ex = cx + s * fw * 0.2
-            d.ellipse([ex - fw * 0.15, ey - fh * 0.08, ex + fw * 0.15, ey + fh * 0.08], outline=(30, 30, 30), width=max(1, int(fh * 0.015)))
+            d.ellipse(
+                [ex - fw * 0.15, ey - fh * 0.08, ex + fw * 0.15, ey + fh * 0.08],
+                outline=(30, 30, 30),
+                width=max(1, int(fh * 0.015)),
+            )
         d.line([cx - fw * 0.05, ey, cx + fw * 0.05, ey], fill=(30, 30, 30), width=max(1, int(fh * 0.015)))
     return bg
 
@@ -93,19 +122,28 @@ def _backdrop(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         d = ImageDraw.Draw(img)
         for _ in range(int(rng.integers(1, 4))):
             x0, y0 = rng.uniform(-0.2, 0.9) * w, rng.uniform(-0.2, 0.6) * h
-            colour = [(245, 245, 250), (110, 80, 55), tuple(int(v) for v in rng.uniform(40, 220, 3))][int(rng.integers(3))]
+            colour = [(245, 245, 250), (110, 80, 55), tuple(int(v) for v in rng.uniform(40, 220, 3))][
+                int(rng.integers(3))
+            ]
             d.rectangle([x0, y0, x0 + rng.uniform(0.15, 0.5) * w, y0 + rng.uniform(0.2, 0.8) * h], fill=colour)
     else:
         img = _sky(rng, w, h)
         d = ImageDraw.Draw(img)
         for _ in range(int(rng.integers(4, 10))):
             cx, cy, r = rng.uniform(0, w), rng.uniform(0.3, 1.1) * h, rng.uniform(0.1, 0.35) * w
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(int(rng.uniform(30, 90)), int(rng.uniform(80, 140)), int(rng.uniform(30, 70))))
+            d.ellipse(
+                [cx - r, cy - r, cx + r, cy + r],
+                fill=(int(rng.uniform(30, 90)), int(rng.uniform(80, 140)), int(rng.uniform(30, 70))),
+            )
     return img.filter(ImageFilter.BoxBlur(min(w, h) * 0.02))
 
 
 def _sky(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    top, bottom = [((60, 110, 190), (170, 200, 235)), ((70, 60, 120), (245, 160, 90)), ((140, 145, 155), (205, 208, 212))][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
+    top, bottom = [
+        ((60, 110, 190), (170, 200, 235)),
+        ((70, 60, 120), (245, 160, 90)),
+        ((140, 145, 155), (205, 208, 212)),
+    ][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     sky = np.asarray(top, np.float32) * (1 - t) + np.asarray(bottom, np.float32) * t
     return Image.fromarray(np.broadcast_to(sky, (h, w, 3)).astype(np.uint8))
@@ -116,7 +154,9 @@ def landscape(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     img = _sky(rng, w, h)
     cloud = textures.fbm(rng, h, w, 4, 4, aspect=2.5)
     cover = rng.uniform(0.3, 0.8)
-    alpha = np.clip((cloud - cover) / (1 - cover) * 2.5, 0, 1) * (1 - np.linspace(0, 1, h, dtype=np.float32)[:, None] * 0.6)
+    alpha = np.clip((cloud - cover) / (1 - cover) * 2.5, 0, 1) * (
+        1 - np.linspace(0, 1, h, dtype=np.float32)[:, None] * 0.6
+    )
     sky = np.asarray(img, np.float32)
     sky = sky * (1 - alpha[:, :, None]) + 245 * alpha[:, :, None]
     img = Image.fromarray(sky.astype(np.uint8))
@@ -131,9 +171,15 @@ def landscape(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         ridge = textures.fbm(rng, 1, w, int(rng.integers(2, 6)), 3)[0]
         ys = horizon - height * ridge - h * 0.03 * far
         colour = tuple(int(v) for v in base * (1 - far) + haze * far)
-        d.polygon([(0, h)] + [(float(x), float(y)) for x, y in zip(np.arange(w), ys, strict=True)] + [(w, h)], fill=colour)
+        d.polygon(
+            [(0, h)] + [(float(x), float(y)) for x, y in zip(np.arange(w), ys, strict=True)] + [(w, h)], fill=colour
+        )
     ground = [(70, 120, 50), (150, 140, 70), (40, 80, 130), (225, 230, 238)][int(rng.integers(4))]
-    tex = np.asarray(textures.material(rng, "carpet", (w, h - int(horizon)), _mix(ground, (0, 0, 0), 0.3), _mix(ground, (255, 255, 255), 0.1)))
+    tex = np.asarray(
+        textures.material(
+            rng, "carpet", (w, h - int(horizon)), _mix(ground, (0, 0, 0), 0.3), _mix(ground, (255, 255, 255), 0.1)
+        )
+    )
     img.paste(Image.fromarray(tex), (0, int(horizon)))
     if rng.random() < 0.5:  # a line of trees on the horizon
         d = ImageDraw.Draw(img)
@@ -141,7 +187,10 @@ def landscape(rng: np.random.Generator, w: int, h: int) -> Image.Image:
             if x > w:
                 break
             r = h * rng.uniform(0.015, 0.05)
-            d.ellipse([x - r, horizon - 1.8 * r, x + r, horizon + 0.2 * r], fill=(int(rng.uniform(20, 50)), int(rng.uniform(50, 90)), int(rng.uniform(20, 45))))
+            d.ellipse(
+                [x - r, horizon - 1.8 * r, x + r, horizon + 0.2 * r],
+                fill=(int(rng.uniform(20, 50)), int(rng.uniform(50, 90)), int(rng.uniform(20, 45))),
+            )
     return img
 
 
@@ -157,35 +206,63 @@ def pet(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
     """A cat or dog curled up, seen from above: body, head, ears, tail, eyes."""
     s = int(px)
     img, d = _sprite((s, s * 0.75))
-    fur = [(210, 130, 60), (120, 120, 125), (30, 28, 28), (235, 230, 220), (140, 95, 60), (200, 170, 120)][int(rng.integers(6))]
+    fur = [(210, 130, 60), (120, 120, 125), (30, 28, 28), (235, 230, 220), (140, 95, 60), (200, 170, 120)][
+        int(rng.integers(6))
+    ]
     dog = rng.random() < 0.4
     bw, bh = s * 0.62, s * 0.42
     bx, by = s * 0.08, s * 0.22
-    tail = [(bx + bw * 0.1, by + bh * 0.7), (bx - s * 0.02, by + bh * 0.95), (bx + bw * 0.3, by + bh * 1.12), (bx + bw * 0.7, by + bh * 1.05)]
+    tail = [
+        (bx + bw * 0.1, by + bh * 0.7),
+        (bx - s * 0.02, by + bh * 0.95),
+        (bx + bw * 0.3, by + bh * 1.12),
+        (bx + bw * 0.7, by + bh * 1.05),
+    ]
     d.line(tail, fill=_mix(fur, (0, 0, 0), 0.2) + (255,), width=max(1, int(s * 0.05)), joint="curve")
     _shaded_ellipse(d, (bx, by, bx + bw, by + bh), fur)
     if rng.random() < 0.5 and fur != (30, 28, 28):  # tabby stripes
         for k in range(5):
             x = bx + bw * (0.2 + 0.13 * k)
-            d.arc([x - bw * 0.08, by + bh * 0.05, x + bw * 0.08, by + bh * 0.95], 250, 290, fill=_mix(fur, (0, 0, 0), 0.4) + (255,), width=max(1, int(s * 0.02)))
+            d.arc(
+                [x - bw * 0.08, by + bh * 0.05, x + bw * 0.08, by + bh * 0.95],
+                250,
+                290,
+                fill=_mix(fur, (0, 0, 0), 0.4) + (255,),
+                width=max(1, int(s * 0.02)),
+            )
     hr = s * 0.16
     hx, hy = bx + bw * 0.95, by + bh * 0.35
     ear = _mix(fur, (0, 0, 0), 0.25) + (255,)
     if dog:
         for sgn in (-1, 1):
-            d.ellipse([hx + sgn * hr * 0.9 - hr * 0.35, hy - hr * 0.4, hx + sgn * hr * 0.9 + hr * 0.35, hy + hr * 0.9], fill=ear)
+            d.ellipse(
+                [hx + sgn * hr * 0.9 - hr * 0.35, hy - hr * 0.4, hx + sgn * hr * 0.9 + hr * 0.35, hy + hr * 0.9],
+                fill=ear,
+            )
     else:
         for sgn in (-1, 1):
-            d.polygon([(hx + sgn * hr * 0.9, hy - hr * 0.2), (hx + sgn * hr * 0.75, hy - hr * 1.35), (hx + sgn * hr * 0.15, hy - hr * 0.75)], fill=ear)
+            d.polygon(
+                [
+                    (hx + sgn * hr * 0.9, hy - hr * 0.2),
+                    (hx + sgn * hr * 0.75, hy - hr * 1.35),
+                    (hx + sgn * hr * 0.15, hy - hr * 0.75),
+                ],
+                fill=ear,
+            )
     _shaded_ellipse(d, (hx - hr, hy - hr, hx + hr, hy + hr), fur)
     if dog:
-        _shaded_ellipse(d, (hx - hr * 0.45, hy + hr * 0.1, hx + hr * 0.45, hy + hr * 0.85), _mix(fur, (255, 255, 255), 0.2))
+        _shaded_ellipse(
+            d, (hx - hr * 0.45, hy + hr * 0.1, hx + hr * 0.45, hy + hr * 0.85), _mix(fur, (255, 255, 255), 0.2)
+        )
     eye = (120, 170, 60) if not dog else (60, 40, 25)
     for sgn in (-1, 1):
         ex, ey = hx + sgn * hr * 0.4, hy - hr * 0.1
         d.ellipse([ex - hr * 0.17, ey - hr * 0.12, ex + hr * 0.17, ey + hr * 0.12], fill=eye + (255,))
         d.ellipse([ex - hr * 0.05, ey - hr * 0.11, ex + hr * 0.05, ey + hr * 0.11], fill=(5, 5, 5, 255))
-    d.polygon([(hx - hr * 0.1, hy + hr * 0.3), (hx + hr * 0.1, hy + hr * 0.3), (hx, hy + hr * 0.42)], fill=(200, 110, 120, 255) if not dog else (20, 20, 20, 255))
+    d.polygon(
+        [(hx - hr * 0.1, hy + hr * 0.3), (hx + hr * 0.1, hy + hr * 0.3), (hx, hy + hr * 0.42)],
+        fill=(200, 110, 120, 255) if not dog else (20, 20, 20, 255),
+    )
     img = img.filter(ImageFilter.GaussianBlur(s * 0.004))  # fur is soft
     return flat(img, lift=0.08)
 
@@ -205,8 +282,12 @@ def mug(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
     colour = draw.vivid(rng) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(190, 250, 3))
     r = s * 0.36
     cx, cy = s * 0.39, s * 0.39
-    d.rounded_rectangle([cx + r * 0.8, cy - r * 0.22, cx + r * 1.65, cy + r * 0.22], r * 0.2, fill=_mix(colour, (0, 0, 0), 0.1) + (255,))
-    d.rounded_rectangle([cx + r * 0.95, cy - r * 0.1, cx + r * 1.5, cy + r * 0.1], r * 0.1, fill=(0, 0, 0, 0))  # the hole in the handle
+    d.rounded_rectangle(
+        [cx + r * 0.8, cy - r * 0.22, cx + r * 1.65, cy + r * 0.22], r * 0.2, fill=_mix(colour, (0, 0, 0), 0.1) + (255,)
+    )
+    d.rounded_rectangle(
+        [cx + r * 0.95, cy - r * 0.1, cx + r * 1.5, cy + r * 0.1], r * 0.1, fill=(0, 0, 0, 0)
+    )  # the hole in the handle
     _shaded_ellipse(d, (cx - r, cy - r, cx + r, cy + r), colour, (-0.3, -0.3), steps=5)
     wall = r * 0.88
     d.ellipse([cx - wall, cy - wall, cx + wall, cy + wall], fill=_mix(colour, (0, 0, 0), 0.3) + (255,))
@@ -214,8 +295,14 @@ def mug(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
     level = wall * rng.uniform(0.8, 0.95)
     d.ellipse([cx - level, cy - level + wall * 0.04, cx + level, cy + level + wall * 0.04], fill=drink + (255,))
     if rng.random() < 0.5:  # crema / milk swirl
-        d.ellipse([cx - level * 0.5, cy - level * 0.45, cx + level * 0.4, cy + level * 0.35], fill=_mix(drink, (240, 220, 190), 0.5) + (255,))
-    d.ellipse([cx - level * 0.7, cy - level * 0.75, cx - level * 0.3, cy - level * 0.55], fill=_mix(drink, (255, 255, 255), 0.45) + (255,))  # a reflection
+        d.ellipse(
+            [cx - level * 0.5, cy - level * 0.45, cx + level * 0.4, cy + level * 0.35],
+            fill=_mix(drink, (240, 220, 190), 0.5) + (255,),
+        )
+    d.ellipse(
+        [cx - level * 0.7, cy - level * 0.75, cx - level * 0.3, cy - level * 0.55],
+        fill=_mix(drink, (255, 255, 255), 0.45) + (255,),
+    )  # a reflection
     return flat(img, lift=0.08)
 
 
@@ -249,7 +336,13 @@ def plate(rng: np.random.Generator, px: float, damage: Damage | None = None) -> 
             x, y = c + r * np.cos(a), c + r * np.sin(a)
             col = palette[int(rng.integers(len(palette)))] + (255,)
             if food == "pasta":
-                d.arc([x - s * 0.06, y - s * 0.04, x + s * 0.06, y + s * 0.04], rng.uniform(0, 180), rng.uniform(180, 360), fill=col, width=max(1, int(s * 0.015)))
+                d.arc(
+                    [x - s * 0.06, y - s * 0.04, x + s * 0.06, y + s * 0.04],
+                    rng.uniform(0, 180),
+                    rng.uniform(180, 360),
+                    fill=col,
+                    width=max(1, int(s * 0.015)),
+                )
             else:
                 rr = s * rng.uniform(0.03, 0.09)
                 d.ellipse([x - rr, y - rr * 0.7, x + rr, y + rr * 0.7], fill=col)
@@ -277,7 +370,11 @@ def plant(rng: np.random.Generator, px: float, damage: Damage | None = None) -> 
         mx, my = c + np.cos(a) * length * 0.55, c + np.sin(a) * length * 0.55
         col = _mix(base, (255, 255, 200), rng.uniform(0, 0.25))
         d.polygon(_oval(mx, my, length / 2, width / 2, a), fill=col + (255,))
-        d.line([(c, c), (c + np.cos(a) * length * 0.95, c + np.sin(a) * length * 0.95)], fill=_mix(col, (255, 255, 255), 0.3) + (255,), width=max(1, int(s * 0.006)))
+        d.line(
+            [(c, c), (c + np.cos(a) * length * 0.95, c + np.sin(a) * length * 0.95)],
+            fill=_mix(col, (255, 255, 255), 0.3) + (255,),
+            width=max(1, int(s * 0.006)),
+        )
     return flat(img, lift=0.15)
 
 
@@ -305,13 +402,24 @@ def shoe(rng: np.random.Generator, px: float, damage: Damage | None = None) -> M
         cy = s * (0.5 + 0.03 * k)
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         half_w = s * 0.13 * (1 + 0.15 * np.sin(t))  # wider at the toe than the heel
-        outline = [(float(cx + w * np.cos(a)), float(cy - s * 0.45 * np.sin(a))) for a, w in zip(t, half_w, strict=True)]
+        outline = [
+            (float(cx + w * np.cos(a)), float(cy - s * 0.45 * np.sin(a))) for a, w in zip(t, half_w, strict=True)
+        ]
         d.polygon(outline, fill=sole + (255,))
         inner = [(cx + (x - cx) * 0.85, cy + (y - cy) * 0.9) for x, y in outline]
         d.polygon(inner, fill=upper + (255,))
         d.ellipse([cx - s * 0.07, cy + s * 0.1, cx + s * 0.07, cy + s * 0.32], fill=(30, 28, 28, 255))  # the opening
         for j in range(5):  # laces
             y = cy - s * 0.02 - j * s * 0.045
-            d.line([(cx - s * 0.05, y), (cx + s * 0.05, y - s * 0.015)], fill=(245, 245, 245, 255), width=max(1, int(s * 0.012)))
-        d.chord([cx - s * 0.1, cy - s * 0.43, cx + s * 0.1, cy - s * 0.25], 180, 360, fill=_mix(upper, (255, 255, 255), 0.3) + (255,))  # toe cap
+            d.line(
+                [(cx - s * 0.05, y), (cx + s * 0.05, y - s * 0.015)],
+                fill=(245, 245, 245, 255),
+                width=max(1, int(s * 0.012)),
+            )
+        d.chord(
+            [cx - s * 0.1, cy - s * 0.43, cx + s * 0.1, cy - s * 0.25],
+            180,
+            360,
+            fill=_mix(upper, (255, 255, 255), 0.3) + (255,),
+        )  # toe cap
     return flat(img, lift=0.05)

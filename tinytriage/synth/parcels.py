@@ -5,15 +5,22 @@ only partly in view (over an edge, under tape, turned away).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tinytriage.synth.damage import Damage
 from tinytriage.synth import draw, textures
+from tinytriage.synth.damage import Damage
 from tinytriage.synth.documents import shipping_label
 from tinytriage.synth.scenes import Model, Part, flat
 
-KRAFT = [((168, 122, 78), (205, 160, 110)), ((140, 100, 62), (180, 135, 90)), ((205, 200, 190), (236, 233, 226)), ((180, 145, 102), (218, 185, 140))]
+KRAFT = [
+    ((168, 122, 78), (205, 160, 110)),
+    ((140, 100, 62), (180, 135, 90)),
+    ((205, 200, 190), (236, 233, 226)),
+    ((180, 145, 102), (218, 185, 140)),
+]
 
 
 def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
@@ -31,8 +38,8 @@ def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
 
     top = face(a, b, 1.0)
     _top_details(rng, top, tape, tape_w / b)
-    sides = []
-    for w, h, along in [(a, c, False), (b, c, True), (a, c, False), (b, c, True)]:  # front, right, back, left
+
+    def side(w: float, h: float, along: bool) -> Image.Image:
         img = face(w, h, rng.uniform(0.68, 0.88))
         d = ImageDraw.Draw(img)
         W, H = img.size
@@ -41,10 +48,15 @@ def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
             d.rectangle([W / 2 - tw / 2, 0, W / 2 + tw / 2, H * rng.uniform(0.15, 0.45)], fill=tape)
         if rng.random() < 0.35:  # printing on the side: brand, arrows
             ink = (40, 40, 45) if rng.random() < 0.7 else (30, 60, 130)
-            draw.text(d, (W * 0.1, H * 0.5), draw.pick(rng, draw.SHOP + ["FRAGILE", "THIS SIDE UP"]), H * 0.18, ink, bold=True)
+            draw.text(
+                d, (W * 0.1, H * 0.5), draw.pick(rng, draw.SHOP + ["FRAGILE", "THIS SIDE UP"]), H * 0.18, ink, bold=True
+            )
         if rng.random() < 0.25:
             _label(rng, img)
-        sides.append(img.convert("RGBA"))
+        return img.convert("RGBA")
+
+    # drawn only if the camera sees them (front, right, back, left)
+    sides = [partial(side, w, h, along) for w, h, along in [(a, c, False), (b, c, True), (a, c, False), (b, c, True)]]
     x, y, z = a / 2, b / 2, c
     top_c = np.array([[-x, -y, 0], [x, -y, 0], [x, y, 0], [-x, y, 0]])
     side_c = [
@@ -65,7 +77,9 @@ def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
 
 def _tape_style(rng: np.random.Generator) -> tuple[int, int, int]:
     """Tape colour: brown packing tape, clear (shows as a light sheen), white or printed."""
-    return [(190, 145, 85), (215, 190, 150), (235, 232, 225), (200, 60, 50), (60, 60, 65)][int(rng.choice(5, p=[0.35, 0.3, 0.15, 0.1, 0.1]))]
+    return [(190, 145, 85), (215, 190, 150), (235, 232, 225), (200, 60, 50), (60, 60, 65)][
+        int(rng.choice(5, p=[0.35, 0.3, 0.15, 0.1, 0.1]))
+    ]
 
 
 def _top_details(rng: np.random.Generator, top: Image.Image, tape: tuple[int, int, int], tape_frac: float) -> None:
@@ -76,7 +90,11 @@ def _top_details(rng: np.random.Generator, top: Image.Image, tape: tuple[int, in
     tw = tape_frac * H
     if rng.random() < 0.85:
         d.rectangle([0, H / 2 - tw / 2, W, H / 2 + tw / 2], fill=tape)
-        d.line([0, H / 2 - tw / 2, W, H / 2 - tw / 2], fill=tuple(min(255, v + 25) for v in tape), width=max(1, int(tw * 0.08)))
+        d.line(
+            [0, H / 2 - tw / 2, W, H / 2 - tw / 2],
+            fill=tuple(min(255, v + 25) for v in tape),
+            width=max(1, int(tw * 0.08)),
+        )
         if tape[0] == 200:  # printed tape: repeated red/white text
             for x in np.arange(0, W, tw * 5):
                 draw.text(d, (x, H / 2 - tw * 0.35), "FRAGILE", tw * 0.6, (255, 255, 255), bold=True)
@@ -86,7 +104,14 @@ def _top_details(rng: np.random.Generator, top: Image.Image, tape: tuple[int, in
         _label(rng, top)
     if rng.random() < 0.3:  # marker scribble: a name or a room
         ink = [(20, 20, 25), (30, 50, 140), (150, 30, 30)][int(rng.integers(3))]
-        draw.text(d, (W * rng.uniform(0.05, 0.5), H * rng.uniform(0.05, 0.3)), draw.pick(rng, draw.FIRST).upper(), H * rng.uniform(0.08, 0.15), ink, bold=True)
+        draw.text(
+            d,
+            (W * rng.uniform(0.05, 0.5), H * rng.uniform(0.05, 0.3)),
+            draw.pick(rng, draw.FIRST).upper(),
+            H * rng.uniform(0.08, 0.15),
+            ink,
+            bold=True,
+        )
 
 
 def _label(rng: np.random.Generator, surface: Image.Image) -> None:

@@ -25,7 +25,7 @@ from tinytriage.synth.camera import Camera, Shot
 class Part:
     """One flat piece of an object: its picture and where its corners are in 3-D."""
 
-    image: Image.Image  # RGBA
+    image: Image.Image | Callable[[], Image.Image]  # RGBA, or a function drawing it (only if seen)
     corners: np.ndarray  # (4, 3) object units: image's top-left, top-right, bottom-right, bottom-left
     damage: Image.Image | None = None  # "L", same size as image: where damage is drawn
     cull: bool = False  # skip when seen from behind (the hidden faces of a box)
@@ -65,7 +65,9 @@ def _facing(quad: np.ndarray) -> bool:
     return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) > 0
 
 
-def surface(shot: Shot, rng: np.random.Generator, cam: Camera, ground: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def surface(
+    shot: Shot, rng: np.random.Generator, cam: Camera, ground: np.ndarray, size: tuple[int, int]
+) -> Image.Image:
     """RGB: the surface pattern seen through the camera on the ground plane."""
     origin, pu, pv = ground
     u, v = pu - origin, pv - origin
@@ -110,9 +112,11 @@ def compose(
     placed = []  # (warped RGBA, offset, warped damage)
     alpha = Image.new("L", size, 0)
     for part in model.parts:
-        H = _part_homography(part, cam)
         if part.cull and not _facing(cam.project(part.corners)):
             continue
+        if callable(part.image):
+            part.image = part.image()
+        H = _part_homography(part, cam)
         region = camera.warp(part.image, H, size)
         if region is None:
             continue
@@ -138,12 +142,16 @@ def _cast_shadow(canvas: Image.Image, alpha: Image.Image, shot: Shot, lift_px: f
     """Darken the surface under and beside the object: its silhouette, blurred and offset."""
     w, h = canvas.size
     k = 4  # work at quarter size: a shadow is soft anyway
-    small = alpha.resize((max(1, w // k), max(1, h // k)), Image.BILINEAR)
+    small = alpha.reduce(k)
     radius = max(1.0, (2 + 2.5 * lift_px) / k)
     small = small.filter(ImageFilter.BoxBlur(radius)).filter(ImageFilter.BoxBlur(radius))
-    dx, dy = -np.asarray(shot.light_dir) * (1 + 1.5 * lift_px) / k
-    small = small.transform(small.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.BILINEAR)
-    shade = small.resize((w, h), Image.BILINEAR).point(lambda v: int(v * shot.shadow))
+    small = small.point(lambda v: int(v * shot.shadow))
+    dx, dy = -np.asarray(shot.light_dir) * (1 + 1.5 * lift_px) / k  # away from the light
+    sw, sh = small.size
+    m = int(np.ceil(max(abs(dx), abs(dy)))) + 1  # pad, then read the shifted window
+    padded = Image.new("L", (sw + 2 * m, sh + 2 * m), 0)
+    padded.paste(small, (m, m))
+    shade = padded.resize((w, h), Image.BILINEAR, box=(m - dx, m - dy, m - dx + sw, m - dy + sh))
     canvas.paste((0, 0, 0), (0, 0), shade)
 
 

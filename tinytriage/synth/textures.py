@@ -13,7 +13,7 @@ own colours, so a background costs one warp instead of a fresh noise field.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -183,7 +183,7 @@ _MAKERS = {
 VARIANTS = 3
 
 
-@lru_cache(maxsize=None)
+@cache
 def pattern(kind: str, variant: int) -> Image.Image:
     """The cached grey pattern (mode "L", TILE x TILE) of a surface; same bytes in every process."""
     rng = np.random.default_rng([sorted(_MAKERS).index(kind), variant, 20240611])
