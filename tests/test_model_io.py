@@ -160,3 +160,32 @@ def test_header_length_lies(tmp_path):
     path.write_bytes(struct.pack("<Q", 10**12) + b"{}")
     with pytest.raises(ModelFileError, match="truncated"):
         read_model(path)
+
+
+def test_second_ctrl_c_during_save_does_not_corrupt(tmp_path):
+    """SIGINT arriving while the file is being written is held until the file is whole."""
+    import signal
+    import time
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"previous")
+    code = f"""
+import os, time
+from tinytriage import model_io
+real = os.fsync
+def slow(fd):
+    print("writing", flush=True); time.sleep(1.5); real(fd)
+os.fsync = slow
+try:
+    model_io.atomic_write_bytes({str(target)!r}, b"n" * 1_000_000)
+except KeyboardInterrupt:
+    print("interrupted after save", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert "interrupted after save" in rest
+    assert target.read_bytes() == b"n" * 1_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]

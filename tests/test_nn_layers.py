@@ -14,6 +14,7 @@ tnn = torch.nn
 
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
+from tinytriage import torch_vit  # noqa: E402
 from tinytriage.errors import ShapeError  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
@@ -44,6 +45,7 @@ from tinytriage.nn import (  # noqa: E402
     maxpool2d_forward,
     maxpool2d_reference,
 )
+from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
@@ -159,6 +161,22 @@ LAYERS = [
     # -- composition: names such as "0.weight" and "4.bias" must line up
     case("sequential-cnn",          (lambda: small_cnn(Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential),
                                      lambda: small_cnn(tnn.Conv2d, tnn.ReLU, tnn.MaxPool2d, tnn.Flatten, tnn.Linear, tnn.Sequential)), (2, 2, 8, 8)),
+    # -- transformer layers: twins in tinytriage.torch_vit, timm's names (whole ViT: test_vit.py)
+    case("layernorm",               twins(LayerNorm, tnn.LayerNorm, 8),                                     (2, 5, 8)),
+    case("layernorm-2d-eps",        twins(LayerNorm, tnn.LayerNorm, 6, eps=1e-6),                           (4, 6)),
+    case("layernorm-last-2-axes",   twins(LayerNorm, tnn.LayerNorm, (3, 4)),                                (2, 3, 4)),
+    case("layernorm-affine-scaled", twins(LayerNorm, tnn.LayerNorm, 5),                                     scaled(50.0, (2, 3, 5)),
+         params={"weight": np.array([2.0, -0.5, 1.0, 0.3, -1.2]), "bias": np.array([0.1, 0.2, -0.3, 0.0, 1.0])}),
+    case("gelu",                    twins(GELU, tnn.GELU),                                                  (2, 5, 8)),
+    case("gelu-erf-tails",          twins(GELU, tnn.GELU),                                                  scaled(6.0, (4, 50))),
+    case("gelu-exact-zeros",        twins(GELU, tnn.GELU),                                                  ints(-3, 4, (4, 6))),
+    case("attention",               twins(Attention, torch_vit.Attention, 8, 2),                            (2, 5, 8)),
+    case("attention-1-head-no-bias", twins(Attention, torch_vit.Attention, 6, 1, qkv_bias=False),          (2, 4, 6)),
+    case("attention-1-token",       twins(Attention, torch_vit.Attention, 8, 4),                            (3, 1, 8)),
+    case("mlp",                     twins(Mlp, torch_vit.Mlp, 8, 16),                                       (2, 5, 8)),
+    case("block",                   twins(Block, torch_vit.Block, 8, 2, mlp_ratio=2.0),                     (2, 5, 8)),
+    case("block-3-heads-no-bias",   twins(Block, torch_vit.Block, 12, 3, qkv_bias=False),                   (1, 4, 12)),
+    case("patch-embed",             twins(PatchEmbed, torch_vit.PatchEmbed, 12, 4, 3, 8),                   (2, 3, 12, 12)),
 ]
 # fmt: on
 
@@ -401,6 +419,9 @@ GRADCHECK = [
     pytest.param(lambda: BatchNorm2d(2).eval(), [(3, 2, 2, 3)], id="bn-eval"),
     pytest.param(lambda: CrossEntropyLoss(label_smoothing=0.1), [(4, 5), np.array([1, 0, 4, 4])], id="cross-entropy"),
     pytest.param(_fixed_mask_dropout, [(3, 5)], id="dropout"),
+    pytest.param(lambda: LayerNorm(4), [(2, 3, 4)], id="layernorm"),
+    pytest.param(lambda: GELU(), [(3, 7)], id="gelu"),
+    pytest.param(lambda: Attention(4, 2), [(2, 3, 4)], id="attention"),
 ]
 
 

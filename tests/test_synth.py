@@ -123,24 +123,24 @@ def _decoded(data: bytes) -> np.ndarray:
 def test_damage_bbox_covers_exactly_the_damage_as_a_viewer_shows_it():
     """Compare each damaged photo with the same photo rendered with the screen left intact.
 
-    Both go through JPEG and EXIF orientation; what differs is the damage. Every strongly
-    changed pixel must lie in the sidecar's box (plus a small margin for JPEG blocks and
-    blur), and the box must fit the changed region (IoU), for rotated photos too.
+    Both are encoded (JPEG, EXIF orientation) and decoded as a viewer would
+    (exif_transpose), so the only difference left is the damage. Every changed pixel
+    must lie in the sidecar's box, give or take a JPEG block and the blur; and the box
+    must fit the clearly changed region (IoU), for rotated photos too.
     """
     ious, orientations = [], set()
     for i in range(16):
         img, meta = render_photo("screen_damage", photo_rng(11, "screen_damage", i), size_range=SMALL)
         clean, _ = render_photo("screen_damage", photo_rng(11, "screen_damage", i), size_range=SMALL, damage=False)
         orientations.add(meta["exif"])
-        data = encode_photo(img, meta)
-        diff = np.abs(_decoded(data) - _decoded(encode_photo(clean, meta))).max(2)  # (H, W) as viewed
+        diff = np.abs(_decoded(encode_photo(img, meta)) - _decoded(encode_photo(clean, meta))).max(2)  # (H, W)
         H, W = diff.shape
         x0, y0, x1, y1 = meta["damage_bbox"]
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
-        m = int(0.02 * max(W, H)) + 4
+        m = 16 + int(0.03 * max(W, H))  # a 16x16 JPEG block, plus motion/focus blur
         inside = np.zeros_like(diff, bool)
         inside[max(0, y0 - m) : y1 + m, max(0, x0 - m) : x1 + m] = True
-        assert not np.any((diff > 48) & ~inside), f"photo {i}: damage outside its box"
+        assert not np.any((diff > 2) & ~inside), f"photo {i}: damage outside its box"
         ys, xs = np.nonzero(diff > 16)
         if len(xs) == 0:
             ious.append(0.0)
@@ -148,8 +148,8 @@ def test_damage_bbox_covers_exactly_the_damage_as_a_viewer_shows_it():
         a = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         ix = max(0, min(x1, a[2]) - max(x0, a[0])) * max(0, min(y1, a[3]) - max(y0, a[1]))
         ious.append(ix / ((x1 - x0) * (y1 - y0) + (a[2] - a[0]) * (a[3] - a[1]) - ix))
-    assert orientations >= {6, 8} or orientations >= {6, 3}, orientations  # rotated photos were checked
-    assert np.mean(np.array(ious) > 0.5) >= 0.8, np.round(ious, 2)
+    assert {6, 8} <= orientations, orientations  # photos stored rotated were among them
+    assert np.mean(np.array(ious) > 0.6) >= 0.85, np.round(ious, 2)
 
 
 def test_damage_visible_at_network_resolution():

@@ -126,7 +126,7 @@ def _render_once(
         dmg = Damage(damage_rng, 0.004 * max(size), show_damage) if class_name == "screen_damage" else None
         canvas, mask = scenes.compose(subject.draw(scene_rng, px, dmg), shot, scene_rng, size)
 
-    image = camera.expose(canvas, shot)
+    image = camera.expose(canvas, shot, unmetered=mask)
     image = camera.blur(image, shot, shot.size)
     image = camera.add_noise(image, shot, noise_rng)
     if image.size != shot.size:

@@ -224,17 +224,23 @@ def light_field(shot: Shot, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(np.clip(field * 255, 0, 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
 
 
-def expose(image: Image.Image, shot: Shot) -> Image.Image:
+def expose(image: Image.Image, shot: Shot, unmetered: Image.Image | None = None) -> Image.Image:
     """Light, auto exposure, auto white balance, colour cast and tone curve (RGB -> RGB).
 
     Auto exposure scales the image so its mean brightness lands on ``shot.exposure``;
     white balance moves each channel's mean toward grey by ``shot.awb`` (grey-world).
     Both use the image's own statistics, as a phone does. The per-channel gain and the
     tone curve are one lookup table; the light field is one multiply.
+
+    ``unmetered`` ("L", nonzero = skip) leaves pixels out of the metering: the damage, so
+    that a photo and its intact twin get the same exposure and differ only in the damage.
     """
     lit = ImageChops.multiply(image, light_field(shot, image.size).convert("RGB"))
-    sample = np.asarray(lit.reduce(4), np.float32)
-    mean = sample.reshape(-1, 3).mean(0) + 1.0  # per-channel mean, 0-255
+    sample = np.asarray(lit.reduce(4), np.float32).reshape(-1, 3)
+    if unmetered is not None:
+        keep = np.asarray(unmetered.reduce(4)).reshape(-1) == 0
+        sample = sample[keep] if keep.sum() > 16 else sample
+    mean = sample.mean(0) + 1.0  # per-channel mean, 0-255
     luma = np.array([0.299, 0.587, 0.114])
     balance = (float(mean @ luma) / mean) ** shot.awb * np.asarray(shot.cast)
     gain = np.clip(balance * (shot.exposure * 255 / float((mean * balance) @ luma)), 0.2, 5.0)

@@ -1,0 +1,163 @@
+"""The training loop: determinism, checkpoints, Ctrl-C and resume, NaN, bad datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tinytriage.errors import DatasetError, TrainingError
+from tinytriage.model_io import read_model
+from tinytriage.train import TrainConfig, train
+
+CLASSES = ("document", "parcel", "screen_damage")
+
+
+def make_toy_dataset(root, per_class=12, seed=0, classes=CLASSES):
+    """Three easily told apart kinds of picture, with size and colour noise."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            w, h = int(rng.integers(60, 90)), int(rng.integers(50, 80))
+            img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(60, 200, 3)))
+            draw = ImageDraw.Draw(img)
+            if k == 0:
+                for y in range(5, h - 5, 8):
+                    draw.line([(5, y), (w - 5, y)], fill=(20, 20, 20), width=2)
+            elif k == 1:
+                draw.rectangle([w // 4, h // 4, 3 * w // 4, 3 * h // 4], fill=(150, 110, 60))
+            else:
+                draw.line([(0, 0), (w, h)], fill=(250, 250, 250), width=3)
+                draw.line([(w, 0), (0, h)], fill=(250, 250, 250), width=3)
+            img.save(d / f"{name}_{i:03d}.png")
+    return root
+
+
+def cfg_for(data, out, **kw):
+    base = dict(data_dir=str(data), out=str(out), epochs=3, batch_size=8, lr=0.05, input_size=24, seed=0,
+                model_config={"widths": [4, 8]})  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"))
+
+
+def test_trains_and_writes_run_folder(toy, tmp_path):
+    r = train(cfg_for(toy, tmp_path / "run", epochs=4))
+    for name in ("model.safetensors", "last.safetensors", "checkpoint.safetensors", "metrics.json", "curves.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    mf = read_model(r.model_path)
+    assert mf.classes == sorted(CLASSES)
+    assert mf.metrics["val_acc"] == r.best_val_acc
+    assert len(mf.training["history"]) == 4 and mf.training["seed"] == 0
+    assert 0.5 <= mf.threshold <= 1.0 and mf.temperature > 0
+    hist = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learned something
+
+
+def test_deterministic_for_a_seed(toy, tmp_path):
+    a = read_model(train(cfg_for(toy, tmp_path / "a")).model_path).tensors
+    b = read_model(train(cfg_for(toy, tmp_path / "b")).model_path).tensors
+    c = read_model(train(cfg_for(toy, tmp_path / "c", seed=1)).model_path).tensors
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(toy, tmp_path, monkeypatch):
+    full = read_model(train(cfg_for(toy, tmp_path / "full")).run_dir / "last.safetensors").tensors
+
+    from tinytriage import engine as engine_mod
+
+    real_step = engine_mod.NumpyEngine.train_step
+    calls = {"n": 0}
+
+    def flaky(self, x, y, lr):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the middle of epoch 2 (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real_step(self, x, y, lr)
+
+    monkeypatch.setattr(engine_mod.NumpyEngine, "train_step", flaky)
+    r = train(cfg_for(toy, tmp_path / "cut"))
+    assert r.interrupted and len(r.history) == 1
+    monkeypatch.setattr(engine_mod.NumpyEngine, "train_step", real_step)
+    resumed = train(cfg_for(toy, tmp_path / "cut", resume=True))
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    last = read_model(tmp_path / "cut" / "last.safetensors").tensors
+    for k in full:
+        np.testing.assert_array_equal(last[k], full[k], err_msg=k)
+
+
+def test_nan_loss_stops_with_a_clear_message(toy, tmp_path, monkeypatch):
+    from tinytriage import engine as engine_mod
+
+    real_step = engine_mod.NumpyEngine.train_step
+    calls = {"n": 0}
+
+    def poisoned(self, x, y, lr):
+        calls["n"] += 1
+        loss, logits = real_step(self, x, y, lr)
+        return (float("nan") if calls["n"] == 2 else loss), logits
+
+    monkeypatch.setattr(engine_mod.NumpyEngine, "train_step", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 2"):
+        train(cfg_for(toy, tmp_path / "nan"))
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_resume_without_checkpoint(toy, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(cfg_for(toy, tmp_path / "none", resume=True))
+
+
+def test_bad_datasets(tmp_path):
+    make_toy_dataset(tmp_path / "one", classes=("parcel",))
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        train(cfg_for(tmp_path / "one", tmp_path / "r1"))
+    make_toy_dataset(tmp_path / "empty", per_class=4)
+    for p in (tmp_path / "empty" / "parcel").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match="parcel"):
+        train(cfg_for(tmp_path / "empty", tmp_path / "r2"))
+
+
+def test_duplicates_across_split_are_reported(tmp_path):
+    root = make_toy_dataset(tmp_path / "dup", per_class=10)
+    for name in CLASSES:  # every photo twice: some copies must straddle the split
+        for p in list((root / name).iterdir()):
+            (root / name / f"copy_{p.name}").write_bytes(p.read_bytes())
+    events = []
+    r = train(cfg_for(root, tmp_path / "r", epochs=1), progress=events.append)
+    assert r.duplicates and any(e["event"] == "duplicates" for e in events)
+
+
+def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):
+    """A real SIGINT to a real `tinytriage train`: exit 130, checkpoint kept, --resume works."""
+    out = tmp_path / "sig"
+    args = [sys.executable, "-m", "tinytriage", "train", str(toy), "--out", str(out), "--epochs", "60",
+            "--batch-size", "8", "--input-size", "24", "-q"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    r = subprocess.run([*args[:8], "2", "--batch-size", "8", "--input-size", "24", "-q", "--resume"], capture_output=True, text=True)
+    # the checkpoint may already be past epoch 2: then resume has nothing left to do but save
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.safetensors").is_file()
+    assert os.path.getsize(out / "checkpoint.safetensors") > 0
