@@ -276,13 +276,25 @@ def test_count_macs_matches_the_models_weights():
     "call, message",
     [
         (lambda: tiny_vit()(np.zeros((1, 3, 20, 16), np.float32)), r"PatchEmbed: expected 16x16 images, got shape"),
+        (
+            lambda: torch_vit.TorchVisionTransformer(TINY)(torch.zeros(1, 3, 20, 16)),
+            r"PatchEmbed: expected 16x16 images, got shape",
+        ),
         (lambda: PatchEmbed(16, 4)(np.zeros((3, 16, 16), np.float32)), r"PatchEmbed expects a 4-D"),
         (lambda: PatchEmbed(18, 4), r"img_size \(18, 18\) is not a multiple of patch_size \(4, 4\)"),
         (lambda: Attention(10, 3), r"dim=10 must be a multiple of num_heads=3"),
         (lambda: Attention(8, 2)(np.zeros((5, 8), np.float32)), r"Attention expects a 3-D"),
         (lambda: LayerNorm(8)(np.zeros((2, 7), np.float32)), r"LayerNorm: expected \(\.\.\., \(8,\)\) input"),
     ],
-    ids=["image-size", "patch-ndim", "patch-divides", "heads-divide", "attention-ndim", "layernorm-shape"],
+    ids=[
+        "image-size",
+        "image-size-torch",
+        "patch-ndim",
+        "patch-divides",
+        "heads-divide",
+        "attention-ndim",
+        "layernorm-shape",
+    ],
 )
 def test_impossible_shapes_raise_clear_errors(call, message):
     with pytest.raises(ShapeError, match=message):

@@ -109,7 +109,7 @@ class TorchEngine:
         loss = self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
         loss.backward()
         grads = {n: p.grad.detach().cpu().numpy() for n, p in self.model.named_parameters()}
-        return float(loss), logits.detach().cpu().numpy(), grads
+        return loss.item(), logits.detach().cpu().numpy(), grads
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
         if self.optimizer is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinytriage.errors import ShapeError
 from tinytriage.vit import ViTConfig
 
 
@@ -20,11 +21,16 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
+        self.img_size = (img_size, img_size)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.img_size:  # a conv would quietly drop the border (timm asserts)
+            raise ShapeError(
+                f"PatchEmbed: expected {self.img_size[0]}x{self.img_size[1]} images, got shape {tuple(x.shape)}"
+            )
         return self.proj(x).flatten(2).transpose(1, 2)  # (N, T, D)
 
 

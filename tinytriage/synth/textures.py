@@ -218,3 +218,10 @@ def material(
     box = (int(x), int(y), int(x + w * scale), int(y + h * scale))
     grey = pat.resize((w, h), Image.BILINEAR, box=box)
     return colourise(grey, np.asarray(dark, np.float32), np.asarray(light, np.float32))
+
+
+def warm_cache() -> None:
+    """Build every cached pattern now (each process builds them on first use otherwise)."""
+    for kind in _MAKERS:
+        for variant in range(VARIANTS):
+            pattern(kind, variant)
