@@ -141,27 +141,31 @@ def augment_batch(
     *,
     fill: tuple[int, int, int] = DEFAULT_FILL,
     workers: int = 1,
+    rows: slice = slice(None),
 ) -> np.ndarray:
     """Augment uint8 (N, H, W, 3) images into uint8 (N, size, size, 3).
 
     ``fill`` colours areas a rotation uncovers (use ``Preprocess.fill``). The same
-    ``rng`` state gives the same output for any ``workers``."""
+    ``rng`` state gives the same output for any ``workers``. ``rows`` augments only
+    ``images[rows]`` but draws the random numbers of all N, so each comes out as it does
+    in the whole batch (a distributed rank's share of the global batch)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
     N = images.shape[0]
     table = rng.random((N, 11))  # (N, 11): every random number this batch needs
+    keep = range(N)[rows]
 
     def one(i: int) -> np.ndarray:
         return _augment_one(images[i], size, aug, table[i], fill)
 
-    if workers > 1 and N > 1:
+    if workers > 1 and len(keep) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            outs = list(pool.map(one, range(N)))
+            outs = list(pool.map(one, keep))
     else:
-        outs = [one(i) for i in range(N)]
+        outs = [one(i) for i in keep]
     if not outs:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
-    return np.stack(outs)  # (N, size, size, 3)
+    return np.stack(outs)  # (len(keep), size, size, 3)
 
 
 def augment_image(

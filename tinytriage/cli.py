@@ -127,7 +127,10 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a model on a folder of photos (default: the NumPy CNN)."""
+    """Train a model on a folder of photos (default: the NumPy CNN).
+
+    Under torchrun (with --backend torch), data-parallel over all its processes."""
+    from tinytriage.distributed import is_main
     from tinytriage.render import TrainProgress, print_train_result
     from tinytriage.train import TrainConfig
     from tinytriage.train import train as run_training
@@ -137,9 +140,11 @@ def train(
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
     )  # fmt: skip
-    with TrainProgress(quiet=quiet) as progress:
+    main = is_main()  # under torchrun, rank 0 alone prints
+    with TrainProgress(quiet=quiet or not main) as progress:
         result = run_training(cfg, progress)
-    print_train_result(result, as_json=as_json)
+    if main:
+        print_train_result(result, as_json=as_json)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -189,7 +194,7 @@ def compare(
 def samples(
     out_dir: Path = typer.Argument(..., help="Folder to write OUT_DIR/<class>/<class>_00000.jpg into."),
     per_class: int = typer.Option(100, "--per-class", "-n", min=1, help="Photos per class."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes; photo i depends only on (seed, class, i)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same bytes (photo i depends on seed, class, i)."),
     other: bool = typer.Option(True, "--other/--no-other", help="Include the open-set class 'other'."),
     min_size: int = typer.Option(480, "--min-size", min=16, help="Smallest long side of a photo, pixels."),
     max_size: int = typer.Option(1600, "--max-size", min=16, help="Largest long side of a photo, pixels."),

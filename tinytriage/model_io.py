@@ -292,12 +292,19 @@ BUNDLED = {"cnn": "triage_cnn.safetensors", "vit": "triage_vit.safetensors"}
 def bundled_model_path(arch: str = "cnn") -> Path:
     """The model shipped with tinytriage, found from any working directory.
 
-    An editable install finds the repository's ``models/`` folder; a wheel carries a copy
-    in ``tinytriage/_bundled/``.
+    An editable install finds the repository's ``models/`` folder; a regular install
+    finds the copy that pyproject's ``data-files`` put under ``<prefix>/share/tinytriage``.
     """
+    import sys
+
     name = BUNDLED[arch]
     here = Path(__file__).resolve().parent
-    for candidate in (here / "_bundled" / name, here.parent / "models" / name):
+    candidates = (
+        here.parent / "models" / name,  # a source checkout / editable install
+        Path(sys.prefix) / "share" / "tinytriage" / "models" / name,  # `pip install .` (data-files)
+        here / "_bundled" / name,
+    )
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise ModelFileError(

@@ -73,6 +73,7 @@ class TorchEngine:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
         self.optimizer: torch.optim.Optimizer | None = None
         self.param_names = [n for n, _ in self.model.named_parameters()]
+        self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, under torchrun
 
     @classmethod
     def create(cls, arch: str, config: dict, *, optim=None, device: str = "cpu", seed: int = 0) -> TorchEngine:
@@ -112,13 +113,47 @@ class TorchEngine:
         return loss.item(), logits.detach().cpu().numpy(), grads
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
+        """Forward, backward, step. After ``distribute()``, x and y are this rank's share of the
+        global batch, and the loss and logits returned are the global batch's, on every rank."""
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
+        if self.ddp is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            return self._ddp_step(x, y)
         loss, logits, _ = self.loss_and_grads(x, y)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         return loss, logits
+
+    def distribute(self) -> None:
+        """Train data-parallel with the other torchrun ranks (after ``distributed.init``).
+
+        BatchNorm and Dropout are swapped for versions that see the global batch, so the
+        run equals single-process training (see ``AllReduceBatchNorm2d``, ``ShardedDropout``);
+        parameter names are unchanged, so state dicts and model files are too."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.optimizer is not None:
+            raise TinyTriageError("distribute() must come before the first step or optimizer load")
+        _swap_for_data_parallel(self.model)
+        self.model.to(device=self.device, dtype=self.dtype)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _ddp_step(self, x: np.ndarray, y: np.ndarray):
+        from tinytriage import distributed
+
+        self.ddp.train()
+        self.model.zero_grad(set_to_none=True)
+        logits = self.ddp(self._tensor(x))  # (B/W, classes): this rank's share
+        loss = self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
+        loss.backward()  # DDP averages the gradients over the ranks here
+        self.optimizer.step()
+        loss_all = distributed.mean_over_ranks(loss)  # the mean of equal shares' means: the batch mean
+        logits_all = distributed.gather_rows(logits)  # (B, classes), in global batch order
+        return float(loss_all), logits_all.float().cpu().numpy()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -165,3 +200,88 @@ class TorchEngine:
 
     def reseed(self, seed_seq: list[int]) -> None:
         torch.manual_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
+
+
+# -- data-parallel training (torchrun): layers that see the global batch -----------------
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """s = sum over ranks of x. Every rank's loss depends on s, so the gradient reaching
+    each rank's x is the sum over ranks of dL_r/ds: the backward is the same all-reduce."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        s = x.clone()
+        dist.all_reduce(s)  # sum
+        return s
+
+    @staticmethod
+    def backward(ctx, ds: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        dx = ds.clone()
+        dist.all_reduce(dx)  # sum
+        return dx
+
+
+class AllReduceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are the global batch's, summed over all ranks.
+
+    What ``nn.SyncBatchNorm`` does, written out, because in torch 2.13 that one refuses CPU
+    tensors ("SyncBatchNorm expected input tensor to be on GPU"); this one runs on gloo and
+    NCCL alike. Without it each rank would normalise by its own B/W photos. The sums go
+    through ``_SumOverRanks``, whose backward all-reduces the gradient, so the gradient
+    through the mean and variance reaches every rank's photos too.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        from tinytriage.distributed import world_size
+
+        N, C, H, W = x.shape
+        count = N * H * W * world_size()  # values per channel in the global batch
+        mean = _SumOverRanks.apply(x.sum((0, 2, 3))) / count  # (C,)
+        centred = x - mean.view(1, C, 1, 1)  # (N, C, H, W)
+        var = _SumOverRanks.apply((centred * centred).sum((0, 2, 3))) / count  # (C,) biased: what BN divides by
+        with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them (variance unbiased)
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            self.running_var.mul_(1 - m).add_(var * (count / (count - 1)), alpha=m)
+            self.num_batches_tracked.add_(1)
+        x_hat = centred * torch.rsqrt(var + self.eps).view(1, C, 1, 1)
+        return x_hat * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
+
+
+class ShardedDropout(nn.Dropout):
+    """Dropout whose mask is the global batch's mask, cut to this rank's rows.
+
+    On the CPU ``nn.Dropout`` draws ``empty_like(x).bernoulli_(1 - p)``. Every rank's generator
+    is in the same state (same seed, same draws so far), so each draws the whole batch's mask
+    and keeps its own rows: each photo gets the mask it gets in a single process. (CUDA's fused
+    dropout kernel draws differently, so there the masks match in distribution only.)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        from tinytriage.distributed import shard, world_size
+
+        B = x.shape[0] * world_size()  # the global batch
+        noise = x.new_empty((B, *x.shape[1:])).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise[shard(B)]
+
+
+def _swap_for_data_parallel(module: nn.Module) -> None:
+    """Replace, in place, every BatchNorm2d and Dropout below ``module`` by its global-batch twin."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            twin = AllReduceBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
+            twin.load_state_dict(child.state_dict())
+            setattr(module, name, twin)
+        elif isinstance(child, nn.Dropout):
+            setattr(module, name, ShardedDropout(child.p))
+        else:
+            _swap_for_data_parallel(child)

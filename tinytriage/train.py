@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytriage import __version__
+from tinytriage import __version__, distributed
 from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
 from tinytriage.engine import OptimConfig, make_engine
 from tinytriage.errors import TrainingError
@@ -132,14 +132,32 @@ def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128)
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
-    """Train a model on a folder of photos; returns where it went and how it did."""
+    """Train a model on a folder of photos; returns where it went and how it did.
+
+    Under torchrun every process calls this: each trains on its share of every batch and
+    rank 0 alone reports progress and writes the run folder (``tinytriage.distributed``)."""
+    if not distributed.launched():
+        return _train(cfg, progress, cfg.device)
+    distributed.check(cfg.backend, cfg.batch_size)  # before any rank waits on another
+    device = distributed.init(cfg.device)
+    try:
+        result = _train(cfg, progress if distributed.is_main() else None, device)
+        distributed.barrier()  # every rank is done, and rank 0 has written the run folder
+        return result
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainResult:
     from tinytriage.augment import Augment, augment_batch
     from tinytriage.data import cache_resized, find_duplicates, scan_folder, stratified_split
     from tinytriage.preprocess import Preprocess, normalize
 
     emit = progress or (lambda event: None)
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # the process that writes files (the only one, without torchrun)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = scan_folder(cfg.data_dir)
     emit({"event": "scan", "summary": dataset.summary(), "unreadable": dataset.unreadable})
@@ -164,7 +182,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     optim = OptimConfig(
         name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
     )
-    engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=cfg.device, seed=cfg.seed)
+    engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=device, seed=cfg.seed)
+    if distributed.launched():
+        engine.distribute()  # DDP: gradients averaged over ranks, BatchNorm over the global batch
 
     n = len(y_train)
     steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch (BatchNorm)
@@ -192,13 +212,18 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for b in range(steps_per_epoch):
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                xb_u8 = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng) if aug else X_train_u8[idx]
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]  # same on every rank
+                mine = distributed.shard(len(idx))  # this rank's rows (all of them in one process)
+                xb_u8 = (
+                    augment_batch(X_train_u8[idx], cfg.input_size, aug, rng, rows=mine)
+                    if aug
+                    else X_train_u8[idx[mine]]
+                )
                 xb = normalize(xb_u8, pcfg)
                 yb = y_train[idx]
                 step = epoch * steps_per_epoch + b
                 lr = lr_at(step, total_steps, cfg.lr, warmup)
-                loss, logits = engine.train_step(xb, yb, lr)
+                loss, logits = engine.train_step(xb, yb[mine], lr)  # loss and logits of the whole batch
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch + 1}, step {b + 1} (lr {lr:.4g}); "
@@ -227,19 +252,20 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             history.append(m)
             if val_acc > best_acc:
                 best_acc, best_epoch, best_state = val_acc, epoch + 1, engine.state_dict()
-            _save_checkpoint(
-                ckpt_path,
-                engine,
-                arch_config,
-                cfg,
-                epoch + 1,
-                history,
-                best_acc,
-                best_epoch,
-                best_state,
-                classes,
-                routes,
-            )
+            if main:
+                _save_checkpoint(
+                    ckpt_path,
+                    engine,
+                    arch_config,
+                    cfg,
+                    epoch + 1,
+                    history,
+                    best_acc,
+                    best_epoch,
+                    best_state,
+                    classes,
+                    routes,
+                )
             emit({"event": "epoch", "metrics": asdict(m)})
     except KeyboardInterrupt:
         interrupted = True
@@ -293,28 +319,30 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             metrics=metrics,
         )
 
-    model_path = save_model(model_file(best_state), run_dir / "model.safetensors")
-    save_model(model_file(last_state), run_dir / "last.safetensors")
-    atomic_write_bytes(
-        run_dir / "metrics.json",
-        json.dumps(
-            {
-                "args": asdict(cfg),
-                "history": training["history"],
-                **metrics,
-                "temperature": temperature,
-                "threshold": threshold,
-                "tinytriage_version": __version__,
-            },
-            indent=2,
-        ).encode(),
-    )
-    try:
-        from tinytriage.plots import training_curves_png
+    model_path = run_dir / "model.safetensors"
+    if main:  # the other ranks hold the same weights and results: they write nothing
+        save_model(model_file(best_state), model_path)
+        save_model(model_file(last_state), run_dir / "last.safetensors")
+        atomic_write_bytes(
+            run_dir / "metrics.json",
+            json.dumps(
+                {
+                    "args": asdict(cfg),
+                    "history": training["history"],
+                    **metrics,
+                    "temperature": temperature,
+                    "threshold": threshold,
+                    "tinytriage_version": __version__,
+                },
+                indent=2,
+            ).encode(),
+        )
+        try:
+            from tinytriage.plots import training_curves_png
 
-        atomic_write_bytes(run_dir / "curves.png", training_curves_png(history))
-    except ImportError:
-        pass
+            atomic_write_bytes(run_dir / "curves.png", training_curves_png(history))
+        except ImportError:
+            pass
     return TrainResult(
         run_dir,
         model_path,

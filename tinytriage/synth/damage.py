@@ -160,9 +160,9 @@ def crack_screen(rng: np.random.Generator, screen: Image.Image, min_width: float
     main, edge = (dark, bright) if lit else (bright, dark)
     for path in paths:
         a = strength * rng.uniform(0.8, 1.0)
-        d.line([(x + off, y + off) for x, y in path], fill=edge + (int(170 * a),), width=max(1, lw // 2), joint="curve")
-        d.line(path, fill=main + (int(240 * a),), width=lw, joint="curve")
-        m.line(path, fill=255, width=lw + 2 + 2 * int(np.ceil(off)), joint="curve")  # covers both lines
+        d.line([(x + off, y + off) for x, y in path], fill=edge + (int(170 * a),), width=max(1, lw // 2))
+        d.line(path, fill=main + (int(240 * a),), width=lw, joint="curve" if lw >= 4 else None)  # round joints
+        m.line(path, fill=255, width=lw + 2 + 2 * int(np.ceil(off)))  # wide enough to cover both lines
     if style == "lcd" or rng.random() < 0.2:
         _lcd(rng, d, m, w, h, diag, paths)
     screen.paste(Image.alpha_composite(screen.convert("RGBA"), overlay).convert("RGB"))

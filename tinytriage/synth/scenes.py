@@ -242,7 +242,3 @@ def full_frame(picture: Image.Image, shot: Shot, rng: np.random.Generator, size:
     canvas.paste(img, (0, 0))
     occlude(canvas, None, shot, rng)
     return canvas
-
-
-#: A renderer draws one kind of subject: (rng, size_px, damage_rng or None) -> Model or picture.
-Renderer = Callable[..., "Model | Image.Image"]

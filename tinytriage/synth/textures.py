@@ -58,9 +58,9 @@ SURFACES: dict[str, list[tuple[tuple[int, int, int], tuple[int, int, int]]]] = {
         ((60, 85, 60), (130, 160, 125)),  # green
     ],
     "plain": [
-        ((180, 180, 178), (238, 238, 235)),  # white desk
-        ((30, 30, 32), (75, 75, 78)),  # black desk
-        ((120, 120, 118), (175, 175, 172)),  # grey laminate
+        ((205, 205, 202), (238, 238, 235)),  # white desk
+        ((32, 32, 34), (58, 58, 61)),  # black desk
+        ((135, 135, 133), (165, 165, 162)),  # grey laminate
     ],
 }
 
@@ -133,7 +133,7 @@ def _concrete(rng: np.random.Generator, n: int) -> np.ndarray:
     base = fbm(rng, n, n, 16, 5)
     grit = fbm(rng, n, n, 160, 2)
     pits = (rng.random((n, n)) < 0.003).astype(np.float32)
-    return 0.5 * base + 0.4 * grit + 0.1 * rng.random((n, n), dtype=np.float32) - 0.4 * pits
+    return 0.2 * base + 0.55 * grit + 0.25 * rng.random((n, n), dtype=np.float32) - 0.4 * pits
 
 
 def _fabric(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -145,7 +145,7 @@ def _fabric(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _plain(rng: np.random.Generator, n: int) -> np.ndarray:
-    return 0.8 + 0.2 * fbm(rng, n, n, 3, 3) + 0.03 * rng.random((n, n), dtype=np.float32)
+    return 0.6 * fbm(rng, n, n, 3, 3) + 0.4 * fbm(rng, n, n, 128, 2)
 
 
 def _cardboard(rng: np.random.Generator, n: int) -> np.ndarray:
