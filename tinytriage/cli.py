@@ -56,6 +56,15 @@ def _root(
 def explain(
     photo: Path | None = typer.Argument(None, help="Photo to explain."),
     demo: bool = typer.Option(False, "--demo", help="The worked example on a 4x4 patch, step by step."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model file; default: the bundled model."),
+    backend: str = typer.Option("numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch."),
+    arch: str | None = typer.Option(None, "--arch", help="cnn or vit: picks the bundled model. Default: cnn."),
+    device: str = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda."),
+    layer: str | None = typer.Option(None, "--layer", help="Layer to show: relu1 (default), conv2, pool2..."),
+    channel: int | None = typer.Option(None, "--channel", min=0, help="Only this channel (its cell by hand)."),
+    at: str | None = typer.Option(None, "--at", metavar="ROW,COL", help="Cell to compute by hand."),
+    class_name: str | None = typer.Option(None, "--class", help="Grad-CAM for this class; default: the predicted one."),
+    save: Path | None = typer.Option(None, "--save", help="Write the PNGs into this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
 ) -> None:
     """Show how the network reaches its decision, from the first kernel to the route."""
@@ -68,12 +77,42 @@ def explain(
         return
     if photo is None:
         raise typer.BadParameter("give a PHOTO, or --demo for the worked example")
-    raise TinyTriageError("explaining a photo needs a trained model; not available yet")
+    cell = None
+    if at is not None:
+        try:
+            row, col = (int(v) for v in at.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--at wants ROW,COL (two integers), got {at!r}") from None
+        cell = (row, col)
+    from tinytriage.explain import explain_photo
+    from tinytriage.render import print_explain
+
+    backend, arch = _engine(backend, arch)
+    result = explain_photo(
+        photo, model=model, backend=backend, arch=arch, device=device, layer=layer, channel=channel, at=cell,
+        class_name=class_name, save_dir=save,
+    )  # fmt: skip
+    print_explain(result, as_json=as_json)
 
 
-BackendOpt = typer.Option("numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch.")
+BackendOpt = typer.Option(
+    "numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch; vit = --arch vit --backend numpy."
+)
 DeviceOpt = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda.")
-ModelOpt = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: the bundled model.")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: the bundled model of --arch.")
+ArchOpt = typer.Option(
+    None, "--arch", help="Model: cnn or vit; picks the bundled model (a model file knows its own). Default: cnn."
+)
+
+
+def _engine(backend: str, arch: str | None) -> tuple[str, str | None]:
+    """--backend and --arch -> (engine, arch), expanding the vit shorthand; a clash is a usage error."""
+    from tinytriage.engine import resolve_backend
+
+    try:
+        return resolve_backend(backend, arch)
+    except TinyTriageError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()
@@ -81,6 +120,7 @@ def predict(
     paths: list[str] = typer.Argument(..., help="Photos, folders, globs, or - to read paths from stdin."),
     model: Path | None = ModelOpt,
     backend: str = BackendOpt,
+    arch: str | None = ArchOpt,
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per photo per line on stdout."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
@@ -96,9 +136,11 @@ def predict(
     from tinytriage.predict import Predictor, expand_inputs, load_routes
     from tinytriage.render import print_predictions
 
+    backend, arch = _engine(backend, arch)
     predictor = Predictor.load(
-        model, backend=backend, device=device, threshold=threshold, routes=load_routes(routes) if routes else None
-    )
+        model, backend=backend, arch=arch, device=device, threshold=threshold,
+        routes=load_routes(routes) if routes else None,
+    )  # fmt: skip
     results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
     _ok, failed = print_predictions(results, as_json=as_json)
     if failed:
@@ -113,14 +155,18 @@ def train(
     ),
     backend: str = BackendOpt,
     device: str = DeviceOpt,
-    arch: str = typer.Option("cnn", "--arch", help="Architecture: cnn or vit."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture: cnn (default) or vit."),
     epochs: int = typer.Option(12, "--epochs", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=2),
-    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (warm-up then cosine decay)."),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Peak learning rate (warm-up then cosine decay). Default: cnn 0.05, vit 1e-3."
+    ),
     seed: int = typer.Option(0, "--seed"),
     input_size: int = typer.Option(96, "--input-size", min=16, help="Photos are letterboxed to this square size."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (nesterov momentum) or adamw."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit adamw."
+    ),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Default: cnn 5e-4, vit 0.05."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=0.9),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
@@ -135,8 +181,9 @@ def train(
     from tinytriage.train import TrainConfig
     from tinytriage.train import train as run_training
 
+    backend, arch = _engine(backend, arch)
     cfg = TrainConfig(
-        data_dir=str(data_dir), out=str(out), arch=arch, backend=backend, device=device, epochs=epochs,
+        data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
     )  # fmt: skip
@@ -154,23 +201,35 @@ def evaluate(
     data_dir: Path = typer.Argument(..., help="Labelled folder: one subfolder per class."),
     model: Path | None = ModelOpt,
     backend: str = BackendOpt,
+    arch: str | None = ArchOpt,
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as one JSON object."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also the pointing game: is the heatmap's peak inside each screen_damage box?"
+    ),
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     from tinytriage.evaluate import evaluate as run_evaluation
     from tinytriage.predict import Predictor
     from tinytriage.render import print_eval
 
-    predictor = Predictor.load(model, backend=backend, device=device)
-    print_eval(run_evaluation(str(data_dir), predictor, batch_size), as_json=as_json)
+    backend, arch = _engine(backend, arch)
+    predictor = Predictor.load(model, backend=backend, arch=arch, device=device)
+    result = run_evaluation(str(data_dir), predictor, batch_size)
+    pointing = None
+    if explain:
+        from tinytriage.explain import pointing_game
+
+        pointing = pointing_game(str(data_dir), predictor, batch_size=min(batch_size, 32))
+    print_eval(result, as_json=as_json, pointing=pointing)
 
 
 @app.command()
 def compare(
     backends: str = typer.Option("numpy,torch", "--backends", help="Two engines, comma-separated."),
     model: Path | None = ModelOpt,
+    arch: str | None = ArchOpt,
     data: Path | None = typer.Option(None, "--data", help="Labelled folder: also report each engine's accuracy."),
     batch: int = typer.Option(16, "--batch", min=2, help="Photos per batch for the checks and timings."),
     steps: int = typer.Option(5, "--steps", min=1, help="Optimizer steps in the training check."),
@@ -182,9 +241,11 @@ def compare(
     from tinytriage.render import print_compare
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    arch = _engine("numpy", arch)[1]  # checks the name
     result = run_compare(
-        names, str(model) if model else None, str(data) if data else None, batch=batch, steps=steps, repeats=repeats
-    )
+        names, str(model) if model else None, str(data) if data else None,
+        batch=batch, steps=steps, repeats=repeats, arch=arch,
+    )  # fmt: skip
     print_compare(result, as_json=as_json)
     if not result.ok:
         raise typer.Exit(1)

@@ -30,7 +30,7 @@ import numpy as np
 from tinytriage.calibrate import softmax
 from tinytriage.engine import load_engine, make_engine
 from tinytriage.errors import TinyTriageError
-from tinytriage.model_io import ModelFile, bundled_model_path, read_model
+from tinytriage.model_io import ModelFile, read_model_or_bundled
 
 TOLERANCES = {
     "forward_logits_rel": 1e-4,  # max |a - b| / max |b|
@@ -109,12 +109,13 @@ def compare(
     lr: float = 0.01,
     repeats: int = 5,
     cold_start: bool = True,
+    arch: str | None = None,
 ) -> CompareResult:
-    """Run every check for two engines on one model file."""
+    """Run every check for two engines on one model file (default: the bundled model of
+    ``arch``, cnn unless given). Any architecture: the CNN and the ViT run alike."""
     if len(backends) != 2 or len(set(backends)) != 2:
         raise TinyTriageError("--backends takes two different engines, e.g. numpy,torch")
-    path = Path(model) if model else bundled_model_path("cnn")
-    mf = read_model(path)
+    mf, path = read_model_or_bundled(model, arch)
     res = CompareResult(backends, str(path), batch, dict(TOLERANCES))
     x, y, _paths = sample_batch(mf, data_dir, batch)
     a_name, b_name = backends

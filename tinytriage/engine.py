@@ -22,6 +22,32 @@ from tinytriage import nn
 from tinytriage.errors import BackendUnavailable, TinyTriageError
 
 BACKENDS = ("numpy", "torch")
+ARCHS = ("cnn", "vit")
+
+# ``--backend vit`` is the model card's name for the NumPy ViT: a shorthand for
+# ``--arch vit --backend numpy``. The engine and the model stay two separate choices
+# (``--arch vit --backend torch`` is the ViT's PyTorch twin).
+BACKEND_SHORTHANDS = {"vit": ("numpy", "vit")}
+
+
+def resolve_backend(backend: str, arch: str | None = None) -> tuple[str, str | None]:
+    """``(engine, arch)`` for a ``--backend``/``--arch`` pair: expands the ``vit`` shorthand.
+
+    ``arch`` stays None when neither names one (then the model file, or the CNN, decides)."""
+    if backend in BACKEND_SHORTHANDS:
+        engine, implied = BACKEND_SHORTHANDS[backend]
+        if arch is not None and arch != implied:
+            raise TinyTriageError(
+                f"--backend {backend} means --arch {implied} --backend {engine}, but --arch {arch} was given; "
+                f"use --arch {arch} --backend numpy|torch"
+            )
+        return engine, implied
+    if backend not in BACKENDS:
+        known = ", ".join([*BACKENDS, *BACKEND_SHORTHANDS])
+        raise TinyTriageError(f"unknown backend {backend!r} (choose from: {known})")
+    if arch is not None and arch not in ARCHS:
+        raise TinyTriageError(f"unknown architecture {arch!r} (choose from: {', '.join(ARCHS)})")
+    return backend, arch
 
 
 @dataclass

@@ -311,3 +311,13 @@ def bundled_model_path(arch: str = "cnn") -> Path:
         f"no bundled {arch} model found (looked for {name} in tinytriage/_bundled and models/); "
         "pass --model FILE or train one with `tinytriage train`"
     )
+
+
+def read_model_or_bundled(model: str | os.PathLike | None, arch: str | None = None) -> tuple[ModelFile, Path]:
+    """Read ``model``, or the bundled model of ``arch`` (default cnn) when no file is given.
+    With both, check that the file holds that architecture (a file knows its own)."""
+    path = Path(model) if model else bundled_model_path(arch or "cnn")
+    mf = read_model(path)
+    if arch is not None and mf.arch != arch:
+        raise ModelFileError(f"{path}: holds a {mf.arch} model, not a {arch}; drop --arch or pass a {arch} model file")
+    return mf, path

@@ -26,7 +26,7 @@ import numpy as np
 
 from tinytriage.calibrate import softmax
 from tinytriage.errors import ImageError, TinyTriageError
-from tinytriage.model_io import ModelFile, bundled_model_path, read_model
+from tinytriage.model_io import ModelFile, read_model_or_bundled
 from tinytriage.routing import HUMAN_REVIEW
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -93,11 +93,13 @@ class Predictor:
         device: str = "cpu",
         threshold: float | None = None,
         routes: dict[str, str] | None = None,
+        arch: str | None = None,
     ) -> Predictor:
+        """``model``: a model file, or None for the bundled model of ``arch`` (default cnn).
+        The file records its architecture; ``arch`` only checks it."""
         from tinytriage.engine import load_engine
 
-        path = Path(model) if model else bundled_model_path("cnn")
-        mf = read_model(path)
+        mf, path = read_model_or_bundled(model, arch)
         engine = load_engine(backend, mf, device=device)
         merged = dict(mf.routes)
         if routes:

@@ -180,9 +180,10 @@ def print_train_result(r, *, as_json: bool) -> None:
 # -- evaluate -----------------------------------------------------------------------------
 
 
-def print_eval(r, *, as_json: bool) -> None:
+def print_eval(r, *, as_json: bool, pointing=None) -> None:
+    """The evaluation; ``pointing``: an ``explain.PointingResult`` from ``evaluate --explain``."""
     if as_json:
-        write_json_line(r.to_json())
+        write_json_line({**r.to_json(), **({"pointing_game": pointing.to_json()} if pointing else {})})
         return
     for path, why in r.failures:
         error_line(f"{why}" if str(path) in str(why) else f"{path}: {why}")
@@ -212,6 +213,8 @@ def print_eval(r, *, as_json: bool) -> None:
             ],
         )
     out.print(cm)
+    if pointing is not None:
+        print_pointing(pointing)
 
 
 # -- explain --demo ------------------------------------------------------------------------
@@ -310,6 +313,232 @@ def print_demo(r, *, as_json: bool) -> None:
             )
         out.print()
         out.print(table)
+
+
+# -- explain PHOTO ---------------------------------------------------------------------------
+
+HALF_BLOCK = "\u2580"  # upper half block: foreground = upper pixel, background = lower pixel
+
+
+def _half_blocks(rgb) -> list:
+    """(H, W, 3) uint8 -> rich Text lines, two pixel rows per line (a last odd row on black)."""
+    from rich.color import Color
+    from rich.style import Style
+    from rich.text import Text
+
+    lines = []
+    for r in range(0, rgb.shape[0], 2):
+        line = Text()
+        for c in range(rgb.shape[1]):
+            top = Color.from_rgb(*(int(v) for v in rgb[r, c]))
+            bottom = Color.from_rgb(*(int(v) for v in rgb[r + 1, c])) if r + 1 < rgb.shape[0] else None
+            line.append(HALF_BLOCK, Style(color=top, bgcolor=bottom))
+        lines.append(line)
+    return lines
+
+
+def _shrink(m, max_side: int):
+    """Block-average a (h, w) map by the smallest integer factor that fits ``max_side``."""
+    import numpy as np
+
+    f = max(1, min(math.ceil(max(m.shape) / max_side), min(m.shape)))
+    if f == 1:
+        return m
+    h, w = (m.shape[0] // f) * f, (m.shape[1] // f) * f
+    return np.asarray(m[:h, :w], dtype=float).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+def _legend(vmin: float, vmax: float, width: int = 24):
+    """'vmin ████ vmax' in the colormap's colours."""
+    import numpy as np
+    from rich.color import Color
+    from rich.style import Style
+    from rich.text import Text
+
+    from tinytriage.plots import colormap
+
+    t = Text(f"{vmin:.3g} ")
+    for rgb in colormap(np.linspace(0, 1, width)):
+        t.append(" ", Style(bgcolor=Color.from_rgb(*(int(v) for v in rgb))))
+    t.append(f" {vmax:.3g}")
+    return t
+
+
+def _feature_tiles(f) -> None:
+    """The chosen maps side by side in one shared colour range, labelled by channel."""
+    import numpy as np
+    from rich.text import Text
+
+    from tinytriage.plots import colormap
+
+    side = 64 if len(f.channels) == 1 else 24
+    span = f.vmax - f.vmin
+    tiles = [
+        colormap((_shrink(m, side) - f.vmin) / span if span > 0 else np.zeros_like(_shrink(m, side))) for m in f.maps
+    ]
+    tw = tiles[0].shape[1]
+    per_row = max(1, (out.width + 1) // (tw + 1))
+    for start in range(0, len(tiles), per_row):
+        group = list(zip(f.channels[start : start + per_row], tiles[start : start + per_row], strict=True))
+        out.print("  ".join(f"ch {k}".ljust(tw - 1) for k, _ in group))
+        blocks = [_half_blocks(t) for _, t in group]
+        for i in range(len(blocks[0])):
+            line = Text()
+            for j, b in enumerate(blocks):
+                if j:
+                    line.append(" ")
+                line.append_text(b[i])
+            out.print(line)
+
+
+def _n(v: float) -> str:
+    """A number for a written-out formula: negatives in brackets, so '- (-0.5)' reads right."""
+    return f"({v:.6f})" if v < 0 else f"{v:.6f}"
+
+
+def print_explain(r, *, as_json: bool) -> None:
+    """The explanation of one photo, section by section, numbers checkable by hand."""
+    if as_json:
+        write_json_line(r.to_json())
+        return
+    import numpy as np
+
+    p = out.print
+    g = r.geometry
+    draw = out.color_system is not None  # pictures need a colour terminal
+    p(
+        f"[bold]{r.photo}[/bold]: {r.photo_size[0]}x{r.photo_size[1]} photo -> {r.input_size}x{r.input_size} input "
+        f"(scale {g.scale:.4g}, padding x {g.pad_x:g} y {g.pad_y:g}); model {r.model} ({r.arch}), engine {r.backend}"
+    )
+
+    s = r.summary
+    t = Table(title=f"1. The network: {s.total_params:,} trained parameters (from its config)")
+    for col in ("layer", "tensors", "output", "params", "receptive field", "jump"):
+        t.add_column(col, justify="right" if col in ("params", "receptive field", "jump") else "left")
+    for row in s.rows:
+        rf = f"{row.receptive_field}" + (" (all)" if row.receptive_field >= s.input_size else "")
+        t.add_row(row.name, row.tensors, "x".join(map(str, row.output_shape)), f"{row.params:,}", rf, str(row.jump))
+    out.print(t)
+    p("   receptive field r = r_prev + (k - 1) * jump_prev, jump = product of strides so far (input pixels)")
+
+    f = r.features
+    if f is not None:
+        C, h, w = f.shape
+        which = f"channel {f.channels[0]}" if len(f.channels) == 1 else f"all {C} channels"
+        p(f"\n[bold]2. Feature maps[/bold] of {f.layer}: {which}, {h}x{w} each")
+        if draw:
+            _feature_tiles(f)
+            out.print(_legend(f.vmin, f.vmax))
+        else:
+            p(f"   values {f.vmin:.4g} .. {f.vmax:.4g} (pictures need a colour terminal; --save DIR writes a PNG)")
+
+    c = r.cell
+    if c is not None:
+        x0, y0, x1, y1 = c.input_box
+        px0, py0, px1, py1 = c.photo_box
+        p(
+            f"\n[bold]3. One cell by hand[/bold]: {c.conv} channel {c.channel}, cell (row {c.row}, col {c.col}). "
+            f"It sees {c.receptive_field}x{c.receptive_field} input pixels: x {x0}-{x1 - 1}, y {y0}-{y1 - 1} "
+            f"of the input, x {px0}-{px1 - 1}, y {py0}-{py1 - 1} of the photo."
+        )
+        source = "the normalised photo" if c.source == "input" else c.source
+        n_in = c.window.shape[0]
+        full = min(n_in, 3)
+        names = ("R", "G", "B") if c.source == "input" and n_in == 3 else None
+        p(f"   {c.conv} reads {source} ({n_in} channels); per input channel: window, kernel, window * kernel")
+        for k in range(full):
+            label = f"{k} ({names[k]})" if names else str(k)
+            p(f"\n   input channel {label}: products sum to {c.channel_sums[k]:+.5f}")
+            rows = zip(_grid(c.window[k], "{:+.3f}").split("\n"), _grid(c.kernel[k], "{:+.3f}").split("\n"),
+                       _grid(c.products[k], "{:+.4f}").split("\n"), strict=True)  # fmt: skip
+            for a, b, d in rows:
+                p(f"   {a}   |{b}   |{d}")
+        if n_in > full:
+            rest = ", ".join(f"{k}: {v:+.4f}" for k, v in enumerate(c.channel_sums) if k >= full)
+            n_k = c.kernel.shape[1] * c.kernel.shape[2]
+            p(f"\n   input channels {full}-{n_in - 1} (sums of their {n_k} products): {rest}")
+        p(
+            f"\n   conv: sum of all {c.products.size} products = [bold]{c.conv_sum:+.6f}[/bold] "
+            "(no bias: the conv has bias=False, BatchNorm's beta adds it)"
+        )
+        p(
+            f"   {c.bn} (eval, running statistics): x_hat = (s - mean) / sqrt(var + eps) = "
+            f"({_n(c.conv_sum)} - {_n(c.bn_mean)}) / sqrt({_n(c.bn_var)} + {c.bn_eps:g}) = {_n(c.bn_x_hat)}"
+        )
+        p(
+            f"   {' ' * len(c.bn)}  y = x_hat * gamma + beta = {_n(c.bn_x_hat)} * {_n(c.bn_gamma)} + {_n(c.bn_beta)} "
+            f"= [bold]{c.bn_out:.6f}[/bold]"
+        )
+        p(f"   {c.relu}: max({_n(c.bn_out)}, 0) = [bold]{c.relu_out:.6f}[/bold]")
+        mark = "[green]agree[/green]" if c.agrees else "[red]DISAGREE[/red]"
+        e = c.engine
+        p(
+            f"   the {r.backend} engine at this cell: conv {e['conv']:+.6f}, bn {e['bn']:+.6f}, relu {e['relu']:.6f}; "
+            f"max |diff| {c.max_abs_diff:.1e}: {mark}"
+        )
+        pc = r.pool
+        if pc is not None:
+            k = pc.window.shape[0]
+            at = (pc.winner[0] - pc.origin[0], pc.winner[1] - pc.origin[1])
+            p(
+                f"\n   {pc.pool}: window rows {pc.origin[0]}-{pc.origin[0] + k - 1}, cols {pc.origin[1]}-{pc.origin[1] + k - 1} "
+                f"of {c.relu} channel {c.channel} -> {pc.pool} cell ({pc.row}, {pc.col})"
+            )
+            for line in _grid(pc.window, "{:.4f}", highlight=at).split("\n"):
+                p(f"   {line}")
+            who = "the hand-computed cell won" if pc.cell_won else f"cell {pc.winner} won, not ({c.row}, {c.col})"
+            p(f"   winner {pc.winner} = {pc.value:.6f} (engine {pc.engine_value:.6f}): {who}")
+        elif r.pool_note:
+            p(f"\n   {r.pool_note}")
+
+    hm = r.heatmap
+    wh = hm.where
+    if hm.method == "grad-cam":
+        K = len(hm.alpha)
+        p(
+            f"\n[bold]4. Grad-CAM[/bold] for [bold]{hm.class_name}[/bold] (logit {hm.score:+.4f}) on {hm.layer}, "
+            f"{K} channels of {hm.cam.shape[0]}x{hm.cam.shape[1]}: alpha_k = mean of d y_c / d A_k, map = ReLU(sum alpha_k A_k)"
+        )
+        top = np.argsort(-np.asarray(hm.alpha))[:5]
+        p("   channels that count most: " + ", ".join(f"{int(k)} ({hm.alpha[k]:+.2e})" for k in top))
+    else:
+        p(
+            f"\n[bold]4. Attention rollout[/bold] over {hm.layer} (class-agnostic): the class token's share "
+            f"from each of the {hm.cam.shape[0]}x{hm.cam.shape[1]} patches"
+        )
+    if draw:
+        for line in _half_blocks(hm.preview):
+            out.print(line)
+    if wh.peak is None:
+        p("   the map is zero everywhere: no positive evidence for this class")
+    else:
+        (x, y), (u, v) = wh.peak, wh.peak_input
+        p(f"   peak: photo pixel (x {x}, y {y}), model-input pixel (x {u}, y {v})")
+
+    d = r.decision
+    p(f"\n[bold]5. Decision[/bold]: {d.label} ({d.confidence:.3f})")
+    for name, prob in sorted(d.probabilities.items(), key=lambda kv: -kv[1]):
+        bar = "#" * round(prob * 30)
+        p(f"   {name:>14} {prob:.4f} {bar}")
+    route = f"[yellow]{d.route}[/yellow] ({d.review_reason})" if d.needs_review else f"[green]{d.route}[/green]"
+    p(f"   route: {route}")
+    for n in r.notes:
+        p(f"[yellow]note:[/yellow] {n}")
+    for path in r.saved:
+        p(f"saved {path}")
+
+
+def print_pointing(pg) -> None:
+    """The pointing game's score, with its baselines."""
+    if pg.total == 0:
+        out.print(f"pointing game: no {pg.class_name} photo with a damage box ({len(pg.skipped)} skipped)")
+        return
+    out.print(
+        f"pointing game ({pg.method} for {pg.class_name}, peak must lie inside the damage box, no tolerance): "
+        f"[bold]{pg.hits}/{pg.total} = {pg.rate:.1%}[/bold];  photo centre {pg.center_hits}/{pg.total} = "
+        f"{pg.center_rate:.1%};  a random point {pg.box_fraction:.1%}"
+        + (f";  {len(pg.skipped)} photo(s) without a box skipped" if pg.skipped else "")
+    )
 
 
 # -- compare ---------------------------------------------------------------------------------

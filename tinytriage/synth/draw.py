@@ -183,7 +183,7 @@ def barcode(
     x = x0
     for i, w in enumerate(widths):
         if i % 2 == 0:
-            draw.rectangle([x, y0, x + w * module - 0.5, y1], fill=fill)
+            draw.rectangle([x, y0, max(x, x + w * module - 0.5), y1], fill=fill)  # a tiny label: >= 1 px
         x += w * module
 
 
