@@ -24,6 +24,7 @@ parser.add_argument("--blocks", type=int, default=5, help="blocks per engine (th
 parser.add_argument("--steps", type=int, default=5, help="steps per block")
 parser.add_argument("--threads", type=int, default=os.cpu_count())
 parser.add_argument("--model", default=None, help="model file (default: the bundled CNN)")
+parser.add_argument("--random", action="store_true", help="a fresh TriageCNN from the default CNNConfig, no model file")
 parser.add_argument("--json", action="store_true")
 args = parser.parse_args()
 # thread counts must be fixed before numpy/torch start their pools
@@ -39,7 +40,7 @@ import tracemalloc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tinytriage.cnn import CNNConfig, feature_layers  # noqa: E402
-from tinytriage.engine import load_engine  # noqa: E402
+from tinytriage.engine import load_engine, make_engine  # noqa: E402
 from tinytriage.model_io import bundled_model_path, read_model  # noqa: E402
 
 
@@ -85,13 +86,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    mf = read_model(args.model or bundled_model_path("cnn"))
-    cfg = CNNConfig.from_dict(mf.config)
+    if args.random:
+        cfg = CNNConfig()
+        ne, te = make_engine("numpy", "cnn", cfg.to_dict()), make_engine("torch", "cnn", cfg.to_dict())
+    else:
+        mf = read_model(args.model or bundled_model_path("cnn"))
+        cfg = CNNConfig.from_dict(mf.config)
+        ne, te = load_engine("numpy", mf), load_engine("torch", mf)
     s, n = cfg.input_size, args.batch
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 3, s, s), dtype=np.float32)
     y = rng.integers(0, cfg.num_classes, n)
-    ne, te = load_engine("numpy", mf), load_engine("torch", mf)
     te.train_step(x, y, 1e-3)
     ne.train_step(x, y, 1e-3)
 

@@ -133,3 +133,46 @@ def overlay_png(photo: Image.Image, heat: np.ndarray, alpha: float = 0.45, peak:
         r = max(4, min(img.size) // 60)
         d.ellipse([x - r, y - r, x + r, y + r], outline=(0, 255, 255), width=max(1, r // 3))
     return _png(img)
+
+
+def accuracy_vs_size_png(
+    sizes: Sequence[int], series: dict[str, Sequence[float]], *, chance: float | None = None, size=(560, 340)
+) -> bytes:
+    """Test accuracy against training-set size (photos per class) on a log x axis, one
+    line per model, a tick at every size, and a dashed line at chance accuracy."""
+    w, h = size
+    left, right, top, bottom = 48, 16, 28, 40
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    logs = np.log10(np.asarray(sizes, dtype=float))
+    span = max(float(logs[-1] - logs[0]), 1e-9)
+
+    def xy(n_log: float, acc: float) -> tuple[float, float]:
+        x = left + (w - left - right) * ((n_log - logs[0]) / span if len(logs) > 1 else 0.5)
+        return x, h - bottom - (h - top - bottom) * acc  # accuracy from 0 (bottom) to 1 (top)
+
+    d.rectangle([left, top, w - right, h - bottom], outline=(120, 120, 120))
+    d.text((left, 6), "test accuracy vs training photos per class (log scale)", fill="black")
+    for acc in (0.0, 0.5, 1.0):
+        y = xy(logs[0], acc)[1]
+        d.text((8, y - 6), f"{acc:.1f}", fill="black")
+        d.line([left, y, left + 4, y], fill=(120, 120, 120))
+    for n, n_log in zip(sizes, logs, strict=True):
+        x = xy(n_log, 0.0)[0]
+        d.line([x, h - bottom, x, h - bottom + 4], fill=(120, 120, 120))
+        d.text((x - 3 * len(str(n)), h - bottom + 6), str(n), fill="black")
+    d.text((w // 2 - 50, h - 14), "photos per class", fill="black")
+    if chance is not None:
+        y = xy(logs[0], chance)[1]
+        for x0 in range(left, w - right, 8):  # dashed
+            d.line([x0, y, min(x0 + 4, w - right), y], fill=(160, 160, 160))
+        d.text((w - right - 44, y - 12), "chance", fill=(130, 130, 130))
+    for k, (name, accs) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        pts = [xy(n_log, a) for n_log, a in zip(logs, accs, strict=True) if a == a]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        d.text((left + 8, top + 6 + 12 * k), name, fill=colour)
+    return _png(img)

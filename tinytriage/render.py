@@ -509,9 +509,7 @@ def print_explain(r, *, as_json: bool) -> None:
     if draw:
         for line in _half_blocks(hm.preview):
             out.print(line)
-    if wh.peak is None:
-        p("   the map is zero everywhere: no positive evidence for this class")
-    else:
+    if wh.peak is not None:  # (an empty map is explained in the notes)
         (x, y), (u, v) = wh.peak, wh.peak_input
         p(f"   peak: photo pixel (x {x}, y {y}), model-input pixel (x {u}, y {v})")
 
@@ -628,3 +626,141 @@ def print_compare(r, *, as_json: bool) -> None:
             error_line(fl)
     else:
         out.print("[green]all differences within tolerance[/green]")
+
+
+# -- lesson ------------------------------------------------------------------------------------
+
+
+class LessonProgress:
+    """One line per generated set and per trained model, and a step bar for the current run."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps  loss {task.fields[loss]:.3f}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=quiet,
+        )
+        self.quiet = quiet
+        self.task = None
+        self.run: dict = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(text)
+
+    def __call__(self, e: dict) -> None:
+        kind = e["event"]
+        if kind == "generate":
+            self._print(f"generating {e['per_class']} photos per class ({e['classes']} classes) into {e['folder']} ...")
+        elif kind == "generated":
+            self._print(f"  {e['n_photos']} photos in {e['seconds']:.0f} s")
+        elif kind == "run":
+            self.run = e
+            desc = f"[{e['index']}/{e['total']}] {e['arch'].upper()} on {e['per_class']}/class"
+            if self.task is None:
+                self.task = self.progress.add_task(desc, total=e["steps"], loss=float("nan"))
+            self.progress.reset(self.task, total=e["steps"], description=desc, loss=float("nan"))
+        elif kind == "step" and self.task is not None:
+            done = (e["epoch"] - 1) * e["steps"] + e["step"]
+            self.progress.update(self.task, completed=done, loss=e["loss"])
+        elif kind == "run_done":
+            r = e["run"]
+            self._print(
+                f"[{self.run.get('index', '?')}/{self.run.get('total', '?')}] {r['arch'].upper():>3} on "
+                f"{r['per_class']:>5}/class: test acc {r['test_acc']:.3f}  ({r['steps']} steps, "
+                f"{r['epochs']} epochs, {r['train_seconds']:.0f} s)"
+            )
+        elif kind == "translation":
+            self._print("translation test ...")
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def print_lesson(r, *, as_json: bool) -> None:
+    """The size sweep as one table (rows: training-set sizes; both models side by side),
+    then the translation test."""
+    if as_json:
+        write_json_line(r.to_json())
+        return
+    runs = {(x.arch, x.per_class): x for x in r.runs}
+    budget = (
+        f"the same {r.config.epochs} epochs" if r.budget == "epochs" else f"the same ~{r.config.steps} optimizer steps"
+    )
+    t = Table(
+        title=f"CNN vs ViT: test accuracy on {r.n_test} photos ({r.config.backend} engine, {budget} "
+        f"of {r.config.batch_size} photos for both models at each size)"
+    )
+    t.add_column("photos/class", justify="right")
+    t.add_column("steps", justify="right")
+    for arch in ("CNN", "ViT"):
+        t.add_column(f"{arch} test acc", justify="right")
+        t.add_column(f"{arch} time", justify="right")
+    t.add_column("better", justify="center")
+    for n in sorted({x.per_class for x in r.runs}):
+        c, v = runs.get(("cnn", n)), runs.get(("vit", n))
+        if c is None or v is None:
+            continue
+        best = "CNN" if c.test_acc > v.test_acc else "ViT" if v.test_acc > c.test_acc else "="
+        t.add_row(
+            str(n), str(c.steps), f"{c.test_acc:.3f}", f"{c.train_seconds:.0f} s", f"{v.test_acc:.3f}",
+            f"{v.train_seconds:.0f} s", best,
+        )  # fmt: skip
+    out.print(t)
+    for arch in ("cnn", "vit"):
+        x = next((x for x in r.runs if x.arch == arch), None)
+        if x is not None:
+            out.print(f"{arch.upper()}: {_si(x.params)} parameters, {_si(x.macs)} multiply-adds per photo")
+    if r.plot_path:
+        out.print(f"plot: {r.plot_path}   report: {r.report_path}")
+    if r.translation is not None:
+        out.print()
+        print_translation(r.translation, as_json=False)
+
+
+def print_translation(r, *, as_json: bool) -> None:
+    """Equivariance error per layer and shift: ~0 means the map simply moved with the photo."""
+    if as_json:
+        write_json_line(r.to_json())
+        return
+    t = Table(
+        title=f"translation test: shift {r.n_photos} photos right by k pixels; does each layer's map just shift?"
+    )
+    for col, justify in (("model", "left"), ("layer", "left"), ("stride", "right"), ("k px", "right"),
+                         ("k / stride", "right"), ("compared", "right"), ("rel. error", "right"), ("cells", "right")):  # fmt: skip
+        t.add_column(col, justify=justify)
+    last_k = None
+    for row in r.rows:
+        if last_k is not None and row.shift_px != last_k and row.arch == "cnn":
+            t.add_section()
+        last_k = row.shift_px
+        err_ = "-" if row.rel_error != row.rel_error else f"{row.rel_error:.1e}"
+        colour = "green" if row.exact and row.rel_error < 1e-4 else "yellow" if row.rel_error < 0.1 else "red"
+        t.add_row(
+            row.arch.upper() if row.arch == "cnn" else "ViT", row.layer, str(row.stride), str(row.shift_px),
+            f"{row.shift_cells:g}" + ("" if row.exact else " (not whole)"), f"{row.compared_shift} cells",
+            f"[{colour}]{err_}[/{colour}]", str(row.cells),
+        )  # fmt: skip
+    out.print(t)
+    out.print(
+        "rel. error = ||F(shifted photo) - shifted F(photo)|| / ||shifted F(photo)|| over cells clear of every "
+        "border; 0 = equivariant. Models: " + ", ".join(f"{k.upper()} {v}" for k, v in r.models.items())
+    )
