@@ -65,7 +65,7 @@ def test_cell_input_window_is_the_receptive_field():
     cfg = CNNConfig()
     geometry = _cnn_geometry(cfg)
     rows = model_summary("cnn", cfg.to_dict()).rows
-    for i, (name, kind, *_) in enumerate(geometry):
+    for i, (name, *_) in enumerate(geometry):
         (r0, r1), (c0, c1) = cell_input_window(geometry, i, 5, 6)
         assert r1 - r0 + 1 == c1 - c0 + 1 == rows[i].receptive_field, name
         assert c0 - r0 == rows[i].jump  # one cell to the right moves the window by the jump
@@ -184,7 +184,9 @@ def test_half_block_pictures_on_a_colour_terminal(cnn_path, wide_photo, monkeypa
     from tinytriage import render
 
     buf = io.StringIO()
-    monkeypatch.setattr(render, "out", Console(file=buf, force_terminal=True, color_system="truecolor", width=100, highlight=False))
+    monkeypatch.setattr(
+        render, "out", Console(file=buf, force_terminal=True, color_system="truecolor", width=100, highlight=False)
+    )
     render.print_explain(explain_photo(wide_photo, model=cnn_path, channel=1), as_json=False)
     text = buf.getvalue()
     assert text.count(render.HALF_BLOCK) >= 32 * 16 + 48 * 16  # one 32x32 map, the 48-wide preview

@@ -67,7 +67,13 @@ def explain(
     save: Path | None = typer.Option(None, "--save", help="Write the PNGs into this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
 ) -> None:
-    """Show how the network reaches its decision, from the first kernel to the route."""
+    """Show how the network reaches its decision, from the first kernel to the route.
+
+    For a PHOTO: the layer table (shapes, parameters, receptive fields), the feature maps of
+    --layer, one cell of that layer's conv block computed by hand (default: its strongest
+    activation) and checked against the engine, Grad-CAM (attention rollout for a ViT) mapped
+    onto the photo, and the routing decision. --at ROW,COL is a cell of the conv's output.
+    """
     if demo:
         from tinytriage.demo import run_demo
         from tinytriage.render import print_demo
@@ -249,6 +255,70 @@ def compare(
     print_compare(result, as_json=as_json)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes whole numbers separated by commas, got {text!r}") from None
+
+
+@app.command()
+def lesson(
+    data_dir: Path | None = typer.Argument(
+        None, help="Folder caching the generated photo sets (default: ~/.cache/tinytriage/lesson)."
+    ),
+    sizes: str = typer.Option("25,100,400,1600", "--sizes", help="Training photos per class: one run per size and model."),
+    steps: int = typer.Option(500, "--steps", min=1, help="Budget per run: optimizer steps (whole epochs, rounded)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Budget per run: epochs, instead of --steps."),
+    test_per_class: int = typer.Option(100, "--test-per-class", min=1, help="Test photos per class (another seed)."),
+    backend: str = typer.Option("numpy", "--backend", "-b", help="Engine for every run: numpy or torch."),
+    device: str = DeviceOpt,
+    input_size: int = typer.Option(96, "--input-size", min=16, help="Both models see this square size."),
+    batch_size: int = typer.Option(64, "--batch-size", min=2),
+    photo_size: str = typer.Option("192,384", "--photo-size", help="Long side of generated photos: MIN,MAX pixels."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Training photos and weights (the test set: seed + 10000)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes generating photos."),
+    shifts: str | None = typer.Option(
+        None, "--shifts", help="Translation test shifts, pixels (default: CNN stride, ViT patch, their lcm)."
+    ),
+    translation_only: bool = typer.Option(
+        False, "--translation-only", help="Only the translation test, on --models (default: the bundled ones)."
+    ),
+    models: str | None = typer.Option(None, "--models", help="With --translation-only: CNN_FILE,VIT_FILE."),
+    save: Path | None = typer.Option(
+        None, "--save", help="Folder for lesson.json, accuracy_vs_size.png and the trained models."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
+) -> None:
+    """The inductive-bias lesson: CNN vs ViT test accuracy as the training set grows, same
+    budget for both; then the translation test (a CNN's maps shift with the photo, a ViT's don't)."""
+    from tinytriage.lesson import LessonConfig, default_data_dir, run_lesson, run_translation
+    from tinytriage.render import LessonProgress, print_lesson, print_translation
+
+    engine, arch = _engine(backend, None)
+    if arch is not None:
+        raise typer.BadParameter("the lesson trains both models; --backend picks the engine: numpy or torch")
+    lo_hi = _ints(photo_size, "--photo-size")
+    if len(lo_hi) != 2:
+        raise typer.BadParameter(f"--photo-size takes MIN,MAX, got {photo_size!r}")
+    cfg = LessonConfig(
+        data_dir=str(data_dir or default_data_dir()), sizes=_ints(sizes, "--sizes"), test_per_class=test_per_class,
+        steps=steps, epochs=epochs, batch_size=batch_size, backend=engine, device=device, input_size=input_size,
+        seed=seed, photo_size=(min(lo_hi), max(lo_hi)), workers=workers, save=str(save) if save else None,
+        shifts=_ints(shifts, "--shifts") if shifts else None,
+    )  # fmt: skip
+    with LessonProgress(quiet=quiet or as_json) as progress:
+        if translation_only:
+            files = [m.strip() or None for m in models.split(",")] if models else [None, None]
+            if len(files) != 2:
+                raise typer.BadParameter("--models takes CNN_FILE,VIT_FILE")
+            result = run_translation(cfg, files, progress)
+        else:
+            result = run_lesson(cfg, progress)
+    (print_translation if translation_only else print_lesson)(result, as_json=as_json)
 
 
 @app.command()

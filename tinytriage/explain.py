@@ -128,7 +128,7 @@ def _vit_summary(config: dict) -> ModelSummary:
     # a patch sees its P x P pixels; after the first attention every token can see every patch
     rows = [
         LayerRow("patch_embed", "conv", "patch_embed.proj", (D, gh, gw), D * cfg.in_chans * P * P + D, P, P),
-        LayerRow("tokens", "cls_token + pos_embed", "", (T, D), D + T * D, P, P),
+        LayerRow("tokens", "cls_token + pos_embed", "cls_token, pos_embed", (T, D), D + T * D, P, P),
     ]
     rows += [LayerRow(f"blocks.{i}", "block", f"blocks.{i}", (T, D), block, cfg.img_size, P) for i in range(cfg.depth)]
     rows += [
@@ -246,6 +246,8 @@ def _hand_cell(
     predictor, x: np.ndarray, outs: dict[str, np.ndarray], conv_i: int, channel: int, row: int, col: int,
     geom: LetterboxGeometry,
 ) -> ConvCell:  # fmt: skip
+    """Cell (row, col) of output channel ``channel`` of the conv at ``features[conv_i]``, by
+    the reference formulas in float64 from the model file's weights, beside the engine's."""
     cfg = predictor.engine.model.cfg
     layers = feature_layers(cfg)
     geometry = _cnn_geometry(cfg)
@@ -277,11 +279,15 @@ def _hand_cell(
         int(np.clip(math.ceil(float(px1)), 0, geom.orig_w)),
         int(np.clip(math.ceil(float(py1)), 0, geom.orig_h)),
     )
+    products = c["products"]  # (C_in, k, k)
     return ConvCell(
-        conv, bn, relu, "input" if conv_i == 0 else names[conv_i - 1], channel, row, col,
-        c["window"], c["kernel"], c["products"], c["products"].sum(axis=(1, 2)), c["sum"], c["bias"],
-        mean, var, eps, gamma, beta, x_hat, bn_out, relu_out, engine, diff, diff <= AGREE_ATOL,
-        r1 - r0 + 1, box, photo_box,
+        conv=conv, bn=bn, relu=relu, source="input" if conv_i == 0 else names[conv_i - 1],
+        channel=channel, row=row, col=col,
+        window=c["window"], kernel=c["kernel"], products=products, channel_sums=products.sum(axis=(1, 2)),
+        conv_sum=c["sum"], conv_bias=c["bias"],
+        bn_mean=mean, bn_var=var, bn_eps=eps, bn_gamma=gamma, bn_beta=beta, bn_x_hat=x_hat, bn_out=bn_out,
+        relu_out=relu_out, engine=engine, max_abs_diff=diff, agrees=diff <= AGREE_ATOL,
+        receptive_field=r1 - r0 + 1, input_box=box, photo_box=photo_box,
     )  # fmt: skip
 
 
@@ -292,7 +298,7 @@ def _pool_cell(
     layers = feature_layers(cfg)
     if conv_i + 3 >= len(layers) or layers[conv_i + 3][0] != "maxpool":
         return None, f"{cell.relu} is the last conv block: global average pooling follows, every cell counts"
-    kind, pool, args = layers[conv_i + 3]
+    _kind, pool, args = layers[conv_i + 3]
     k, s = args["kernel_size"], args["stride"]
     relu_map = outs[cell.relu][cell.channel].astype(np.float64)  # (h, w)
     pooled, winners = maxpool2d_reference(relu_map[None, None], k, s)
@@ -300,13 +306,12 @@ def _pool_cell(
     if i >= pooled.shape[2] or j >= pooled.shape[3]:
         return None, f"cell ({cell.row},{cell.col}) is in no {pool} window (the odd last row/column is dropped)"
     r, q = (int(v) for v in winners[0, 0, i, j])
-    return (
-        PoolCell(
-            pool, i, j, (i * s, j * s), relu_map[i * s : i * s + k, j * s : j * s + k].copy(), (r, q),
-            float(pooled[0, 0, i, j]), float(outs[pool][cell.channel, i, j]), (r, q) == (cell.row, cell.col),
-        ),
-        None,
+    cell_pool = PoolCell(
+        pool=pool, row=i, col=j, origin=(i * s, j * s), window=relu_map[i * s : i * s + k, j * s : j * s + k].copy(),
+        winner=(r, q), value=float(pooled[0, 0, i, j]), engine_value=float(outs[pool][cell.channel, i, j]),
+        cell_won=(r, q) == (cell.row, cell.col),
     )  # fmt: skip
+    return cell_pool, None
 
 
 # -- 4. the heatmap -----------------------------------------------------------------------------
@@ -322,7 +327,7 @@ class Heatmap:
     alpha: np.ndarray | None  # (K,) Grad-CAM channel weights
     cam: np.ndarray  # (h, w) the raw map at the layer's resolution
     where: Localization  # upsampled to the input, peak in input and photo pixels
-    preview: np.ndarray  # (rows, PREVIEW_WIDTH, 3) uint8 photo with the heat blended, for the terminal
+    preview: np.ndarray  # (h, w, 3) uint8 small photo with the heat blended, for the terminal
 
 
 def heat_maps(predictor, x: np.ndarray, class_index: int | np.ndarray | None) -> dict[str, Any]:
@@ -370,13 +375,15 @@ def _overlay(photo, heat: np.ndarray, geom: LetterboxGeometry, peak: tuple[int, 
 
 
 def _preview(photo, heat: np.ndarray, geom: LetterboxGeometry) -> np.ndarray:
-    """A PREVIEW_WIDTH-pixel-wide overlay as an RGB array (half blocks: 2 pixels per row)."""
+    """A small overlay as an RGB array, PREVIEW_WIDTH pixels wide (half blocks: 2 pixels per row)."""
     from PIL import Image
 
     from tinytriage.plots import overlay_png
 
     w = PREVIEW_WIDTH
     h = max(2, round(w * geom.orig_h / geom.orig_w))
+    if h > 2 * PREVIEW_WIDTH:  # a tall photo: at most PREVIEW_WIDTH terminal rows
+        w, h = max(2, round(2 * PREVIEW_WIDTH * geom.orig_w / geom.orig_h)), 2 * PREVIEW_WIDTH
     small = photo.resize((w, h), Image.Resampling.BILINEAR)
     png = overlay_png(small, heat_on_photo(heat, geom, (w, h)))
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
@@ -449,16 +456,49 @@ class ExplainResult:
         return d
 
 
-def _pick_layer(cfg: CNNConfig, layer: str | None) -> tuple[int, str, int]:
-    """(index, name, index of the conv of its block) of a features layer name."""
+def _pick_layer(cfg: CNNConfig, layer: str | None) -> tuple[str, int]:
+    """(name, index in ``features`` of its block's conv) of a layer name (default relu1)."""
     layers = feature_layers(cfg)
     names = [role for _kind, role, _args in layers]
     name = DEFAULT_LAYER if layer is None else layer
     if name not in names:
         raise TinyTriageError(f"--layer {name}: no such layer; this model has {', '.join(names)}")
-    i = names.index(name)
-    conv_i = max(j for j in range(i + 1) if layers[j][0] == "conv")
-    return i, name, conv_i
+    conv_i = max(j for j in range(names.index(name) + 1) if layers[j][0] == "conv")
+    return name, conv_i
+
+
+def _explain_cnn(
+    predictor, x: np.ndarray, geom: LetterboxGeometry, layer: str | None, channel: int | None,
+    at: tuple[int, int] | None,
+) -> tuple[FeatureMaps, ConvCell, PoolCell | None, str | None]:  # fmt: skip
+    """Sections 2 and 3: the layer's maps, its block's cell by hand, the pool window after it."""
+    cfg = predictor.engine.model.cfg
+    name, conv_i = _pick_layer(cfg, layer)
+    outs = layer_outputs(predictor.engine, x)
+    fmap = outs[name]  # (C, h, w)
+    C = fmap.shape[0]
+    if channel is not None and not 0 <= channel < C:
+        raise TinyTriageError(f"--channel {channel}: {name} has channels 0..{C - 1}")
+    chans = list(range(C)) if channel is None else [channel]
+    shown = fmap[chans]
+    features = FeatureMaps(name, tuple(fmap.shape), chans, shown, float(shown.min()), float(shown.max()))
+
+    relu = outs[feature_layers(cfg)[conv_i + 2][1]]  # (C, h, w): the block's ReLU, same channels
+    if at is None:  # the strongest activation: of the chosen channel, or of the whole block
+        search = relu if channel is None else relu[channel : channel + 1]
+        k, r, c = np.unravel_index(int(np.argmax(search)), search.shape)
+        channel, at = (int(k) if channel is None else channel), (int(r), int(c))
+    else:
+        h, w = relu.shape[1:]
+        if not (0 <= at[0] < h and 0 <= at[1] < w):
+            raise TinyTriageError(
+                f"--at {at[0]},{at[1]}: the block's maps are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})"
+            )
+        if channel is None:
+            channel = int(np.argmax(relu[:, at[0], at[1]]))  # the channel most active there
+    cell = _hand_cell(predictor, x, outs, conv_i, channel, at[0], at[1], geom)
+    pool, pool_note = _pool_cell(cfg, outs, conv_i, cell)
+    return features, cell, pool, pool_note
 
 
 def explain_photo(
@@ -478,7 +518,7 @@ def explain_photo(
 
     ``channel`` and ``at`` (row, col in the conv's output) choose the hand-computed cell; by
     default the strongest activation of the layer's block (over all channels, or in
-    ``channel``). ``class_name`` is the Grad-CAM class (default: the predicted one).
+    ``channel``); with ``at`` alone, the channel most active at that cell. ``class_name`` is the Grad-CAM class (default: the predicted one).
     ``save_dir`` writes the feature-map grid and the heatmap overlay as PNGs. ``model`` None
     means the bundled model of ``arch`` (default cnn)."""
     from tinytriage.model_io import atomic_write_bytes
@@ -499,35 +539,7 @@ def explain_photo(
 
     features = cell = pool = pool_note = None
     if mf.arch == "cnn":
-        cfg = engine.model.cfg
-        i, name, conv_i = _pick_layer(cfg, layer)
-        outs = layer_outputs(engine, x)
-        fmap = outs[name]  # (C, h, w)
-        C = fmap.shape[0]
-        if channel is not None and not 0 <= channel < C:
-            raise TinyTriageError(f"--channel {channel}: {name} has channels 0..{C - 1}")
-        chans = list(range(C)) if channel is None else [channel]
-        shown = fmap[chans]
-        features = FeatureMaps(name, tuple(fmap.shape), chans, shown, float(shown.min()), float(shown.max()))
-
-        relu = outs[feature_layers(cfg)[conv_i + 2][1]]  # (C_out, h, w) of the block, C_out == C
-        if at is None:
-            # the strongest activation: of the chosen channel, or of the whole block
-            search = relu if channel is None else relu[channel : channel + 1]
-            k, r, c = np.unravel_index(int(np.argmax(search)), search.shape)
-            ch = int(k) if channel is None else channel
-            at = (int(r), int(c))
-        else:
-            ch = 0 if channel is None else channel
-            h, w = relu.shape[1:]
-            if not (0 <= at[0] < h and 0 <= at[1] < w):
-                raise TinyTriageError(
-                    f"--at {at[0]},{at[1]}: the block's maps are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})"
-                )
-            if channel is None:
-                ch = int(np.argmax(relu[:, at[0], at[1]]))  # the channel most active there
-        cell = _hand_cell(predictor, x, outs, conv_i, ch, at[0], at[1], geom)
-        pool, pool_note = _pool_cell(cfg, outs, conv_i, cell)
+        features, cell, pool, pool_note = _explain_cnn(predictor, x, geom, layer, channel, at)
     elif layer is not None or channel is not None or at is not None:
         raise TinyTriageError(
             "--layer, --channel and --at are for CNN models; a ViT is explained by its attention rollout"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -215,16 +214,3 @@ def heat_on_photo(heat: np.ndarray, geom: LetterboxGeometry, out_size: tuple[int
     img = Image.fromarray(np.asarray(heat, dtype=np.float32))  # mode "F": 32-bit float pixels
     small = img.resize(out_size, Image.Resampling.BILINEAR, box=(left, top, right, bottom))
     return np.clip(np.asarray(small, dtype=np.float64), 0.0, 1.0)
-
-
-def cam_to_json(maps: CamMaps, i: int, classes: list[str]) -> dict[str, Any]:
-    """Photo i's Grad-CAM numbers as plain JSON-able values."""
-    c = int(maps.class_index[i])
-    return {
-        "layer": maps.layer,
-        "class": classes[c],
-        "class_index": c,
-        "score": float(maps.logits[i, c]),
-        "alpha": maps.alpha[i],
-        "cam": maps.cam[i],
-    }

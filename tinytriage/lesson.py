@@ -153,6 +153,11 @@ class LessonResult:
 # -- the photo sets: generated once, cached by seed and photo size ------------------------
 
 
+def default_data_dir() -> Path:
+    """Where generated photo sets are cached unless a folder is given: the user's cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinytriage" / "lesson"
+
+
 def photo_set(root: Path, seed: int, per_class: int, cfg: LessonConfig, emit: ProgressFn) -> Path:
     """``root/seed{S}-{lo}x{hi}px``: at least ``per_class`` generated photos per class.
 
@@ -289,7 +294,9 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
         from tinytriage.model_io import atomic_write_bytes
         from tinytriage.plots import accuracy_vs_size_png
 
-        png = accuracy_vs_size_png(sizes, {a.upper(): result.accuracy(a) for a in ARCHS}, chance=1 / len(classes))
+        png = accuracy_vs_size_png(
+            sizes, {"CNN": result.accuracy("cnn"), "ViT": result.accuracy("vit")}, chance=1 / len(classes)
+        )
         result.plot_path = str(atomic_write_bytes(work / "accuracy_vs_size.png", png))
         result.report_path = str(work / "lesson.json")
         atomic_write_bytes(work / "lesson.json", json.dumps(_finite(result.to_json()), indent=2).encode())

@@ -670,7 +670,7 @@ class LessonProgress:
             self._print(f"  {e['n_photos']} photos in {e['seconds']:.0f} s")
         elif kind == "run":
             self.run = e
-            desc = f"[{e['index']}/{e['total']}] {e['arch'].upper()} on {e['per_class']}/class"
+            desc = f"[{e['index']}/{e['total']}] {_ARCH_NAMES[e['arch']]} on {e['per_class']}/class"
             if self.task is None:
                 self.task = self.progress.add_task(desc, total=e["steps"], loss=float("nan"))
             self.progress.reset(self.task, total=e["steps"], description=desc, loss=float("nan"))
@@ -680,12 +680,15 @@ class LessonProgress:
         elif kind == "run_done":
             r = e["run"]
             self._print(
-                f"[{self.run.get('index', '?')}/{self.run.get('total', '?')}] {r['arch'].upper():>3} on "
+                f"[{self.run.get('index', '?')}/{self.run.get('total', '?')}] {_ARCH_NAMES[r['arch']]:>3} on "
                 f"{r['per_class']:>5}/class: test acc {r['test_acc']:.3f}  ({r['steps']} steps, "
                 f"{r['epochs']} epochs, {r['train_seconds']:.0f} s)"
             )
         elif kind == "translation":
             self._print("translation test ...")
+
+
+_ARCH_NAMES = {"cnn": "CNN", "vit": "ViT"}
 
 
 def _si(n: float) -> str:
@@ -702,12 +705,10 @@ def print_lesson(r, *, as_json: bool) -> None:
         write_json_line(r.to_json())
         return
     runs = {(x.arch, x.per_class): x for x in r.runs}
-    budget = (
-        f"the same {r.config.epochs} epochs" if r.budget == "epochs" else f"the same ~{r.config.steps} optimizer steps"
-    )
+    budget = f"{r.config.epochs} epoch(s)" if r.budget == "epochs" else f"about {r.config.steps} steps"
     t = Table(
-        title=f"CNN vs ViT: test accuracy on {r.n_test} photos ({r.config.backend} engine, {budget} "
-        f"of {r.config.batch_size} photos for both models at each size)"
+        title=f"CNN vs ViT: accuracy on {r.n_test} test photos ({r.config.backend} engine; budget per run: {budget} "
+        f"of {r.config.batch_size} photos, the same for both models)"
     )
     t.add_column("photos/class", justify="right")
     t.add_column("steps", justify="right")
@@ -728,7 +729,7 @@ def print_lesson(r, *, as_json: bool) -> None:
     for arch in ("cnn", "vit"):
         x = next((x for x in r.runs if x.arch == arch), None)
         if x is not None:
-            out.print(f"{arch.upper()}: {_si(x.params)} parameters, {_si(x.macs)} multiply-adds per photo")
+            out.print(f"{_ARCH_NAMES[arch]}: {_si(x.params)} parameters, {_si(x.macs)} multiply-adds per photo")
     if r.plot_path:
         out.print(f"plot: {r.plot_path}   report: {r.report_path}")
     if r.translation is not None:
@@ -745,7 +746,7 @@ def print_translation(r, *, as_json: bool) -> None:
         title=f"translation test: shift {r.n_photos} photos right by k pixels; does each layer's map just shift?"
     )
     for col, justify in (("model", "left"), ("layer", "left"), ("stride", "right"), ("k px", "right"),
-                         ("k / stride", "right"), ("compared", "right"), ("rel. error", "right"), ("cells", "right")):  # fmt: skip
+                         ("k / stride", "right"), ("shift compared", "right"), ("rel. error", "right"), ("cells", "right")):  # fmt: skip
         t.add_column(col, justify=justify)
     last_k = None
     for row in r.rows:
@@ -755,12 +756,14 @@ def print_translation(r, *, as_json: bool) -> None:
         err_ = "-" if row.rel_error != row.rel_error else f"{row.rel_error:.1e}"
         colour = "green" if row.exact and row.rel_error < 1e-4 else "yellow" if row.rel_error < 0.1 else "red"
         t.add_row(
-            row.arch.upper() if row.arch == "cnn" else "ViT", row.layer, str(row.stride), str(row.shift_px),
-            f"{row.shift_cells:g}" + ("" if row.exact else " (not whole)"), f"{row.compared_shift} cells",
+            _ARCH_NAMES[row.arch], row.layer, str(row.stride), str(row.shift_px),
+            f"{row.shift_cells:.3g}" + ("" if row.exact else " (not whole)"),
+            f"{row.compared_shift} cells" if row.cells else "-",
             f"[{colour}]{err_}[/{colour}]", str(row.cells),
         )  # fmt: skip
     out.print(t)
     out.print(
         "rel. error = ||F(shifted photo) - shifted F(photo)|| / ||shifted F(photo)|| over cells clear of every "
-        "border; 0 = equivariant. Models: " + ", ".join(f"{k.upper()} {v}" for k, v in r.models.items())
+        "border; 0 = equivariant; '-' = no cell clear of the borders. Models: "
+        + ", ".join(f"{_ARCH_NAMES[k]} {v}" for k, v in r.models.items())
     )
