@@ -269,7 +269,9 @@ def lesson(
     data_dir: Path | None = typer.Argument(
         None, help="Folder caching the generated photo sets (default: ~/.cache/tinytriage/lesson)."
     ),
-    sizes: str = typer.Option("25,100,400,1600", "--sizes", help="Training photos per class: one run per size and model."),
+    sizes: str = typer.Option(
+        "25,100,400,1600", "--sizes", help="Training photos per class: one run per size and model."
+    ),
     steps: int = typer.Option(500, "--steps", min=1, help="Budget per run: optimizer steps (whole epochs, rounded)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Budget per run: epochs, instead of --steps."),
     test_per_class: int = typer.Option(100, "--test-per-class", min=1, help="Test photos per class (another seed)."),

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage import __version__
-from tinytriage.errors import DatasetError, TinyTriageError
+from tinytriage.errors import DatasetError, ModelFileError, TinyTriageError
 
 ARCHS = ("cnn", "vit")
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -145,9 +145,9 @@ class LessonResult:
         }
 
     def accuracy(self, arch: str) -> list[float]:
-        """Test accuracy of ``arch`` per size, in ``config.sizes`` order."""
+        """Test accuracy of ``arch`` per training-set size, smallest first."""
         by_size = {r.per_class: r.test_acc for r in self.runs if r.arch == arch}
-        return [by_size.get(n, math.nan) for n in self.config.sizes]
+        return [by_size.get(n, math.nan) for n in sorted(set(self.config.sizes))]
 
 
 # -- the photo sets: generated once, cached by seed and photo size ------------------------
@@ -224,7 +224,11 @@ def _n_train(data_dir: Path, seed: int, val_fraction: float) -> int:
 
 def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonResult:
     """Train the CNN and the ViT on every size with the same budget; test both on one test set;
-    then the translation test on the pair trained on the largest set."""
+    then the translation test on the pair trained on the largest set.
+
+    Each model keeps its own optimizer and learning rate (``train.ARCH_DEFAULTS``: SGD for
+    the CNN, AdamW for the ViT); both warm up over the first 5% of their steps and use the
+    same batch size, augmentation and validation split."""
     from tinytriage.engine import load_engine
     from tinytriage.model_io import build_numpy_model, read_model
     from tinytriage.train import TrainConfig, evaluate_arrays, train
@@ -248,7 +252,7 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
         total = len(sizes) * len(ARCHS)
         for i_size, n in enumerate(sizes):
             data = first_n(pool, n, work / "data" / f"n{n}")
-            n_train = _n_train(data, cfg.seed, 0.15)
+            n_train = _n_train(data, cfg.seed, TrainConfig.val_fraction)
             steps_per_epoch = max(1, n_train // cfg.batch_size)  # as train() counts them
             epochs = cfg.epochs if cfg.epochs is not None else max(1, round(cfg.steps / steps_per_epoch))
             for i_arch, arch in enumerate(ARCHS):
@@ -313,7 +317,15 @@ def run_translation(
     emit = progress or (lambda event: None)
     loaded = {}
     for arch, path in zip(ARCHS, models, strict=True):
-        mf, where = read_model_or_bundled(path, arch)
+        try:
+            mf, where = read_model_or_bundled(path, arch)
+        except ModelFileError as err:
+            if path:
+                raise
+            raise ModelFileError(
+                f"no bundled {arch} model: pass --models CNN_FILE,VIT_FILE, e.g. from a lesson's --save folder "
+                "runs/cnn-n1600/model.safetensors,runs/vit-n1600/model.safetensors"
+            ) from err
         model = build_numpy_model(arch, mf.config)
         model.load_state_dict(mf.tensors)
         loaded[arch] = (model, int(mf.preprocess["input_size"]), str(where))

@@ -742,9 +742,7 @@ def print_translation(r, *, as_json: bool) -> None:
     if as_json:
         write_json_line(r.to_json())
         return
-    t = Table(
-        title=f"translation test: shift {r.n_photos} photos right by k pixels; does each layer's map just shift?"
-    )
+    t = Table(title=f"translation test: shift {r.n_photos} photos right by k pixels; does each layer's map just shift?")
     for col, justify in (("model", "left"), ("layer", "left"), ("stride", "right"), ("k px", "right"),
                          ("k / stride", "right"), ("shift compared", "right"), ("rel. error", "right"), ("cells", "right")):  # fmt: skip
         t.add_column(col, justify=justify)
@@ -758,7 +756,7 @@ def print_translation(r, *, as_json: bool) -> None:
         t.add_row(
             _ARCH_NAMES[row.arch], row.layer, str(row.stride), str(row.shift_px),
             f"{row.shift_cells:.3g}" + ("" if row.exact else " (not whole)"),
-            f"{row.compared_shift} cells" if row.cells else "-",
+            (f"{row.compared_shift} cell" + ("s" if row.compared_shift != 1 else "")) if row.cells else "-",
             f"[{colour}]{err_}[/{colour}]", str(row.cells),
         )  # fmt: skip
     out.print(t)

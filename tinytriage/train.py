@@ -71,9 +71,11 @@ class TrainConfig:
 
 # What each architecture trains well with, used where the user gave no value.
 # CNN: SGD with Nesterov momentum at a high rate, which BatchNorm makes safe.
-# ViT: AdamW at 1e-3 with a longer warm-up and weight decay 0.05 (DeiT's recipe, Touvron
-# et al. 2021): a Transformer without BatchNorm diverges or stalls under plain SGD, and
-# the first steps of attention need small updates while Adam's moment estimates settle.
+# ViT: AdamW with weight decay 0.05 and a warm-up (DeiT's recipe, Touvron et al. 2021):
+# Adam's per-parameter step sizes suit attention, whose gradients differ in scale from
+# layer to layer (Zhang et al. 2020, "Why are adaptive methods good for attention
+# models?"). Measured on 60 generated photos per class, 48 px, 240 steps of 64: AdamW
+# 1e-3 reached 0.28 test accuracy, AdamW 3e-4 and 3e-3 0.22-0.24, SGD 0.05 0.22 (chance 0.2).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "cnn": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5},
     "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0},

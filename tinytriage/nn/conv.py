@@ -31,7 +31,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tinytriage.errors import ShapeError
-from tinytriage.nn.module import Module, check_ndim
+from tinytriage.nn.memory import Workspace, channel_sums, channels_last, nchw
+from tinytriage.nn.module import Module, check_ndim, take_cache
 
 IntPair = int | Sequence[int]
 
@@ -222,21 +223,126 @@ def conv2d_cell(
     return dict(window=window.copy(), kernel=kernel.copy(), products=products, sum=total, bias=b, out=total + b)
 
 
-# -- (b) the fast pair: im2col and one matrix multiply ------------------------------------
-def im2col(
-    x_padded: np.ndarray,
-    kernel_size: tuple[int, int],
+# -- (b) the fast pair: im2col, one matrix multiply per chunk of images ------------------
+# Both passes are the same three steps, applied to a few images at a time:
+#
+#   1. place the images into a zero canvas (the forward pass pads them by P);
+#   2. im2col: copy every KH x KW window of the canvas into one row of ``cols``
+#      (N*H'*W', KH*KW*C);
+#   3. one matrix multiply per group: out (N*H'*W', O) = cols @ w_mat (KH*KW*C, O). Its rows
+#      are output cells and its columns channels: the output comes out channels-last
+#      (see ``tinytriage.nn.memory``), with no transpose afterwards.
+#
+# The copy in step 2 reads the input in its own memory order, so that numbers adjacent in
+# memory stay adjacent: from a channels-last input (the layers' own outputs) a window row
+# is KW*C consecutive numbers, the columns in (u, v, c) order; from an ordinary NCHW array
+# (the photos: only 3 channels) it copies runs along W instead, into ``cols`` stored
+# transposed, (KH*KW*C, N*H'*W') in (c, u, v) order, and BLAS reads that transposed.
+#
+# Chunks, not the whole batch: a few images' cols (about ``CHUNK_BYTES``) stay in the CPU's
+# cache between the copy that writes them and the multiply that reads them; the whole
+# batch's would be up to 85 MB, written to and read back from main memory. Backward makes
+# the columns again rather than keeping them from the forward pass: making them from x
+# costs about what reading them back would, and saves that memory.
+CHUNK_BYTES = 2**21
+
+
+def _spread(n_src: int, n_dst: int, offset: int, step: int) -> tuple[slice, slice]:
+    """Along one axis: source cell i lands on canvas cell offset + i*step. Returns the
+    (source, canvas) slices of the cells that land inside the canvas [0, n_dst)."""
+    first = max(0, -(offset // step))  # the first i with offset + i*step >= 0
+    last = min(n_src, (n_dst - 1 - offset) // step + 1)  # one past the last that fits
+    if last <= first:
+        return slice(0, 0), slice(0, 0)
+    return slice(first, last), slice(offset + first * step, offset + (last - 1) * step + 1, step)
+
+
+def _gather_source(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(src, cl)``: an ordinary NCHW array is read as it is (cl False); anything else,
+    e.g. a layer's channels-last output, as its (N, H, W, C) array (cl True)."""
+    if x.flags.c_contiguous:
+        return x, False
+    return channels_last(x), True
+
+
+def _weight_matrix(w: np.ndarray, cl: bool) -> np.ndarray:
+    """(G, O/G, C/G, KH, KW) kernels -> (G, KH*KW*C/G, O/G), rows in the order of cols'
+    columns: (u, v, c) when cl, else (c, u, v)."""
+    G, Og, Cg, KH, KW = w.shape
+    w = w.transpose(0, 3, 4, 2, 1) if cl else w.transpose(0, 2, 3, 4, 1)
+    return np.ascontiguousarray(w).reshape(G, KH * KW * Cg, Og)
+
+
+def _kernel_grad(dw_mat: np.ndarray, kernel: tuple[int, int], cl: bool) -> np.ndarray:
+    """``_weight_matrix`` undone: (G, KH*KW*C/G, O/G) -> (O, C/G, KH, KW)."""
+    G, K, Og = dw_mat.shape
+    KH, KW = kernel
+    Cg = K // (KH * KW)
+    if cl:
+        dw = dw_mat.reshape(G, KH, KW, Cg, Og).transpose(0, 4, 3, 1, 2)
+    else:
+        dw = dw_mat.reshape(G, Cg, KH, KW, Og).transpose(0, 4, 1, 2, 3)
+    return dw.reshape(G * Og, Cg, KH, KW)  # the one copy
+
+
+def _window_rows(
+    src: np.ndarray,
+    cl: bool,
+    kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int],
-) -> np.ndarray:
-    """Copy every window into a column: (N, C, H+2P, W+2P) -> (N, C*KH*KW, H'*W')."""
-    N, C = x_padded.shape[:2]
-    (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
+    groups: int,
+    canvas_hw: tuple[int, int],
+    offset: tuple[int, int],
+    step: tuple[int, int],
+    ws: Workspace,
+    tag: str,
+):
+    """Steps 1 and 2, a chunk of images at a time: yields ``(n0, n, cols)``, cols an
+    (n*H'*W', G, KH*KW*C/G) array whose row (k, i, j) is the window of output cell (i, j)
+    of image n0 + k.
+
+    ``src`` is (N, Hs, Ws, C) when ``cl``, else (N, C, Hs, Ws). Each image is placed into an
+    (Hc, Wc) zero canvas, its cell (i, j) at (offset + i*step, ...): padding for the forward
+    pass (offset P, step 1), the zero-stuffed gradient for dx (see ``conv2d_backward``)."""
+    N, Hs, Ws, C = src.shape if cl else (src.shape[0], *src.shape[2:], src.shape[1])
+    (KH, KW), (SH, SW), (DH, DW), (Hc, Wc), G = kernel, stride, dilation, canvas_hw, groups
     span = (DH * (KH - 1) + 1, DW * (KW - 1) + 1)  # the dilated kernel's extent
-    windows = sliding_window_view(x_padded, span, axis=(2, 3))  # a view: (N, C, ., ., spanH, spanW)
-    windows = windows[:, :, ::SH, ::SW, ::DH, ::DW]  # still a view: (N, C, H', W', KH, KW)
-    Ho, Wo = windows.shape[2:4]
-    return windows.transpose(0, 1, 4, 5, 2, 3).reshape(N, C * KH * KW, Ho * Wo)  # the one copy
+    Ho, Wo = (Hc - span[0]) // SH + 1, (Wc - span[1]) // SW + 1
+    K = KH * KW * (C // G)
+    n_chunk = max(1, min(N, CHUNK_BYTES // (Ho * Wo * G * K * src.dtype.itemsize)))
+    src_h, dst_h = _spread(Hs, Hc, offset[0], step[0])
+    src_w, dst_w = _spread(Ws, Wc, offset[1], step[1])
+    plain = (Hs, Ws) == (Hc, Wc) and offset == (0, 0) and step == (1, 1)  # no padding: read src itself
+    canvas_shape = (n_chunk, Hc, Wc, C) if cl else (n_chunk, C, Hc, Wc)
+    # zeroed once: every chunk writes the same cells of the canvas, the rest stay zero
+    canvas = None if plain else ws.scratch(tag + " canvas", canvas_shape, src.dtype, fill=0)
+    flat = ws.scratch(tag + " cols", (n_chunk * Ho * Wo * G * K,), src.dtype)
+    for n0 in range(0, N, n_chunk):
+        n = min(n_chunk, N - n0)
+        m = n * Ho * Wo
+        if plain:
+            image = src[n0 : n0 + n]
+        elif cl:
+            image = canvas[:n]  # (n, Hc, Wc, C)
+            image[:, dst_h, dst_w] = src[n0 : n0 + n, src_h, src_w]
+        else:
+            image = canvas[:n]  # (n, C, Hc, Wc)
+            image[:, :, dst_h, dst_w] = src[n0 : n0 + n, :, src_h, src_w]
+        if cl:
+            windows = sliding_window_view(image, span, axis=(1, 2))  # a view: (n, ., ., C, spanH, spanW)
+            windows = windows[:, ::SH, ::SW, :, ::DH, ::DW]  # still a view: (n, H', W', C, KH, KW)
+            windows = windows.reshape(n, Ho, Wo, G, C // G, KH, KW)  # split C into groups
+            cols = flat[: m * G * K].reshape(n, Ho, Wo, G, KH, KW, C // G)
+            np.copyto(cols, windows.transpose(0, 1, 2, 3, 5, 6, 4))  # the one copy
+            yield n0, n, cols.reshape(m, G, K)
+        else:
+            windows = sliding_window_view(image, span, axis=(2, 3))  # a view: (n, C, ., ., spanH, spanW)
+            windows = windows[:, :, ::SH, ::SW, ::DH, ::DW]  # still a view: (n, C, H', W', KH, KW)
+            windows = windows.reshape(n, G, C // G, Ho, Wo, KH, KW)
+            cols_t = flat[: m * G * K].reshape(G, C // G, KH, KW, n, Ho, Wo)
+            np.copyto(cols_t, windows.transpose(1, 2, 5, 6, 0, 3, 4))  # the one copy, runs along W
+            yield n0, n, cols_t.reshape(G, K, m).transpose(2, 0, 1)  # a view: (m, G, K)
 
 
 def conv2d_forward(
@@ -247,8 +353,12 @@ def conv2d_forward(
     padding: IntPair = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, tuple]:
-    """Fast convolution (N, C, H, W) -> (N, O, H', W'); returns ``(out, cache)`` for backward."""
+    """Fast convolution (N, C, H, W) -> (N, O, H', W'); returns ``(out, cache)`` for backward.
+
+    ``out`` is a channels-last view (see ``tinytriage.nn.memory``); ``workspace`` keeps the
+    buffers between calls (a layer passes its own; None allocates fresh ones)."""
     _check_conv(x, weight, groups)
     stride, padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
     dilation = pair(dilation, "dilation", "Conv2d", 1)
@@ -256,59 +366,70 @@ def conv2d_forward(
     O, Cg, KH, KW = weight.shape
     G = groups
     Ho, Wo = sliding_output_hw("Conv2d", (H, W), (KH, KW), stride, padding, dilation)
-    cols = im2col(pad2d(x, padding), (KH, KW), stride, dilation)  # (N, C*KH*KW, H'*W')
-    cols = cols.reshape(N, G, Cg * KH * KW, Ho * Wo)  # a group's channels are consecutive rows
-    w = weight.reshape(G, O // G, Cg * KH * KW)  # (G, O/G, Cg*KH*KW)
-    out = np.matmul(w, cols)  # (N, G, O/G, H'*W'): every output cell is a row . column
-    out = out.reshape(N, O, Ho, Wo)
+    ws = Workspace() if workspace is None else workspace
+    dtype = np.result_type(x, weight)
+    src, cl = _gather_source(x.astype(dtype, copy=False))
+    w_mat = _weight_matrix(weight.reshape(G, O // G, Cg, KH, KW).astype(dtype, copy=False), cl)  # (G, K, O/G)
+    out = ws.output("out", (N, Ho, Wo, O), dtype)  # (N, H', W', O)
+    rows = out.reshape(N * Ho * Wo, G, O // G)  # one row per output cell, channels grouped
+    canvas = (H + 2 * padding[0], W + 2 * padding[1])
+    for n0, n, cols in _window_rows(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x"):
+        for g in range(G):
+            # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G), K = KH*KW*Cg
+            np.matmul(cols[:, g], w_mat[g], out=rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g])
     if bias is not None:
-        out += bias.reshape(1, O, 1, 1)
-    cache = (x.shape, weight, cols, stride, padding, dilation, groups)
-    return out, cache
+        out += bias  # broadcasts over the last axis, the channels
+    cache = (src, cl, weight, bias is not None, stride, padding, dilation, groups)
+    return nchw(out), cache
 
 
 def conv2d_backward(
-    dout: np.ndarray, cache: tuple, needs_input_grad: bool = True
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    dout: np.ndarray, cache: tuple, needs_input_grad: bool = True, workspace: Workspace | None = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(dx, dw, db) from ``dout`` (N, O, H', W') and ``conv2d_forward``'s cache.
 
-    ``dx`` is None when ``needs_input_grad`` is False (the first layer needs no dx)."""
-    (N, C, H, W), weight, cols, stride, padding, dilation, G = cache
+    ``dx`` is None when ``needs_input_grad`` is False (the first layer needs no dx), ``db``
+    when the convolution has no bias."""
+    src, cl, weight, has_bias, stride, padding, dilation, G = cache
+    N, C, H, W = (src.shape[0], src.shape[3], *src.shape[1:3]) if cl else src.shape
     O, Cg, KH, KW = weight.shape
+    (PH, PW), (DH, DW) = padding, dilation
+    ws = Workspace() if workspace is None else workspace
+    dtype = src.dtype
     Ho, Wo = dout.shape[2:]
-    (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
-    d = dout.reshape(N, G, O // G, Ho * Wo)  # (N, G, O/G, H'*W')
+    d_cl = channels_last(dout).astype(dtype, copy=False)  # (N, H', W', O)
+    d_rows = d_cl.reshape(N * Ho * Wo, G, O // G)  # one row per output cell, as in the forward pass
 
-    db = dout.sum(axis=(0, 2, 3))  # (O,)
-    # dw = dout . cols^T, summed over the batch: (N, G, O/G, H'W') @ (N, G, H'W', Cg*KH*KW)
-    dw = np.matmul(d, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+    db = channel_sums(d_cl) if has_bias else None  # (O,)  d out / d b = 1
+
+    # dw[o] = sum over output cells of dout[cell, o] * window[cell]: cols^T @ dout, chunk by chunk
+    dw_mat = np.zeros((G, KH * KW * Cg, O // G), dtype)  # (G, K, O/G)
+    part = np.empty_like(dw_mat[0])
+    canvas = (H + 2 * PH, W + 2 * PW)
+    for n0, n, cols in _window_rows(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x"):
+        for g in range(G):
+            np.matmul(cols[:, g].T, d_rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g], out=part)  # (K, O/G)
+            dw_mat[g] += part
+    dw = _kernel_grad(dw_mat, (KH, KW), cl)
     if not needs_input_grad:
         return None, dw, db
 
-    # dx: two ways to the same numbers, both one GEMM of the same size. They differ in the
-    # big temporary they copy: O*K*K rows of windows of dout, or C*K*K rows of dcols.
-    if stride == (1, 1) and PH <= DH * (KH - 1) and PW <= DW * (KW - 1) and O < C:
-        # Stride 1: dx is a "full" convolution of dout with the kernel flipped and its
-        # in/out channels swapped, padded so that the output is H x W again.
-        w_flipped = weight.reshape(G, O // G, Cg, KH, KW).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-        w_flipped = w_flipped.reshape(C, O // G, KH, KW)  # (C, O/G, KH, KW)
-        full = (DH * (KH - 1) - PH, DW * (KW - 1) - PW)
-        dx, _ = conv2d_forward(dout, w_flipped, None, 1, full, dilation, G)
-        return dx, dw, db
-
-    # col2im: each column of dcols is the gradient of one window; add the K*K slabs back.
-    w = weight.reshape(G, O // G, Cg * KH * KW)
-    dcols = np.matmul(w.transpose(0, 2, 1), d)  # (N, G, Cg*KH*KW, H'*W')
-    dcols = dcols.reshape(N, C, KH, KW, Ho, Wo)
-    dx_padded = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dcols.dtype)
-    for u in range(KH):
-        for v in range(KW):
-            # kernel offset (u, v) of window (i, j) sits at padded pixel (i*S + u*D, j*S + v*D)
-            in_rows = slice(u * DH, u * DH + SH * (Ho - 1) + 1, SH)
-            in_cols = slice(v * DW, v * DW + SW * (Wo - 1) + 1, SW)
-            dx_padded[:, :, in_rows, in_cols] += dcols[:, :, u, v]
-    dx = dx_padded[:, :, PH : PH + H, PW : PW + W]
-    return dx, dw, db
+    # dx is itself a convolution, stride 1: of dout stuffed with zeros (S-1 between cells,
+    # a border of D*(K-1) - P), with the kernel turned by 180 degrees and its in/out channels
+    # swapped. Each x cell gathers, through the turned kernel, exactly the dout cells whose
+    # windows covered it: the backward reference's scatter, as one GEMM per chunk.
+    d_src, d_cl_gather = _gather_source(dout.astype(dtype, copy=False))
+    w_turned = weight.reshape(G, O // G, Cg, KH, KW).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    w_mat = _weight_matrix(w_turned, d_cl_gather)  # (G, KH*KW*O/G, Cg)
+    canvas = (H + DH * (KH - 1), W + DW * (KW - 1))
+    offset = (DH * (KH - 1) - PH, DW * (KW - 1) - PW)
+    dx = ws.output("dx", (N, H, W, C), dtype)  # (N, H, W, C)
+    dx_rows = dx.reshape(N * H * W, G, Cg)
+    windows = _window_rows(d_src, d_cl_gather, (KH, KW), (1, 1), dilation, G, canvas, offset, stride, ws, "dout")
+    for n0, n, cols in windows:
+        for g in range(G):
+            np.matmul(cols[:, g], w_mat[g], out=dx_rows[n0 * H * W : (n0 + n) * H * W, g])
+    return nchw(dx), dw, db
 
 
 # -- the layer ----------------------------------------------------------------------------
@@ -349,6 +470,7 @@ class Conv2d(Module):
         if bias:
             self._params["bias"] = rng.uniform(-bound, bound, out_channels).astype(dtype)
         self._cache: tuple | None = None
+        self._workspace = Workspace()  # im2col columns, padded copies, out and dx, kept between steps
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_ndim(x, 4, "Conv2d", "(N, C, H, W)")
@@ -357,12 +479,20 @@ class Conv2d(Module):
                 f"Conv2d: expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
         out, self._cache = conv2d_forward(
-            x, self._params["weight"], self._params.get("bias"), self.stride, self.padding, self.dilation, self.groups
+            x,
+            self._params["weight"],
+            self._params.get("bias"),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self._workspace,
         )
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        dx, dw, db = conv2d_backward(grad_out, self._cache, self.needs_input_grad)
+        cache, self._cache = take_cache(self._cache, "Conv2d")
+        dx, dw, db = conv2d_backward(grad_out, cache, self.needs_input_grad, self._workspace)
         self._grads = {"weight": dw, "bias": db} if "bias" in self._params else {"weight": dw}
         return dx
 

@@ -192,3 +192,12 @@ def check_ndim(x: np.ndarray, ndim: int, layer: str, layout: str) -> None:
     """Raise a clear ShapeError when ``x`` is not ``ndim``-dimensional."""
     if x.ndim != ndim:
         raise ShapeError(f"{layer} expects a {ndim}-D {layout} array, got shape {tuple(x.shape)}")
+
+
+def take_cache(cache, layer: str) -> tuple:
+    """``(cache, None)``: backward takes what forward saved and lets go of it, so the big
+    activations it held are free (for the next step's reused buffers) once backward is done,
+    as PyTorch frees saved tensors. A second backward without a forward is an error."""
+    if cache is None:
+        raise RuntimeError(f"{layer}.backward: no saved forward pass (call forward before each backward)")
+    return cache, None
