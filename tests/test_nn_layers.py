@@ -34,6 +34,10 @@ from tinytriage.nn import (  # noqa: E402
     avgpool2d_backward_reference,
     avgpool2d_forward,
     avgpool2d_reference,
+    batch_norm_backward,
+    batch_norm_backward_reference,
+    batch_norm_forward,
+    batch_norm_reference,
     conv2d_backward,
     conv2d_backward_reference,
     conv2d_cell,
@@ -145,6 +149,7 @@ LAYERS = [
     case("bn-eval",                 twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (4, 3, 5, 6), train=False, params=STATS),
     case("bn-eval-scaled",          twins(BatchNorm2d, tnn.BatchNorm2d, 3, eps=1e-3),                       (2, 3, 4, 4), train=False,
          params={**STATS, "weight": np.array([2.0, -0.5, 1.0]), "bias": np.array([0.1, 0.2, -0.3])}),
+    case("bn-train-offset",         twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 lambda rng, dtype: (30 + rng.standard_normal((4, 3, 5, 6))).astype(dtype)),
     case("bn-train-scaled",         twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 scaled(5.0, (4, 3, 3, 5)),
          params={"weight": np.array([2.0, -0.5, 1.0]), "bias": np.array([0.1, 0.2, -0.3])}),
     # -- dropout where it is deterministic (train mode with torch's own mask: see below)
@@ -299,17 +304,26 @@ def test_batchnorm_state_dict_keys_are_torchs():
 CONV_CONFIGS = [
     # x shape, (O, kernel), stride, padding, dilation, groups
     ((2, 3, 6, 7), (4, 3), 1, 1, 1, 1),
-    ((2, 6, 6, 7), (2, 3), 1, 1, 1, 1),  # O < C: dx as a convolution of dout
-    ((2, 6, 6, 7), (2, 3), 1, 2, 1, 1),  # O < C, padding > K-1: dx by col2im
-    ((1, 3, 9, 8), (4, (3, 5)), (2, 3), (1, 2), 1, 1),
+    ((2, 6, 6, 7), (2, 3), 1, 1, 1, 1),  # O < C
+    ((2, 6, 6, 7), (2, 3), 1, 2, 1, 1),  # padding > K-1: dx's canvas drops dout's border cells
+    ((1, 3, 9, 8), (4, (3, 5)), (2, 3), (1, 2), 1, 1),  # stride: dout stuffed with zeros for dx
     ((2, 4, 8, 8), (6, 3), 2, 2, 2, 2),
     ((2, 8, 7, 7), (4, 3), 1, 2, (2, 1), 4),
     ((2, 2, 5, 4), (3, (5, 4)), 1, 0, 1, 1),
 ]
 
 
+def in_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    """The same (N, C, H, W) numbers, C-contiguous or as the channels-last view the fast layers hand on."""
+    return a if layout == "nchw" else np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+LAYOUTS = pytest.mark.parametrize("layout", ["nchw", "channels-last"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("x_shape, ok, stride, padding, dilation, groups", CONV_CONFIGS)
-def test_conv_fast_equals_reference(x_shape, ok, stride, padding, dilation, groups):
+def test_conv_fast_equals_reference(x_shape, ok, stride, padding, dilation, groups, layout):
     rng = np.random.default_rng(0)
     (O, k), C = ok, x_shape[1]
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -317,10 +331,10 @@ def test_conv_fast_equals_reference(x_shape, ok, stride, padding, dilation, grou
     w = rng.standard_normal((O, C // groups, kh, kw))
     b = rng.standard_normal(O)
     args = (stride, padding, dilation, groups)
-    out, cache = conv2d_forward(x, w, b, *args)
+    out, cache = conv2d_forward(in_layout(x, layout), w, b, *args)
     np.testing.assert_allclose(out, conv2d_reference(x, w, b, *args), rtol=1e-12, atol=1e-12)
     dout = rng.standard_normal(out.shape)
-    fast = conv2d_backward(dout, cache)
+    fast = conv2d_backward(in_layout(dout, layout), cache)
     slow = conv2d_backward_reference(x, w, dout, *args)
     for name, a, r in zip(("dx", "dw", "db"), fast, slow, strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=name)
@@ -337,12 +351,13 @@ POOL_CONFIGS = [
 ]
 
 
+@LAYOUTS
 @pytest.mark.parametrize("x_shape, kernel, stride, padding", POOL_CONFIGS)
 @pytest.mark.parametrize("data", ["normal", "ties"])
-def test_maxpool_fast_equals_reference(x_shape, kernel, stride, padding, data):
+def test_maxpool_fast_equals_reference(x_shape, kernel, stride, padding, data, layout):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape) if data == "normal" else rng.integers(0, 2, x_shape).astype(np.float64)
-    out, cache = maxpool2d_forward(x, kernel, stride, padding)
+    out, cache = maxpool2d_forward(in_layout(x, layout), kernel, stride, padding)
     ref, winners = maxpool2d_reference(x, kernel, stride, padding)
     np.testing.assert_array_equal(out, ref)
     n, c, i, j = np.indices(out.shape)
@@ -377,6 +392,37 @@ def test_avgpool_fast_equals_reference(x_shape, kernel, stride, padding):
         rtol=1e-12,
         atol=1e-13,
     )
+
+
+BN_CONFIGS = [
+    # x shape, offset of the data (a large mean next to the spread tests the numerics)
+    ((4, 3, 5, 6), 0.0),
+    ((1, 3, 4, 4), 0.0),
+    ((2, 16, 9, 7), 0.0),
+    ((3, 2, 6, 5), 1e4),
+]
+
+
+@LAYOUTS
+@pytest.mark.parametrize("x_shape, offset", BN_CONFIGS)
+def test_batchnorm_fast_equals_reference(x_shape, offset, layout):
+    rng = np.random.default_rng(0)
+    C = x_shape[1]
+    x = offset + rng.standard_normal(x_shape) * rng.uniform(0.5, 2.0, (1, C, 1, 1))
+    weight, bias, dy = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(x_shape)
+    y, mean, var, cache = batch_norm_forward(in_layout(x, layout), weight, bias, 1e-5)
+    ref_y, ref_mean, ref_var, ref_cache = batch_norm_reference(x, weight, bias, 1e-5)
+    for name, a, r in (("y", y, ref_y), ("mean", mean, ref_mean), ("var", var, ref_var)):
+        np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-9, err_msg=name)
+    fast = batch_norm_backward(in_layout(dy, layout), cache)
+    for name, a, r in zip(("dx", "dweight", "dbias"), fast, batch_norm_backward_reference(dy, ref_cache), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-9, atol=1e-9, err_msg=name)
+    # eval: given statistics are constants, y = (x - mean) * weight / sqrt(var + eps) + bias
+    stats = (rng.standard_normal(C) + offset, rng.uniform(0.5, 2, C))
+    y, _, _, cache = batch_norm_forward(in_layout(x, layout), weight, bias, 1e-5, stats)
+    scale = (weight / np.sqrt(stats[1] + 1e-5)).reshape(1, C, 1, 1)
+    np.testing.assert_allclose(y, (x - stats[0].reshape(1, C, 1, 1)) * scale + bias.reshape(1, C, 1, 1), rtol=1e-9)
+    np.testing.assert_allclose(batch_norm_backward(dy, cache)[0], dy * scale, rtol=1e-12)
 
 
 # -- one output cell, as explain shows it -------------------------------------------------

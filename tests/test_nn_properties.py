@@ -20,6 +20,10 @@ from tinytriage.nn import (  # noqa: E402
     avgpool2d_backward_reference,
     avgpool2d_forward,
     avgpool2d_reference,
+    batch_norm_backward,
+    batch_norm_backward_reference,
+    batch_norm_forward,
+    batch_norm_reference,
     conv2d_backward,
     conv2d_backward_reference,
     conv2d_forward,
@@ -74,19 +78,23 @@ def test_conv_output_shape_follows_the_rule_and_torch(config):
     assert layer(x.astype(np.float32)).shape == out.shape
 
 
+def channels_last(a: np.ndarray) -> np.ndarray:
+    """The same (N, C, H, W) numbers as the channels-last view the fast layers hand on."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
 @SETTINGS
-@given(conv_configs(), st.integers(0, 2**32 - 1))
-def test_conv_fast_equals_reference(config, seed):
+@given(conv_configs(), st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_conv_fast_equals_reference(config, seed, x_channels_last, dout_channels_last):
     x_shape, w_shape, stride, padding, dilation, groups = config
     rng = np.random.default_rng(seed)
     x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
     args = (stride, padding, dilation, groups)
-    out, cache = conv2d_forward(x, w, b, *args)
+    out, cache = conv2d_forward(channels_last(x) if x_channels_last else x, w, b, *args)
     np.testing.assert_allclose(out, conv2d_reference(x, w, b, *args), rtol=1e-10, atol=1e-12)
     dout = rng.standard_normal(out.shape)
-    for name, fast, ref in zip(
-        ("dx", "dw", "db"), conv2d_backward(dout, cache), conv2d_backward_reference(x, w, dout, *args), strict=True
-    ):
+    grads = conv2d_backward(channels_last(dout) if dout_channels_last else dout, cache)
+    for name, fast, ref in zip(("dx", "dw", "db"), grads, conv2d_backward_reference(x, w, dout, *args), strict=True):
         np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
@@ -134,12 +142,12 @@ def pool_configs(draw):
 
 
 @SETTINGS
-@given(pool_configs(), st.booleans(), st.integers(0, 2**32 - 1))
-def test_maxpool_fast_equals_reference_and_torch(config, ties, seed):
+@given(pool_configs(), st.booleans(), st.integers(0, 2**32 - 1), st.booleans())
+def test_maxpool_fast_equals_reference_and_torch(config, ties, seed, x_channels_last):
     x_shape, kernel, stride, padding = config
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
-    out, cache = maxpool2d_forward(x, kernel, stride, padding)
+    out, cache = maxpool2d_forward(channels_last(x) if x_channels_last else x, kernel, stride, padding)
     ref, winners = maxpool2d_reference(x, kernel, stride, padding)
     np.testing.assert_array_equal(out, ref)
     xt = torch.tensor(x, requires_grad=True)
@@ -166,6 +174,29 @@ def test_avgpool_fast_equals_reference_and_torch(config, seed):
     dout = rng.standard_normal(out.shape)
     ref = avgpool2d_backward_reference(dout, x.shape, kernel, stride, padding)
     np.testing.assert_allclose(avgpool2d_backward(dout, cache), ref, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(
+    st.tuples(small(1, 3), small(1, 5), small(1, 6), small(1, 6)),
+    st.sampled_from([0.0, 1.0, -300.0, 1e4]),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_batchnorm_fast_equals_reference(x_shape, offset, seed, x_channels_last):
+    N, C, H, W = x_shape
+    if N * H * W == 1:
+        return  # one value per channel: no variance to normalise by
+    rng = np.random.default_rng(seed)
+    x = offset + rng.standard_normal(x_shape)
+    weight, bias, dy = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(x_shape)
+    y, mean, var, cache = batch_norm_forward(channels_last(x) if x_channels_last else x, weight, bias, 1e-5)
+    ref_y, ref_mean, ref_var, ref_cache = batch_norm_reference(x, weight, bias, 1e-5)
+    for name, fast, ref in (("y", y, ref_y), ("mean", mean, ref_mean), ("var", var, ref_var)):
+        np.testing.assert_allclose(fast, ref, rtol=1e-8, atol=1e-8, err_msg=name)
+    fast = batch_norm_backward(dy, cache)
+    for name, a, r in zip(("dx", "dw", "db"), fast, batch_norm_backward_reference(dy, ref_cache), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-8, atol=1e-8, err_msg=name)
 
 
 @SETTINGS

@@ -20,8 +20,15 @@ from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import CrossEntropyLoss
 from tinytriage.nn.module import Module, Sequential
-from tinytriage.nn.norm import BatchNorm2d
+from tinytriage.nn.norm import (
+    BatchNorm2d,
+    batch_norm_backward,
+    batch_norm_backward_reference,
+    batch_norm_forward,
+    batch_norm_reference,
+)
 from tinytriage.nn.optim import SGD, Adam, AdamW, Optimizer
+from tinytriage.nn.parallel import get_num_threads, set_num_threads
 from tinytriage.nn.pool import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -58,6 +65,12 @@ __all__ = [
     "Linear",
     "Flatten",
     "BatchNorm2d",
+    "batch_norm_reference",
+    "batch_norm_backward_reference",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "set_num_threads",
+    "get_num_threads",
     "Dropout",
     "CrossEntropyLoss",
     "Optimizer",

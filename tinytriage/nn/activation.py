@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytriage.nn.module import Module
+from tinytriage.nn.memory import empty_like, layout, memory_order
+from tinytriage.nn.module import Module, take_cache
+from tinytriage.nn.parallel import parallel_map, split
+
+
+def _elementwise(fn, *arrays: np.ndarray) -> None:
+    """``fn(*arrays)`` for arrays of one shape and layout (the last is written), split into
+    slices of memory for the threads; in one piece when their layouts differ."""
+    layouts = {layout(a) for a in arrays}
+    if len(layouts) > 1 or None in layouts:
+        fn(*arrays)
+        return
+    flat = [memory_order(a) for a in arrays]
+    parallel_map(lambda part: fn(*(f[part] for f in flat)), split(flat[0].size, flat[0].itemsize))
 
 
 class ReLU(Module):
@@ -15,8 +28,18 @@ class ReLU(Module):
         self._positive: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._positive = x > 0
-        return np.maximum(x, 0)
+        positive, out = empty_like(x, bool), empty_like(x)  # in x's layout
+
+        def relu(x: np.ndarray, positive: np.ndarray, out: np.ndarray) -> None:
+            np.greater(x, 0, out=positive)
+            np.maximum(x, 0, out=out)
+
+        _elementwise(relu, x, positive, out)
+        self._positive = positive
+        return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out * self._positive  # d relu/dx = 1[x > 0]
+        positive, self._positive = take_cache(self._positive, "ReLU")
+        dx = empty_like(grad_out)
+        _elementwise(lambda g, p, dx: np.multiply(g, p, out=dx), grad_out, positive, dx)  # d relu/dx = 1[x > 0]
+        return dx

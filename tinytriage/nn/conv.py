@@ -17,22 +17,25 @@ The backward pass is the chain rule on that sum, term by term:
 
 ``conv2d_reference`` and ``conv2d_backward_reference`` are these formulas as loops: slow,
 obviously right, and what ``explain`` shows (``conv2d_window``, ``conv2d_cell``).
-``conv2d_forward`` and ``conv2d_backward`` compute the same numbers with one matrix
-multiply per pass (im2col: copy every window into a column, then a GEMM) and are what
-training uses. Tests hold the two equal.
+``conv2d_forward`` and ``conv2d_backward`` compute the same numbers with matrix multiplies
+(im2col: copy every window into a row, then a GEMM, a few images at a time) and are what
+training uses. dx is computed the same way, as a convolution of dout (see
+``conv2d_backward``). Tests hold the two equal.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tinytriage.errors import ShapeError
-from tinytriage.nn.memory import Workspace, channel_sums, channels_last, nchw
+from tinytriage.nn.memory import Workspace, channel_sums, channels_last, empty, nchw
 from tinytriage.nn.module import Module, check_ndim, take_cache
+from tinytriage.nn.parallel import parallel_map
 
 IntPair = int | Sequence[int]
 
@@ -243,7 +246,8 @@ def conv2d_cell(
 # cache between the copy that writes them and the multiply that reads them; the whole
 # batch's would be up to 85 MB, written to and read back from main memory. Backward makes
 # the columns again rather than keeping them from the forward pass: making them from x
-# costs about what reading them back would, and saves that memory.
+# costs about what reading them back would, and saves that memory. Chunks are also the
+# tasks that ``set_num_threads`` shares out over threads, each with its own cols.
 CHUNK_BYTES = 2**21
 
 
@@ -285,7 +289,7 @@ def _kernel_grad(dw_mat: np.ndarray, kernel: tuple[int, int], cl: bool) -> np.nd
     return dw.reshape(G * Og, Cg, KH, KW)  # the one copy
 
 
-def _window_rows(
+def _im2col_plan(
     src: np.ndarray,
     cl: bool,
     kernel: tuple[int, int],
@@ -298,9 +302,9 @@ def _window_rows(
     ws: Workspace,
     tag: str,
 ):
-    """Steps 1 and 2, a chunk of images at a time: yields ``(n0, n, cols)``, cols an
-    (n*H'*W', G, KH*KW*C/G) array whose row (k, i, j) is the window of output cell (i, j)
-    of image n0 + k.
+    """Steps 1 and 2. Returns ``(chunks, cols_of)``: the batch cut into (n0, n) chunks of
+    images, and ``cols_of(n0, n)``, an (n*H'*W', G, KH*KW*C/G) array whose row (k, i, j)
+    is the window of output cell (i, j) of image n0 + k (in the calling thread's scratch).
 
     ``src`` is (N, Hs, Ws, C) when ``cl``, else (N, C, Hs, Ws). Each image is placed into an
     (Hc, Wc) zero canvas, its cell (i, j) at (offset + i*step, ...): padding for the forward
@@ -311,38 +315,56 @@ def _window_rows(
     Ho, Wo = (Hc - span[0]) // SH + 1, (Wc - span[1]) // SW + 1
     K = KH * KW * (C // G)
     n_chunk = max(1, min(N, CHUNK_BYTES // (Ho * Wo * G * K * src.dtype.itemsize)))
+    chunks = [(n0, min(n_chunk, N - n0)) for n0 in range(0, N, n_chunk)]
     src_h, dst_h = _spread(Hs, Hc, offset[0], step[0])
     src_w, dst_w = _spread(Ws, Wc, offset[1], step[1])
     plain = (Hs, Ws) == (Hc, Wc) and offset == (0, 0) and step == (1, 1)  # no padding: read src itself
-    canvas_shape = (n_chunk, Hc, Wc, C) if cl else (n_chunk, C, Hc, Wc)
-    # zeroed once: every chunk writes the same cells of the canvas, the rest stay zero
-    canvas = None if plain else ws.scratch(tag + " canvas", canvas_shape, src.dtype, fill=0)
-    flat = ws.scratch(tag + " cols", (n_chunk * Ho * Wo * G * K,), src.dtype)
-    for n0 in range(0, N, n_chunk):
-        n = min(n_chunk, N - n0)
+
+    def cols_of(n0: int, n: int) -> np.ndarray:
+        me = f"{tag} {threading.get_ident()}"  # every thread its own canvas and cols
         m = n * Ho * Wo
         if plain:
             image = src[n0 : n0 + n]
-        elif cl:
-            image = canvas[:n]  # (n, Hc, Wc, C)
-            image[:, dst_h, dst_w] = src[n0 : n0 + n, src_h, src_w]
         else:
-            image = canvas[:n]  # (n, C, Hc, Wc)
-            image[:, :, dst_h, dst_w] = src[n0 : n0 + n, :, src_h, src_w]
+            # zeroed once: every chunk writes the same cells of the canvas, the rest stay zero
+            shape = (n_chunk, Hc, Wc, C) if cl else (n_chunk, C, Hc, Wc)
+            image = ws.scratch(me + " canvas", shape, src.dtype, fill=0)[:n]
+            if cl:
+                image[:, dst_h, dst_w] = src[n0 : n0 + n, src_h, src_w]  # (n, Hc, Wc, C)
+            else:
+                image[:, :, dst_h, dst_w] = src[n0 : n0 + n, :, src_h, src_w]  # (n, C, Hc, Wc)
+        flat = ws.scratch(me + " cols", (n_chunk * Ho * Wo * G * K,), src.dtype)[: m * G * K]
         if cl:
             windows = sliding_window_view(image, span, axis=(1, 2))  # a view: (n, ., ., C, spanH, spanW)
             windows = windows[:, ::SH, ::SW, :, ::DH, ::DW]  # still a view: (n, H', W', C, KH, KW)
             windows = windows.reshape(n, Ho, Wo, G, C // G, KH, KW)  # split C into groups
-            cols = flat[: m * G * K].reshape(n, Ho, Wo, G, KH, KW, C // G)
+            cols = flat.reshape(n, Ho, Wo, G, KH, KW, C // G)
             np.copyto(cols, windows.transpose(0, 1, 2, 3, 5, 6, 4))  # the one copy
-            yield n0, n, cols.reshape(m, G, K)
-        else:
-            windows = sliding_window_view(image, span, axis=(2, 3))  # a view: (n, C, ., ., spanH, spanW)
-            windows = windows[:, :, ::SH, ::SW, ::DH, ::DW]  # still a view: (n, C, H', W', KH, KW)
-            windows = windows.reshape(n, G, C // G, Ho, Wo, KH, KW)
-            cols_t = flat[: m * G * K].reshape(G, C // G, KH, KW, n, Ho, Wo)
-            np.copyto(cols_t, windows.transpose(1, 2, 5, 6, 0, 3, 4))  # the one copy, runs along W
-            yield n0, n, cols_t.reshape(G, K, m).transpose(2, 0, 1)  # a view: (m, G, K)
+            return flat.reshape(m, G, K)
+        windows = sliding_window_view(image, span, axis=(2, 3))  # a view: (n, C, ., ., spanH, spanW)
+        windows = windows[:, :, ::SH, ::SW, ::DH, ::DW]  # still a view: (n, C, H', W', KH, KW)
+        windows = windows.reshape(n, G, C // G, Ho, Wo, KH, KW)
+        cols_t = flat.reshape(G, C // G, KH, KW, n, Ho, Wo)
+        np.copyto(cols_t, windows.transpose(1, 2, 5, 6, 0, 3, 4))  # the one copy, runs along W
+        return flat.reshape(G, K, m).transpose(2, 0, 1)  # a view: (m, G, K)
+
+    return chunks, cols_of
+
+
+def _correlate(chunks: list, cols_of, w_mat: np.ndarray, out: np.ndarray) -> None:
+    """Step 3 for every chunk: out rows (N*H'*W', O) = cols @ w_mat, group by group."""
+    N, Ho, Wo, O = out.shape
+    G, _, Og = w_mat.shape
+    rows = out.reshape(N * Ho * Wo, G, Og)  # one row per output cell, channels grouped
+
+    def task(chunk: tuple[int, int]) -> None:
+        n0, n = chunk
+        cols = cols_of(n0, n)  # (n*H'*W', G, K)
+        for g in range(G):
+            # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G)
+            np.matmul(cols[:, g], w_mat[g], out=rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g])
+
+    parallel_map(task, chunks, blas=True)
 
 
 def conv2d_forward(
@@ -370,13 +392,10 @@ def conv2d_forward(
     dtype = np.result_type(x, weight)
     src, cl = _gather_source(x.astype(dtype, copy=False))
     w_mat = _weight_matrix(weight.reshape(G, O // G, Cg, KH, KW).astype(dtype, copy=False), cl)  # (G, K, O/G)
-    out = ws.output("out", (N, Ho, Wo, O), dtype)  # (N, H', W', O)
-    rows = out.reshape(N * Ho * Wo, G, O // G)  # one row per output cell, channels grouped
     canvas = (H + 2 * padding[0], W + 2 * padding[1])
-    for n0, n, cols in _window_rows(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x"):
-        for g in range(G):
-            # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G), K = KH*KW*Cg
-            np.matmul(cols[:, g], w_mat[g], out=rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g])
+    plan = _im2col_plan(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x")
+    out = empty((N, Ho, Wo, O), dtype)  # (N, H', W', O)
+    _correlate(*plan, w_mat, out)
     if bias is not None:
         out += bias  # broadcasts over the last axis, the channels
     cache = (src, cl, weight, bias is not None, stride, padding, dilation, groups)
@@ -402,14 +421,20 @@ def conv2d_backward(
 
     db = channel_sums(d_cl) if has_bias else None  # (O,)  d out / d b = 1
 
-    # dw[o] = sum over output cells of dout[cell, o] * window[cell]: cols^T @ dout, chunk by chunk
-    dw_mat = np.zeros((G, KH * KW * Cg, O // G), dtype)  # (G, K, O/G)
-    part = np.empty_like(dw_mat[0])
+    # dw[o] = sum over output cells of dout[cell, o] * window[cell]: cols^T @ dout per chunk,
+    # the chunks' parts added in chunk order
     canvas = (H + 2 * PH, W + 2 * PW)
-    for n0, n, cols in _window_rows(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x"):
+    chunks, cols_of = _im2col_plan(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x")
+
+    def dw_part(chunk: tuple[int, int]) -> np.ndarray:
+        n0, n = chunk
+        cols = cols_of(n0, n)  # (n*H'*W', G, K)
+        part = np.empty((G, KH * KW * Cg, O // G), dtype)
         for g in range(G):
-            np.matmul(cols[:, g].T, d_rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g], out=part)  # (K, O/G)
-            dw_mat[g] += part
+            np.matmul(cols[:, g].T, d_rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g], out=part[g])  # (K, O/G)
+        return part
+
+    dw_mat = np.sum(parallel_map(dw_part, chunks, blas=True), axis=0)  # (G, K, O/G)
     dw = _kernel_grad(dw_mat, (KH, KW), cl)
     if not needs_input_grad:
         return None, dw, db
@@ -423,12 +448,9 @@ def conv2d_backward(
     w_mat = _weight_matrix(w_turned, d_cl_gather)  # (G, KH*KW*O/G, Cg)
     canvas = (H + DH * (KH - 1), W + DW * (KW - 1))
     offset = (DH * (KH - 1) - PH, DW * (KW - 1) - PW)
-    dx = ws.output("dx", (N, H, W, C), dtype)  # (N, H, W, C)
-    dx_rows = dx.reshape(N * H * W, G, Cg)
-    windows = _window_rows(d_src, d_cl_gather, (KH, KW), (1, 1), dilation, G, canvas, offset, stride, ws, "dout")
-    for n0, n, cols in windows:
-        for g in range(G):
-            np.matmul(cols[:, g], w_mat[g], out=dx_rows[n0 * H * W : (n0 + n) * H * W, g])
+    plan = _im2col_plan(d_src, d_cl_gather, (KH, KW), (1, 1), dilation, G, canvas, offset, stride, ws, "dout")
+    dx = empty((N, H, W, C), dtype)  # (N, H, W, C)
+    _correlate(*plan, w_mat, dx)
     return nchw(dx), dw, db
 
 
@@ -470,7 +492,7 @@ class Conv2d(Module):
         if bias:
             self._params["bias"] = rng.uniform(-bound, bound, out_channels).astype(dtype)
         self._cache: tuple | None = None
-        self._workspace = Workspace()  # im2col columns, padded copies, out and dx, kept between steps
+        self._workspace = Workspace()  # im2col columns and padded canvases, kept between steps
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_ndim(x, 4, "Conv2d", "(N, C, H, W)")

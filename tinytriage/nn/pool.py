@@ -14,7 +14,8 @@ cell i covers rows floor(i*H/H') to ceil((i+1)*H/H').
 As for convolution there are two versions: ``maxpool2d_reference`` / ``avgpool2d_reference``
 loop over output cells (the max one also returns which input cell won), and
 ``maxpool2d_forward`` / ``avgpool2d_forward`` loop only over the K*K kernel offsets, each
-step one NumPy operation on a strided slab of the whole batch.
+step one NumPy operation on a strided slab of the whole batch (max pooling works
+channels-last, the layout the convolutions hand on, a few images per thread).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 
 from tinytriage.errors import ShapeError
 from tinytriage.nn.conv import IntPair, pad2d, pair, sliding_output_hw
-from tinytriage.nn.module import Module, check_ndim
+from tinytriage.nn.memory import Workspace, channels_last, empty, nchw
+from tinytriage.nn.module import Module, check_ndim, take_cache
+from tinytriage.nn.parallel import parallel_map, split
 
 
 def _pool_args(
@@ -95,39 +98,88 @@ def maxpool2d_backward_reference(dout: np.ndarray, winners: np.ndarray, x_shape:
     return dx
 
 
+def _slab_cl(a: np.ndarray, u: int, v: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """``_slab`` for a channels-last (N, H, W, C) array: a[:, i*S + u, j*S + v, :] for all (i, j)."""
+    (SH, SW), (Ho, Wo) = stride, out_hw
+    return a[:, u : u + SH * (Ho - 1) + 1 : SH, v : v + SW * (Wo - 1) + 1 : SW, :]
+
+
 def maxpool2d_forward(
-    x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
+    x: np.ndarray,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    workspace: Workspace | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """Fast max pooling; returns ``(out, cache)``. A running maximum over the K*K kernel
-    offsets, each one ``np.maximum`` over a strided slab of the whole batch."""
+    offsets, each one ``np.maximum`` over a strided slab of the whole batch, channels-last
+    (``out`` is a channels-last view; ``workspace`` keeps the buffers between calls)."""
     kernel, stride, padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
     Ho, Wo = _output_hw("MaxPool2d", x, kernel, stride, padding)
-    KH, KW = kernel
-    x_padded = pad2d(x, padding, value=-np.inf)
-    out = _slab(x_padded, 0, 0, stride, (Ho, Wo)).copy()  # (N, C, H', W')
-    for u in range(KH):
-        for v in range(KW):
-            np.maximum(out, _slab(x_padded, u, v, stride, (Ho, Wo)), out=out)  # NaN propagates
-    cache = (x.shape, x_padded, out, kernel, stride, padding)
-    return out, cache
+    (KH, KW), (PH, PW) = kernel, padding
+    ws = Workspace() if workspace is None else workspace
+    x_cl = channels_last(x)  # (N, H, W, C)
+    N, H, W, C = x_cl.shape
+    if PH or PW:  # the -inf border is written once, when the buffer is made
+        x_padded = ws.scratch("x padded", (N, H + 2 * PH, W + 2 * PW, C), x.dtype, fill=-np.inf)
+        x_padded[:, PH : PH + H, PW : PW + W] = x_cl
+    else:
+        x_padded = x_cl
+    out = empty((N, Ho, Wo, C), x.dtype)  # (N, H', W', C)
+
+    def running_max(images: slice) -> None:  # a few images, for one thread
+        xi, oi = x_padded[images], out[images]
+        np.copyto(oi, _slab_cl(xi, 0, 0, stride, (Ho, Wo)))
+        for u in range(KH):
+            for v in range(KW):
+                if u or v:
+                    np.maximum(oi, _slab_cl(xi, u, v, stride, (Ho, Wo)), out=oi)  # NaN propagates
+
+    parallel_map(running_max, split(N, x_padded[0].nbytes))
+    cache = ((N, C, H, W), x_padded, out, kernel, stride, padding)
+    return nchw(out), cache
 
 
-def maxpool2d_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+def maxpool2d_backward(dout: np.ndarray, cache: tuple, workspace: Workspace | None = None) -> np.ndarray:
     """dx: each window's gradient goes to its winner, the first cell (row-major) equal to
-    the max; one strided add per kernel offset. (A window whose max is NaN passes none.)"""
+    the max; one strided operation per kernel offset. (A window whose max is NaN passes none.)"""
     (N, C, H, W), x_padded, out, (KH, KW), stride, (PH, PW) = cache
-    Ho, Wo = out.shape[2:]
-    dx_padded = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)
-    unclaimed = np.ones(out.shape, dtype=bool)  # windows whose winner is still to be found
-    wins = np.empty(out.shape, dtype=bool)
-    for u in range(KH):
-        for v in range(KW):
-            np.equal(_slab(x_padded, u, v, stride, (Ho, Wo)), out, out=wins)
-            wins &= unclaimed  # an earlier offset with the same value keeps the tie
-            unclaimed ^= wins
-            # d max / d x = 1 for the winner, 0 for the rest
-            _slab(dx_padded, u, v, stride, (Ho, Wo))[...] += dout * wins
-    return dx_padded[:, :, PH : PH + H, PW : PW + W]
+    Ho, Wo = out.shape[1:3]
+    ws = Workspace() if workspace is None else workspace
+    d = channels_last(dout).astype(out.dtype, copy=False)  # (N, H', W', C)
+    # Windows that tile the input (stride = kernel, no padding, sizes divisible) cover every
+    # cell exactly once: each offset's slab of dx is *set*, so dx needs no zeroing and no adds.
+    tiles = stride == (KH, KW) and (PH, PW) == (0, 0) and H % KH == 0 and W % KW == 0
+    dx = empty((N, H, W, C), out.dtype)  # (N, H, W, C)
+    if tiles:
+        dx_padded = dx
+    else:
+        dx_padded = dx if (PH, PW) == (0, 0) else ws.scratch("dx padded", x_padded.shape, out.dtype)
+        dx_padded.fill(0)
+    unclaimed_all = empty(out.shape, bool)  # windows whose winner is still to be found
+    wins_all = empty(out.shape, bool)
+    share_all = None if tiles else empty(out.shape, out.dtype)
+
+    def to_winners(images: slice) -> None:  # a few images, for one thread
+        xi, oi, di, dxi = x_padded[images], out[images], d[images], dx_padded[images]
+        unclaimed, wins = unclaimed_all[images], wins_all[images]
+        unclaimed.fill(True)
+        for u in range(KH):
+            for v in range(KW):
+                np.equal(_slab_cl(xi, u, v, stride, (Ho, Wo)), oi, out=wins)
+                wins &= unclaimed  # an earlier offset with the same value keeps the tie
+                unclaimed ^= wins
+                # d max / d x = 1 for the winner, 0 for the rest
+                slab = _slab_cl(dxi, u, v, stride, (Ho, Wo))
+                if tiles:
+                    np.multiply(di, wins, out=slab)
+                else:
+                    slab += np.multiply(di, wins, out=share_all[images])
+
+    parallel_map(to_winners, split(N, x_padded[0].nbytes))
+    if dx_padded is not dx:
+        dx[...] = dx_padded[:, PH : PH + H, PW : PW + W]
+    return nchw(dx)
 
 
 # -- average pooling ----------------------------------------------------------------------
@@ -201,13 +253,15 @@ class MaxPool2d(Module):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
         self._cache: tuple | None = None
+        self._workspace = Workspace()  # the -inf padded input, when there is padding
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        out, self._cache = maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self._workspace)
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return maxpool2d_backward(grad_out, self._cache)
+        cache, self._cache = take_cache(self._cache, "MaxPool2d")
+        return maxpool2d_backward(grad_out, cache, self._workspace)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -261,6 +315,12 @@ class AdaptiveAvgPool2d(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         N, C, H, W = self._x_shape
         Ho, Wo = self.output_size
+        if (Ho, Wo) == (1, 1):
+            # d mean / d x = 1 / (H*W) everywhere; written channels-last, the layout of the
+            # layers before it, so that their backward reads the two in the same order
+            dx = empty((N, H, W, C), grad_out.dtype)
+            np.divide(grad_out.reshape(N, 1, 1, C), H * W, out=dx)
+            return nchw(dx)
         dx = np.zeros((N, C, H, W), dtype=grad_out.dtype)
         for i, (top, bottom) in enumerate(adaptive_bins(H, Ho)):
             for j, (left, right) in enumerate(adaptive_bins(W, Wo)):

@@ -1,0 +1,60 @@
+"""The fast layers on several threads (tinytriage.nn.parallel): the same numbers as on one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinytriage.cnn import CNNConfig, TriageCNN
+from tinytriage.engine import NumpyEngine
+from tinytriage.nn import conv, get_num_threads, norm, parallel, set_num_threads
+
+
+@pytest.fixture
+def tiny_tasks(monkeypatch):
+    """Tasks of a few KB, so that even a small batch makes many of them."""
+    monkeypatch.setattr(parallel, "TASK_BYTES", 2**12)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2**12)
+    monkeypatch.setattr(norm, "BLOCK_BYTES", 2**10)
+    before = get_num_threads()
+    yield
+    set_num_threads(before)
+
+
+def train(threads: int, steps: int = 3) -> tuple[list, dict, np.ndarray]:
+    set_num_threads(threads)
+    cfg = CNNConfig(input_size=24, widths=(4, 8, 8))
+    engine = NumpyEngine(TriageCNN(cfg, rng=np.random.default_rng(0)))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3, 24, 24), dtype=np.float32)
+    y = rng.integers(0, cfg.num_classes, 6)
+    losses = [engine.train_step(x, y, 0.05)[0] for _ in range(steps)]
+    return losses, engine.state_dict(), engine.logits(x)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_training_gives_the_same_numbers_on_any_thread_count(tiny_tasks, threads):
+    losses, state, logits = train(1)
+    losses_t, state_t, logits_t = train(threads)
+    assert losses == losses_t
+    for name in state:
+        np.testing.assert_array_equal(state_t[name], state[name], err_msg=name)
+    np.testing.assert_array_equal(logits_t, logits)
+
+
+def test_without_threadpoolctl_matrix_work_stays_on_the_calling_thread(tiny_tasks, monkeypatch):
+    import threading
+
+    set_num_threads(2)
+    monkeypatch.setattr(parallel, "ThreadpoolController", None)
+    monkeypatch.setattr(parallel, "_blas", None)
+    caller = threading.get_ident()
+    assert set(parallel.parallel_map(lambda _: threading.get_ident(), range(8), blas=True)) == {caller}
+    assert parallel.parallel_map(lambda t: t * t, range(5)) == [0, 1, 4, 9, 16]  # in task order
+
+
+def test_split_depends_on_sizes_only():
+    assert parallel.split(10, 1, task_bytes=4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert parallel.split(3, 100, task_bytes=4) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    with pytest.raises(ValueError):
+        set_num_threads(0)
