@@ -86,7 +86,7 @@ def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
     bad = [k for k, v in model_file.tensors.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
     if bad:
         raise ModelFileError(f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}")
-    meta = json.dumps(_finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
+    meta = json.dumps(finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
     tensors = {k: np.array(v, order="C", copy=None) for k, v in model_file.tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
 
@@ -143,16 +143,19 @@ def _sigint_deferred():
             raise KeyboardInterrupt
 
 
-def _finite_json(obj: Any) -> Any:
-    """Replace NaN/Inf floats by None so the header is strict JSON."""
+def finite_json(obj: Any) -> Any:
+    """Strict-JSON-safe copy: NaN/Inf floats -> None, tuples -> lists, NumPy -> Python.
+
+    Used for model-file headers here and for every ``--json`` output (``tinytriage.render``).
+    """
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
+        return {str(k): finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_json(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite_json(obj.item())
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy arrays and scalars
+        return finite_json(obj.tolist())
     return obj
 
 

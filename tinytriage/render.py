@@ -15,21 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tinytriage.model_io import finite_json as clean_json
+
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, highlight=False)
-
-
-def clean_json(obj: Any) -> Any:
-    """NaN/Inf -> None, tuples -> lists, numpy scalars -> Python numbers."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean_json(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return clean_json(obj.tolist())
-    return obj
 
 
 def dumps(obj: Any, **kw) -> str:
