@@ -434,7 +434,8 @@ def conv2d_backward(
             np.matmul(cols[:, g].T, d_rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g], out=part[g])  # (K, O/G)
         return part
 
-    dw_mat = np.sum(parallel_map(dw_part, chunks, blas=True), axis=0)  # (G, K, O/G)
+    parts = parallel_map(dw_part, chunks, blas=True)
+    dw_mat = np.sum(parts, axis=0) if parts else np.zeros((G, KH * KW * Cg, O // G), dtype)  # (G, K, O/G)
     dw = _kernel_grad(dw_mat, (KH, KW), cl)
     if not needs_input_grad:
         return None, dw, db
