@@ -56,19 +56,18 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
         else:
             rows.append(r)
     if not as_json and rows:
-        table = Table(title=None, show_lines=False)
-        for col, kw in (
-            ("photo", {"overflow": "fold"}),
-            ("class", {}),
-            ("conf.", {"justify": "right"}),
-            ("top 3", {}),
-            ("route", {}),
-        ):
-            table.add_column(col, **kw)
+        # a path is as wide as it likes on a terminal; class and route never wrap
+        width = max(out.width, 120) if not out.is_terminal else None
+        table = Table(show_lines=False, width=width)
+        table.add_column("photo", overflow="fold", ratio=3)
+        table.add_column("class", no_wrap=True)
+        table.add_column("conf.", justify="right", no_wrap=True)
+        table.add_column("runner-up", no_wrap=True)
+        table.add_column("route", no_wrap=True)
         for r in rows:
             route = f"[yellow]{r.route}[/yellow] ({r.review_reason})" if r.needs_review else f"[green]{r.route}[/green]"
-            top3 = ", ".join(f"{c} {p:.2f}" for c, p in r.top3)
-            table.add_row(r.path, r.label, f"{r.confidence:.3f}", top3, route)
+            runner_up = f"{r.top3[1][0]} {r.top3[1][1]:.2f}" if len(r.top3) > 1 else ""
+            table.add_row(r.path, r.label, f"{r.confidence:.3f}", runner_up, route)
         out.print(table)
     return ok, failed
 
@@ -179,7 +178,11 @@ def print_eval(r, *, as_json: bool, pointing=None) -> None:
     out.print(f"{r.scan_summary}; evaluated {r.n} photos")
     out.print(
         f"accuracy [bold]{r.accuracy:.4f}[/bold]   ECE {r.ece:.4f}   sent to review {r.review_rate:.1%}   "
-        + (f"auto-routed to the right queue {r.routed_accuracy:.2%}" if r.routed_accuracy == r.routed_accuracy else "nothing auto-routed")
+        + (
+            f"auto-routed to the right queue {r.routed_accuracy:.2%}"
+            if r.routed_accuracy == r.routed_accuracy
+            else "nothing auto-routed"
+        )
     )
     if r.open_set_review_rate is not None:
         out.print(f"non-ticket photos reaching a human: {r.open_set_review_rate:.1%}")
