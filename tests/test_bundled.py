@@ -1,0 +1,32 @@
+"""The bundled model and samples: found from anywhere, valid, and routing the samples."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import REPO, run_cli
+
+from tinytriage.model_io import bundled_model_path, read_model
+
+
+def test_bundled_model_is_valid_and_small():
+    path = bundled_model_path("cnn")
+    assert path.stat().st_size < 5 * 2**20
+    mf = read_model(path)  # checks every tensor against the architecture
+    assert mf.arch == "cnn" and mf.classes == sorted(mf.classes)
+    assert mf.training["backend"] == "numpy"  # trained by our own engine
+    assert 0.5 <= mf.threshold <= 1.0 and mf.temperature > 0
+
+
+def test_readme_first_command_from_another_folder(tmp_path):
+    photo = REPO / "samples" / "screen_damage" / "screen_damage_00000.jpg"
+    r = run_cli("predict", str(photo), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["model"] == "triage_cnn.safetensors" and rec["backend"] == "numpy"
+
+
+def test_samples_all_route(tmp_path):
+    r = run_cli("predict", str(REPO / "samples"), "--recursive", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == len(list((REPO / "samples").rglob("*.jpg")))
