@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TINYTRIAGE_NO_COLOR", "1")
 
 
-def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, input: str | bytes | None = None, env: dict | None = None, cwd=None
+) -> subprocess.CompletedProcess:
     """Run `python -m tinytriage ...` as a user would, capturing stdout and stderr as text."""
     e = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(

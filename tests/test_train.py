@@ -156,7 +156,9 @@ def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
-    r = subprocess.run([*args[:8], "2", "--batch-size", "8", "--input-size", "24", "-q", "--resume"], capture_output=True, text=True)
+    r = subprocess.run(
+        [*args[:8], "2", "--batch-size", "8", "--input-size", "24", "-q", "--resume"], capture_output=True, text=True
+    )
     # the checkpoint may already be past epoch 2: then resume has nothing left to do but save
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file()

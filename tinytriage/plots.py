@@ -121,7 +121,9 @@ def feature_grid_png(maps: np.ndarray, *, scale: int = 4, cols: int | None = Non
     return _png(Image.fromarray(grid))
 
 
-def overlay_png(photo: Image.Image, heat: np.ndarray, alpha: float = 0.45, peak: tuple[int, int] | None = None) -> bytes:
+def overlay_png(
+    photo: Image.Image, heat: np.ndarray, alpha: float = 0.45, peak: tuple[int, int] | None = None
+) -> bytes:
     """Blend a [0, 1] heatmap (already at the photo's size) over the photo; mark the peak."""
     base = np.asarray(photo.convert("RGB"), dtype=float)
     rgb = colormap(heat).astype(float)

@@ -418,7 +418,10 @@ def _save_checkpoint(
 
     meta = json.dumps(mf.metadata(), allow_nan=False)
     atomic_write_bytes(
-        path, save({k: np.array(v, order="C", copy=None) for k, v in tensors.items()}, metadata={"tinytriage_checkpoint": meta})
+        path,
+        save(
+            {k: np.array(v, order="C", copy=None) for k, v in tensors.items()}, metadata={"tinytriage_checkpoint": meta}
+        ),
     )
 
 
