@@ -203,9 +203,14 @@ def test_vit_is_explained_by_attention_rollout(tmp_path, wide_photo):
         tensors=build_vit(cfg, np.random.default_rng(0)).state_dict(),
     )  # fmt: skip
     path = save_model(mf, tmp_path / "vit.safetensors")
-    r = explain_photo(wide_photo, model=path)
+    r = explain_photo(wide_photo, model=path, save_dir=tmp_path / "out")
     assert r.heatmap.method == "attention rollout" and r.heatmap.cam.shape == (4, 4)
     assert r.features is None and r.cell is None and r.heatmap.where.peak is not None
+    # the class token's attention per layer and head: rows are probabilities over the patches
+    assert r.attention_heads.shape == (2, 2, 4, 4)
+    assert (r.attention_heads >= 0).all() and (r.attention_heads.sum(axis=(2, 3)) <= 1 + 1e-6).all()
+    assert any(p.endswith(".attention_heads.png") for p in r.saved)
+    assert (tmp_path / "out").is_dir() and len(list((tmp_path / "out").iterdir())) == 2
     with pytest.raises(TinyTriageError, match="CNN"):
         explain_photo(wide_photo, model=path, layer="conv1")
 

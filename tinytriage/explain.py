@@ -342,7 +342,7 @@ def heat_maps(predictor, x: np.ndarray, class_index: int | np.ndarray | None) ->
         )
     if mf.arch == "vit":
         try:
-            from tinytriage.rollout import attention_rollout
+            from tinytriage.rollout import attention_rollout, cls_attention_maps
         except ImportError:
             raise TinyTriageError("explain for vit models: not yet available") from None
         from tinytriage.vit import ViTConfig, forward_with_attention
@@ -358,7 +358,11 @@ def heat_maps(predictor, x: np.ndarray, class_index: int | np.ndarray | None) ->
         else:
             logits, attns = forward_with_attention(engine.model, x)
         cams = attention_rollout(attns, cfg.grid_size)
-        return dict(method="attention rollout", layer="blocks", cams=cams, alpha=None, class_index=None, logits=logits)
+        heads = cls_attention_maps(attns, cfg.grid_size)  # (layers, N, heads, gh, gw)
+        return dict(
+            method="attention rollout", layer="blocks", cams=cams, alpha=None, class_index=None, logits=logits,
+            head_maps=heads,
+        )  # fmt: skip
     raise TinyTriageError(f"explain: unknown architecture {mf.arch!r}")
 
 
@@ -408,6 +412,7 @@ class ExplainResult:
     decision: Any  # predict.Prediction
     saved: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    attention_heads: np.ndarray | None = None  # ViT: class-token attention, (layers, heads, gh, gw)
 
     def to_json(self) -> dict[str, Any]:
         def rounded(a):  # big arrays: 6 decimals is float32's precision, and a third of the text
@@ -453,6 +458,8 @@ class ExplainResult:
             d["features"] = {**f.__dict__, "maps": rounded(f.maps)}
         if self.cell is not None:
             d["cell"] = dict(self.cell.__dict__)
+        if self.attention_heads is not None:
+            d["attention_heads"] = np.round(self.attention_heads.astype(np.float64), 6)
         return d
 
 
@@ -574,10 +581,15 @@ def explain_photo(
         tag = f"gradcam.{heatmap.class_name}" if heatmap.class_name else "rollout"
         png = _overlay(upright, where.heat, geom, where.peak, OVERLAY_MAX_SIDE)
         saved.append(str(atomic_write_bytes(out / f"{stem}.{tag}.png", png)))
+        if "head_maps" in hm:  # one row per layer, one column per head
+            L, _, H, gh, gw = hm["head_maps"].shape
+            grid = feature_grid_png(hm["head_maps"][:, 0].reshape(L * H, gh, gw), scale=8, cols=H)
+            saved.append(str(atomic_write_bytes(out / f"{stem}.attention_heads.png", grid)))
 
     return ExplainResult(
         str(photo), str(predictor.model_path), backend, mf.arch, S, (geom.orig_w, geom.orig_h), geom,
         model_summary(mf.arch, mf.config), features, cell, pool, pool_note, heatmap, decision, saved, notes,
+        hm["head_maps"][:, 0] if "head_maps" in hm else None,
     )  # fmt: skip
 
 
