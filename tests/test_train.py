@@ -163,3 +163,21 @@ def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file()
     assert os.path.getsize(out / "checkpoint.safetensors") > 0
+
+
+def test_widths_option_sets_the_cnn_stages(tmp_path):
+    from conftest import run_cli
+
+    toy = make_toy_dataset(tmp_path / "toy")
+    out = tmp_path / "run"
+    p = run_cli("train", str(toy), "-o", str(out), "-q", "--epochs", "1", "--batch-size", "8",
+                "--input-size", "32", "--widths", "4,8,8,16,16")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    mf = read_model(out / "model.safetensors")
+    assert mf.config["widths"] == [4, 8, 8, 16, 16]
+    assert mf.tensors["features.16.weight"].shape == (16, 16, 3, 3)  # the fifth conv
+    for bad in ("4,x", "0,8", ""):
+        p = run_cli("train", str(toy), "-o", str(tmp_path / "bad"), "--widths", bad)
+        assert p.returncode == 2 and "--widths" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("train", str(toy), "-o", str(tmp_path / "bad"), "--arch", "vit", "--widths", "4,8")
+    assert p.returncode == 2 and "only for --arch cnn" in p.stderr

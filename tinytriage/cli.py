@@ -169,6 +169,9 @@ def train(
     ),
     seed: int = typer.Option(0, "--seed"),
     input_size: int = typer.Option(96, "--input-size", min=16, help="Photos are letterboxed to this square size."),
+    widths: str | None = typer.Option(
+        None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128."
+    ),
     optimizer: str | None = typer.Option(
         None, "--optimizer", help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit adamw."
     ),
@@ -188,10 +191,16 @@ def train(
     from tinytriage.train import train as run_training
 
     backend, arch = _engine(backend, arch)
+    model_config = {}
+    if widths is not None:
+        if (arch or "cnn") != "cnn":
+            raise typer.BadParameter("only for --arch cnn", param_hint="--widths")
+        model_config["widths"] = _parse_widths(widths)
     cfg = TrainConfig(
         data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
+        model_config=model_config,
     )  # fmt: skip
     main = is_main()  # under torchrun, rank 0 alone prints
     with TrainProgress(quiet=quiet or not main) as progress:
@@ -200,6 +209,16 @@ def train(
         print_train_result(result, as_json=as_json)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or any(w < 1 for w in widths):
+        raise typer.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint="--widths")
+    return widths
 
 
 @app.command()

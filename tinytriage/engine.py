@@ -72,6 +72,7 @@ class NumpyEngine:
         self.optim_cfg = optim or OptimConfig()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
         self.optimizer = None
+        self._inference_model: tuple[nn.Module, nn.Module] | None = None  # (model, its fused twin)
 
     def _make_optimizer(self):
         o = self.optim_cfg
@@ -83,8 +84,12 @@ class NumpyEngine:
         raise TinyTriageError(f"unknown optimizer {o.name!r} (known: sgd, adamw)")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """Inference: the model with each conv-BatchNorm-ReLU folded into one convolution
+        (``tinytriage.nn.fuse``; it reads the live weights, so it is never stale)."""
         self.model.eval()
-        return self.model(x)
+        if self._inference_model is None or self._inference_model[0] is not self.model:
+            self._inference_model = (self.model, nn.fuse_for_inference(self.model))
+        return self._inference_model[1](x)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Forward and backward in training mode, no optimizer step (used by ``compare``)."""

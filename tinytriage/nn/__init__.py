@@ -16,6 +16,7 @@ from tinytriage.nn.conv import (
     conv_output_size,
 )
 from tinytriage.nn.dropout import Dropout
+from tinytriage.nn.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import CrossEntropyLoss
@@ -55,6 +56,9 @@ from tinytriage.nn.transformer import (
 )
 
 __all__ = [
+    "ConvBNReLU",
+    "fold_batchnorm",
+    "fuse_for_inference",
     "Module",
     "Sequential",
     "Conv2d",

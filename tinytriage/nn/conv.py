@@ -351,18 +351,27 @@ def _im2col_plan(
     return chunks, cols_of
 
 
-def _correlate(chunks: list, cols_of, w_mat: np.ndarray, out: np.ndarray) -> None:
-    """Step 3 for every chunk: out rows (N*H'*W', O) = cols @ w_mat, group by group."""
+def _correlate(
+    chunks: list, cols_of, w_mat: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+) -> None:
+    """Step 3 for every chunk: out rows (N*H'*W', O) = cols @ w_mat, group by group, then
+    ``+ bias`` and (``relu``) ``max(., 0)`` on the chunk while it is still in cache."""
     N, Ho, Wo, O = out.shape
     G, _, Og = w_mat.shape
     rows = out.reshape(N * Ho * Wo, G, Og)  # one row per output cell, channels grouped
+    bias_g = None if bias is None else bias.reshape(G, Og).astype(out.dtype, copy=False)
 
     def task(chunk: tuple[int, int]) -> None:
         n0, n = chunk
         cols = cols_of(n0, n)  # (n*H'*W', G, K)
+        mine = rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo]  # (n*H'*W', G, O/G)
         for g in range(G):
             # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G)
-            np.matmul(cols[:, g], w_mat[g], out=rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo, g])
+            np.matmul(cols[:, g], w_mat[g], out=mine[:, g])
+        if bias_g is not None:
+            mine += bias_g  # broadcasts over the rows
+        if relu:
+            np.maximum(mine, 0, out=mine)
 
     parallel_map(task, chunks, blas=True)
 
@@ -376,11 +385,14 @@ def conv2d_forward(
     dilation: IntPair = 1,
     groups: int = 1,
     workspace: Workspace | None = None,
+    relu: bool = False,
 ) -> tuple[np.ndarray, tuple]:
     """Fast convolution (N, C, H, W) -> (N, O, H', W'); returns ``(out, cache)`` for backward.
 
     ``out`` is a channels-last view (see ``tinytriage.nn.memory``); ``workspace`` keeps the
-    buffers between calls (a layer passes its own; None allocates fresh ones)."""
+    buffers between calls (a layer passes its own; None allocates fresh ones). ``relu``
+    returns ``max(conv, 0)`` instead, for inference only (``tinytriage.nn.fuse``): the cache
+    then describes the convolution without it, so backward must not be called."""
     _check_conv(x, weight, groups)
     stride, padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
     dilation = pair(dilation, "dilation", "Conv2d", 1)
@@ -395,9 +407,7 @@ def conv2d_forward(
     canvas = (H + 2 * padding[0], W + 2 * padding[1])
     plan = _im2col_plan(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x")
     out = empty((N, Ho, Wo, O), dtype)  # (N, H', W', O)
-    _correlate(*plan, w_mat, out)
-    if bias is not None:
-        out += bias  # broadcasts over the last axis, the channels
+    _correlate(*plan, w_mat, out, bias, relu)
     cache = (src, cl, weight, bias is not None, stride, padding, dilation, groups)
     return nchw(out), cache
 

@@ -1,0 +1,135 @@
+"""Inference fusion (tinytriage.nn.fuse): conv + BatchNorm (+ ReLU) folded into one conv.
+
+Checked against PyTorch's eval-mode conv -> bn -> relu and its own fuse_conv_bn_eval, on
+the whole triage CNN against its torch twin, and for staleness after training steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+from parity import assert_close  # noqa: E402
+
+from tinytriage import nn  # noqa: E402
+from tinytriage.cnn import CNNConfig, TriageCNN  # noqa: E402
+from tinytriage.engine import NumpyEngine, OptimConfig  # noqa: E402
+from tinytriage.nn.conv import conv2d_forward  # noqa: E402
+from tinytriage.torch_backend import build_torch_model  # noqa: E402
+
+TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+def randomise_batchnorms(model: nn.Module, rng: np.random.Generator) -> None:
+    """Running statistics and affine parameters far from their initial 0/1, so a wrong fold shows."""
+    for _, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            C = m.num_features
+            m._buffers["running_mean"][:] = rng.standard_normal(C)
+            m._buffers["running_var"][:] = rng.uniform(0.2, 3.0, C)
+            if m.affine:
+                m._params["weight"][:] = rng.uniform(-2.0, 2.0, C)
+                m._params["bias"][:] = rng.standard_normal(C)
+
+
+# (conv kwargs, bn kwargs, with relu, input shape)
+FUSE_CASES = [
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 3, 6, 7), id="k3-p1-relu"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, bias=False), {}, True, (2, 3, 6, 6), id="no-bias"),
+    pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, groups=2), {}, False, (2, 4, 7, 7), id="s2-groups-no-relu"),
+    pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), dict(eps=1e-3), True, (1, 3, 4, 5), id="k1-eps"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=2, dilation=2), dict(affine=False), True, (2, 3, 6, 6), id="dilated-no-affine"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("conv_kw, bn_kw, relu, shape", FUSE_CASES)
+def test_fused_conv_bn_relu_matches_torch_eval(conv_kw, bn_kw, relu, shape, dtype):
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(**conv_kw, dtype=dtype, rng=rng)
+    bn = nn.BatchNorm2d(conv_kw["out_channels"], **bn_kw)
+    layers = [conv, bn] + ([nn.ReLU()] if relu else [])
+    model = nn.Sequential(*layers)
+    model.astype(dtype)
+    randomise_batchnorms(model, rng)
+    model.eval()
+    fused = nn.fuse_for_inference(model)
+    assert [type(m).__name__ for m in fused] == ["ConvBNReLU"]
+
+    t_layers = [tnn.Conv2d(**conv_kw), tnn.BatchNorm2d(conv_kw["out_channels"], **bn_kw)] + (
+        [tnn.ReLU()] if relu else []
+    )
+    twin = tnn.Sequential(*t_layers).to(TORCH_DTYPE[dtype]).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+
+    x = rng.standard_normal(shape).astype(dtype)
+    ours = fused(x)
+    assert ours.dtype == dtype
+    with torch.no_grad():
+        assert_close("fused vs torch conv-bn-relu", ours, twin(torch.from_numpy(x)), **TOL[dtype])
+        # and PyTorch's own folding gives the same kernel and bias as ours
+        folded = torch.nn.utils.fusion.fuse_conv_bn_eval(twin[0], twin[1])
+    w, b = nn.fold_batchnorm(conv.params["weight"], conv.params.get("bias"), bn)
+    assert_close("folded weight", w, folded.weight, **TOL[dtype])
+    assert_close("folded bias", b, folded.bias, **TOL[dtype])
+
+
+def test_conv_relu_epilogue_is_max_of_conv_and_zero():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
+    plain, _ = conv2d_forward(x, w, b, 1, 1)
+    fused, _ = conv2d_forward(x, w, b, 1, 1, relu=True)
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+
+
+@pytest.mark.parametrize("widths", [(4, 8, 8), (16, 32, 64, 128), (8, 8, 16, 16, 32)], ids=str)
+def test_fused_triage_cnn_equals_unfused_and_torch(widths):
+    cfg = CNNConfig(widths=widths, input_size=32)
+    rng = np.random.default_rng(2)
+    model = TriageCNN(cfg, rng=rng)
+    randomise_batchnorms(model, rng)
+    model.eval()
+    x = rng.standard_normal((5, 3, 32, 32)).astype(np.float32)
+    unfused = model(x).copy()
+    fused_model = nn.fuse_for_inference(model)
+    kinds = [type(m).__name__ for m in fused_model.features]
+    assert kinds.count("ConvBNReLU") == len(widths) and "BatchNorm2d" not in kinds and "ReLU" not in kinds
+    assert [type(m).__name__ for m in model.features].count("BatchNorm2d") == len(widths)  # the original is untouched
+    fused = fused_model(x)
+    assert_close("fused vs unfused", fused, unfused, rtol=1e-4, atol=1e-5)
+
+    twin = build_torch_model("cnn", cfg.to_dict()).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        assert_close("fused vs torch", fused, twin(torch.from_numpy(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_engine_logits_follow_training_steps():
+    """The fused twin reads the live weights and statistics: never stale after an update."""
+    rng = np.random.default_rng(3)
+    model = TriageCNN(CNNConfig(widths=(4, 8), input_size=16, num_classes=3), rng=rng)
+    engine = NumpyEngine(model, OptimConfig(lr=0.1))
+    x = rng.standard_normal((6, 3, 16, 16)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    before = engine.logits(x).copy()
+    for _ in range(3):
+        engine.train_step(x, y, 0.1)
+        model.eval()
+        expected = model(x).copy()
+        got = engine.logits(x)
+        assert_close("engine logits vs eval model", got, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before, got)
+
+
+def test_fused_layers_refuse_backward_and_non_conv_models_pass_through():
+    conv, bn = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)
+    fused = nn.ConvBNReLU(conv, bn, relu=True)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.backward(np.zeros((1, 3, 2, 2), np.float32))
+    plain = nn.Sequential(nn.Linear(4, 2), nn.ReLU())
+    assert nn.fuse_for_inference(plain) is plain
+    batch_stats = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False))
+    assert nn.fuse_for_inference(batch_stats) is batch_stats  # no running statistics: nothing to fold

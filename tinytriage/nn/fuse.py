@@ -1,0 +1,99 @@
+"""Inference-time fusion: fold each BatchNorm into the convolution before it.
+
+At inference BatchNorm no longer looks at the batch: it is a fixed affine map per channel,
+
+    bn(z) = gamma * (z - mean) / sqrt(var + eps) + beta  =  s * z + (beta - s * mean),
+    with s = gamma / sqrt(var + eps).
+
+The convolution before it is linear, z = W * x + b, so the two are one convolution:
+
+    bn(conv(x)) = (s W) * x + s (b - mean) + beta
+
+with each output channel's kernel scaled by its s. The ReLU after it is applied to each
+chunk of the convolution's output while that chunk is still in cache. What disappears is
+two full passes over every feature map (BatchNorm's and ReLU's), about a fifth of a forward
+pass of the triage CNN. PyTorch does the same with ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
+
+The fused layers read the original layers' weights and running statistics on every call
+(a few thousand multiplies), so training the original model never leaves them stale. They
+are for inference only: they have no backward pass. The unfused model stays the one that
+trains, explains and is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from tinytriage.nn.activation import ReLU
+from tinytriage.nn.conv import Conv2d, conv2d_forward
+from tinytriage.nn.module import Module, Sequential
+from tinytriage.nn.norm import BatchNorm2d
+
+
+def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a conv followed by ``bn`` in eval mode -> (W', b') of the one conv doing both."""
+    mean, var = bn._buffers["running_mean"].astype(np.float64), bn._buffers["running_var"].astype(np.float64)
+    O = weight.shape[0]
+    gamma = bn._params["weight"].astype(np.float64) if bn.affine else np.ones(O)
+    beta = bn._params["bias"].astype(np.float64) if bn.affine else np.zeros(O)
+    s = gamma / np.sqrt(var + bn.eps)  # (O,)  the per-channel scale
+    b = np.zeros(O) if bias is None else bias.astype(np.float64)
+    w_folded = weight.astype(np.float64) * s[:, None, None, None]  # (O, C/g, KH, KW) kernel o times s[o]
+    b_folded = s * (b - mean) + beta  # (O,)
+    return w_folded.astype(weight.dtype), b_folded.astype(weight.dtype)
+
+
+class ConvBNReLU(Module):
+    """conv -> BatchNorm (eval) -> optional ReLU as one convolution. Inference only."""
+
+    def __init__(self, conv: Conv2d, bn: BatchNorm2d, relu: bool) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = conv, bn, relu  # shared with the unfused model, not copies
+        self.training = False
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        c = self.conv
+        w, b = fold_batchnorm(c._params["weight"], c._params.get("bias"), self.bn)
+        out, _ = conv2d_forward(x, w, b, c.stride, c.padding, c.dilation, c.groups, c._workspace, relu=self.relu)
+        return out
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        raise RuntimeError("ConvBNReLU is for inference only: train the unfused model")
+
+    def extra_repr(self) -> str:
+        return f"{self.conv.extra_repr()}, folded BatchNorm{', ReLU' if self.relu else ''}"
+
+
+def fuse_for_inference(model: Module) -> Module:
+    """A model computing the same as ``model.eval()`` with every ``Conv2d, BatchNorm2d[, ReLU]``
+    run inside a Sequential fused. Every other layer is ``model``'s own (shared).
+    Returns ``model`` itself when there is nothing to fuse."""
+    if isinstance(model, Sequential):
+        layers, fused_any = [], False
+        items = list(model)
+        i = 0
+        while i < len(items):
+            layer = items[i]
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if isinstance(layer, Conv2d) and isinstance(nxt, BatchNorm2d) and nxt.track_running_stats:
+                relu = i + 2 < len(items) and isinstance(items[i + 2], ReLU)
+                layers.append(ConvBNReLU(layer, nxt, relu))
+                fused_any = True
+                i += 3 if relu else 2
+                continue
+            child = fuse_for_inference(layer)
+            fused_any |= child is not layer
+            layers.append(child)
+            i += 1
+        return Sequential(*layers) if fused_any else model
+    children = {name: fuse_for_inference(child) for name, child in model.children()}
+    if all(children[name] is child for name, child in model.children()):
+        return model
+    clone = copy.copy(model)  # shallow: the same parameters, buffers and other layers
+    clone._modules = dict(children)
+    for name, child in children.items():
+        if getattr(model, name, None) is model._modules[name]:
+            setattr(clone, name, child)  # models that also keep their children as attributes
+    return clone
