@@ -37,8 +37,9 @@ def wide_photo(tmp_path) -> Path:
 
 
 # -- 1. the summary ------------------------------------------------------------------------------
-def test_summary_of_the_default_cnn_by_hand():
-    s = model_summary("cnn", CNNConfig().to_dict())  # 96 input, widths 16, 32, 64, 128
+def test_summary_of_a_four_stage_cnn_by_hand():
+    cfg = CNNConfig(input_size=96, widths=(16, 32, 64, 128))
+    s = model_summary("cnn", cfg.to_dict())
     rows = {r.name: r for r in s.rows}
     # r = r_prev + (k - 1) * jump_prev; jump doubles at every 2x2 pool
     expected = {
@@ -58,6 +59,15 @@ def test_summary_of_the_default_cnn_by_hand():
     assert rows["bn1"].params == 2 * 16 and rows["relu1"].params == 0
     assert rows["pool3"].output_shape == (64, 12, 12)
     assert rows["head"].output_shape == (5,) and rows["head"].params == 128 * 5 + 5
+    assert s.total_params == TriageCNN(cfg).num_parameters()
+
+
+def test_summary_of_the_default_cnn_ends_in_a_fifth_stage():
+    s = model_summary("cnn", CNNConfig().to_dict())  # 128 input, widths 16 ... 256
+    rows = {r.name: r for r in s.rows}
+    assert (rows["pool4"].receptive_field, rows["pool4"].jump) == (46, 16)  # 38 + 1*8
+    assert (rows["conv5"].receptive_field, rows["conv5"].jump) == (78, 16)  # 46 + 2*16
+    assert rows["conv5"].output_shape == (256, 8, 8) and rows["head"].params == 256 * 5 + 5
     assert s.total_params == TriageCNN(CNNConfig()).num_parameters()
 
 

@@ -168,9 +168,11 @@ def train(
         None, "--lr", help="Peak learning rate (warm-up then cosine decay). Default: cnn 0.05, vit 1e-3."
     ),
     seed: int = typer.Option(0, "--seed"),
-    input_size: int = typer.Option(96, "--input-size", min=16, help="Photos are letterboxed to this square size."),
+    input_size: int | None = typer.Option(
+        None, "--input-size", min=16, help="Photos are letterboxed to this square size. Default: cnn 128, vit 96."
+    ),
     widths: str | None = typer.Option(
-        None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128."
+        None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128,256."
     ),
     optimizer: str | None = typer.Option(
         None, "--optimizer", help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit adamw."

@@ -62,7 +62,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     seed: int = 0
     val_fraction: float = 0.15
-    input_size: int = 96
+    input_size: int | None = None  # square input side in pixels; None: the arch's default
     augment: bool = True
     resume: bool = False
     target_precision: float = 0.99  # auto-routed photos must be this often right on validation
@@ -77,8 +77,8 @@ class TrainConfig:
 # models?"). Measured on 60 generated photos per class, 48 px, 240 steps of 64: AdamW
 # 1e-3 reached 0.28 test accuracy, AdamW 3e-4 and 3e-3 0.22-0.24, SGD 0.05 0.22 (chance 0.2).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5},
-    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0},
+    "cnn": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5, "input_size": 128},
+    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0, "input_size": 96},
 }
 
 
