@@ -12,7 +12,9 @@ convolution, a band of rows of a BatchNorm pass) and share them out over
 Inside those threads BLAS runs single-threaded: n workers each calling an n-thread BLAS
 would ask for n*n threads, and BLAS threads wait for each other at the end of every call,
 which on a busy machine costs more than the multiply (hundreds of small multiplies per
-step: seconds). That switch needs ``threadpoolctl``; without it, tasks that multiply
+step: seconds). A call with a single task (one photo through a small layer) runs on the
+calling thread, BLAS single-threaded too: a task holds a few MB, too little for BLAS's
+threads to pay for waking up (one 96x96 photo's forward pass: 3 ms instead of 8-15 ms). That switch needs ``threadpoolctl``; without it, tasks that multiply
 matrices run on the calling thread (BLAS then uses its own threads, as the environment
 says), and only the elementwise work is shared out.
 
@@ -92,12 +94,12 @@ def parallel_map(fn: Callable[[Any], Any], tasks: Iterable, *, blas: bool = Fals
     the next task when it is done, so a thread slowed by other work on the machine holds
     nothing up). ``blas``: the tasks multiply matrices (see the module docstring)."""
     tasks = list(tasks)
-    if get_num_threads() == 1 or len(tasks) < 2:
-        return [fn(t) for t in tasks]
     guard = _blas_single_threaded() if blas else nullcontext()
     if guard is None:  # no way to make BLAS single-threaded: stay on this thread
         return [fn(t) for t in tasks]
     with guard:
+        if get_num_threads() == 1 or len(tasks) < 2:
+            return [fn(t) for t in tasks]
         return list(_pool.map(fn, tasks))
 
 
