@@ -29,4 +29,9 @@ def test_readme_first_command_from_another_folder(tmp_path):
 def test_samples_all_route(tmp_path):
     r = run_cli("predict", str(REPO / "samples"), "--recursive", "--json")
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == len(list((REPO / "samples").rglob("*.jpg")))
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(records) == len(list((REPO / "samples").rglob("*.jpg")))
+    # the samples come from seed 0, which training never saw; the bundled CNN gets 48 of
+    # 50 right: a broken model file or preprocessing would fall far below this
+    right = sum(rec["label"] == rec["path"].replace("\\", "/").split("/")[-2] for rec in records)
+    assert right >= 0.85 * len(records), f"{right}/{len(records)} samples right"
