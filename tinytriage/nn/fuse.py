@@ -11,11 +11,12 @@ The convolution before it is linear, z = W * x + b, so the two are one convoluti
 
 with each output channel's kernel scaled by its s. The ReLU after it is applied to each
 chunk of the convolution's output while that chunk is still in cache. What disappears is
-two full passes over every feature map (BatchNorm's and ReLU's), about a fifth of a forward
-pass of the triage CNN. PyTorch does the same with ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
+two full passes over every feature map (BatchNorm's and ReLU's). PyTorch folds the same
+way in ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
 
-The fused layers read the original layers' weights and running statistics on every call
-(a few thousand multiplies), so training the original model never leaves them stale. They
+The fused layers fold the original layers' weights and running statistics again on every
+call (one multiply per weight, under a millisecond for the triage CNN), so training the
+original model never leaves them stale. They
 are for inference only: they have no backward pass. The unfused model stays the one that
 trains, explains and is saved.
 """
@@ -38,11 +39,12 @@ def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d)
     O = weight.shape[0]
     gamma = bn._params["weight"].astype(np.float64) if bn.affine else np.ones(O)
     beta = bn._params["bias"].astype(np.float64) if bn.affine else np.zeros(O)
-    s = gamma / np.sqrt(var + bn.eps)  # (O,)  the per-channel scale
+    s = gamma / np.sqrt(var + bn.eps)  # (O,)  the per-channel scale, in float64
     b = np.zeros(O) if bias is None else bias.astype(np.float64)
-    w_folded = weight.astype(np.float64) * s[:, None, None, None]  # (O, C/g, KH, KW) kernel o times s[o]
     b_folded = s * (b - mean) + beta  # (O,)
-    return w_folded.astype(weight.dtype), b_folded.astype(weight.dtype)
+    # one rounding per weight, in the weights' own precision
+    w_folded = weight * s.astype(weight.dtype)[:, None, None, None]  # (O, C/g, KH, KW) kernel o times s[o]
+    return w_folded, b_folded.astype(weight.dtype)
 
 
 class ConvBNReLU(Module):
