@@ -31,11 +31,13 @@ import numpy as np
 
 from tinytriage import __version__, distributed
 from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
+from tinytriage.cnn import CNNConfig
 from tinytriage.engine import OptimConfig, make_engine
 from tinytriage.errors import TrainingError
 from tinytriage.model_io import ModelFile, atomic_write_bytes, save_model
 from tinytriage.routing import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.schedule import lr_at
+from tinytriage.vit import ViTConfig
 
 # Pixels in [0, 1] are mapped to about [-2, 2]. A neutral choice rather than dataset
 # statistics: the first BatchNorm re-centres every channel anyway, and a fixed value keeps
@@ -77,8 +79,21 @@ class TrainConfig:
 # models?"). Measured on 60 generated photos per class, 48 px, 240 steps of 64: AdamW
 # 1e-3 reached 0.28 test accuracy, AdamW 3e-4 and 3e-3 0.22-0.24, SGD 0.05 0.22 (chance 0.2).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 0.5, "input_size": 128},
-    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0, "input_size": 96},
+    # input_size: each architecture's own config default (CNNConfig.input_size, ViTConfig.img_size)
+    "cnn": {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 0.5,
+        "input_size": CNNConfig.input_size,
+    },
+    "vit": {
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "warmup_epochs": 1.0,
+        "input_size": ViTConfig.img_size,
+    },
 }
 
 

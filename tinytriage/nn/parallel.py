@@ -12,9 +12,10 @@ convolution, a band of rows of a BatchNorm pass) and share them out over
 Inside those threads BLAS runs single-threaded: n workers each calling an n-thread BLAS
 would ask for n*n threads, and BLAS threads wait for each other at the end of every call,
 which on a busy machine costs more than the multiply (hundreds of small multiplies per
-step: seconds). A call with a single task (one photo through a small layer) runs on the
-calling thread, BLAS single-threaded too: a task holds a few MB, too little for BLAS's
-threads to pay for waking up (one 96x96 photo's forward pass: 3 ms instead of 8-15 ms). That switch needs ``threadpoolctl``; without it, tasks that multiply
+step: seconds). A call with a single task (one photo through a small layer), or with one
+thread, runs on the calling thread with BLAS single-threaded too: a task holds a few MB,
+too little for BLAS's threads to pay for waking up (one 96x96 photo's forward pass: 3 ms
+instead of 8-15 ms). That switch needs ``threadpoolctl``; without it, tasks that multiply
 matrices run on the calling thread (BLAS then uses its own threads, as the environment
 says), and only the elementwise work is shared out.
 
