@@ -1,4 +1,4 @@
-"""Inference fusion (tinytriage.nn.fuse): conv + BatchNorm (+ ReLU) folded into one conv.
+"""Inference fusion (tinytriage.nn.fuse): conv + BatchNorm (+ ReLU, + max pool) as one conv.
 
 Checked against PyTorch's eval-mode conv -> bn -> relu and its own fuse_conv_bn_eval, on
 the whole triage CNN against its torch twin, and for staleness after training steps."""
@@ -35,23 +35,27 @@ def randomise_batchnorms(model: nn.Module, rng: np.random.Generator) -> None:
                 m._params["bias"][:] = rng.standard_normal(C)
 
 
-# (conv kwargs, bn kwargs, with relu, input shape)
+# (conv kwargs, bn kwargs, with relu, max pool (kernel, stride) or None, input shape)
 FUSE_CASES = [
-    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 3, 6, 7), id="k3-p1-relu"),
-    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, bias=False), {}, True, (2, 3, 6, 6), id="no-bias"),
-    pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, groups=2), {}, False, (2, 4, 7, 7), id="s2-groups-no-relu"),
-    pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), dict(eps=1e-3), True, (1, 3, 4, 5), id="k1-eps"),
-    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=2, dilation=2), dict(affine=False), True, (2, 3, 6, 6), id="dilated-no-affine"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, None, (2, 3, 6, 7), id="k3-p1-relu"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, bias=False), {}, True, None, (2, 3, 6, 6), id="no-bias"),
+    pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, groups=2), {}, False, None, (2, 4, 7, 7), id="s2-groups-no-relu"),
+    pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), dict(eps=1e-3), True, None, (1, 3, 4, 5), id="k1-eps"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=2, dilation=2), dict(affine=False), True, None, (2, 3, 6, 6), id="dilated-no-affine"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 2), (2, 3, 8, 8), id="relu-pool2"),
+    pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 2), (3, 3, 7, 9), id="relu-pool2-odd"),
+    pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, bias=False), {}, False, (3, 2), (2, 4, 9, 8), id="groups-pool3s2-no-relu"),
+    pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), {}, True, (2, 1), (2, 3, 4, 5), id="k1-pool2s1"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("conv_kw, bn_kw, relu, shape", FUSE_CASES)
-def test_fused_conv_bn_relu_matches_torch_eval(conv_kw, bn_kw, relu, shape, dtype):
+@pytest.mark.parametrize("conv_kw, bn_kw, relu, pool, shape", FUSE_CASES)
+def test_fused_conv_bn_relu_matches_torch_eval(conv_kw, bn_kw, relu, pool, shape, dtype):
     rng = np.random.default_rng(0)
     conv = nn.Conv2d(**conv_kw, dtype=dtype, rng=rng)
     bn = nn.BatchNorm2d(conv_kw["out_channels"], **bn_kw)
-    layers = [conv, bn] + ([nn.ReLU()] if relu else [])
+    layers = [conv, bn] + ([nn.ReLU()] if relu else []) + ([nn.MaxPool2d(*pool)] if pool else [])
     model = nn.Sequential(*layers)
     model.astype(dtype)
     randomise_batchnorms(model, rng)
@@ -59,8 +63,10 @@ def test_fused_conv_bn_relu_matches_torch_eval(conv_kw, bn_kw, relu, shape, dtyp
     fused = nn.fuse_for_inference(model)
     assert [type(m).__name__ for m in fused] == ["ConvBNReLU"]
 
-    t_layers = [tnn.Conv2d(**conv_kw), tnn.BatchNorm2d(conv_kw["out_channels"], **bn_kw)] + (
-        [tnn.ReLU()] if relu else []
+    t_layers = (
+        [tnn.Conv2d(**conv_kw), tnn.BatchNorm2d(conv_kw["out_channels"], **bn_kw)]
+        + ([tnn.ReLU()] if relu else [])
+        + ([tnn.MaxPool2d(*pool)] if pool else [])
     )
     twin = tnn.Sequential(*t_layers).to(TORCH_DTYPE[dtype]).eval()
     twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
@@ -85,6 +91,25 @@ def test_conv_relu_epilogue_is_max_of_conv_and_zero():
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
 
 
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+def test_conv_pool_epilogue_is_maxpool_of_conv(relu):
+    """Pooling in the epilogue runs before bias and ReLU; the result is bit for bit the
+    unfused conv -> (ReLU ->) max pool, for a batch cut into several chunks too."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((5, 8, 33, 31)), rng.standard_normal((6, 8, 3, 3)), rng.standard_normal(6)
+    plain, _ = conv2d_forward(x, w, b, 1, 1)
+    expected, _ = nn.pool.maxpool2d_forward(np.maximum(plain, 0) if relu else plain, 2, 2)
+    fused, _ = conv2d_forward(x, w, b, 1, 1, relu=relu, pool=(2, 2))
+    assert fused.shape == (5, 6, 16, 15)
+    np.testing.assert_array_equal(fused, expected)
+
+
+def test_padded_max_pool_is_not_fused():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    kinds = [type(m).__name__ for m in nn.fuse_for_inference(model)]
+    assert kinds == ["ConvBNReLU", "MaxPool2d"]
+
+
 @pytest.mark.parametrize("widths", [(4, 8, 8), (16, 32, 64, 128), (8, 8, 16, 16, 32)], ids=str)
 def test_fused_triage_cnn_equals_unfused_and_torch(widths):
     cfg = CNNConfig(widths=widths, input_size=32)
@@ -96,7 +121,7 @@ def test_fused_triage_cnn_equals_unfused_and_torch(widths):
     unfused = model(x).copy()
     fused_model = nn.fuse_for_inference(model)
     kinds = [type(m).__name__ for m in fused_model.features]
-    assert kinds.count("ConvBNReLU") == len(widths) and "BatchNorm2d" not in kinds and "ReLU" not in kinds
+    assert kinds == ["ConvBNReLU"] * len(widths)  # BatchNorm, ReLU and max pooling all folded in
     assert [type(m).__name__ for m in model.features].count("BatchNorm2d") == len(widths)  # the original is untouched
     fused = fused_model(x)
     assert_close("fused vs unfused", fused, unfused, rtol=1e-4, atol=1e-5)

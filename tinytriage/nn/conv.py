@@ -57,6 +57,13 @@ def pair(value: IntPair, name: str, layer: str, minimum: int) -> tuple[int, int]
     return out  # type: ignore[return-value]
 
 
+def _slab_cl(a: np.ndarray, u: int, v: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """A pooling window's cell (u, v) for every output cell of a channels-last (N, H, W, C)
+    array: a[:, i*S + u, j*S + v, :] for all (i, j). A strided view, no copy."""
+    (SH, SW), (Ho, Wo) = stride, out_hw
+    return a[:, u : u + SH * (Ho - 1) + 1 : SH, v : v + SW * (Wo - 1) + 1 : SW, :]
+
+
 def sliding_output_hw(
     layer: str,
     hw: tuple[int, int],
@@ -352,22 +359,47 @@ def _im2col_plan(
 
 
 def _correlate(
-    chunks: list, cols_of, w_mat: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+    chunks: list,
+    cols_of,
+    w_mat: np.ndarray,
+    out: np.ndarray,
+    bias: np.ndarray | None = None,
+    relu: bool = False,
+    pool: tuple | None = None,
 ) -> None:
     """Step 3 for every chunk: out rows (N*H'*W', O) = cols @ w_mat, group by group, then
-    ``+ bias`` and (``relu``) ``max(., 0)`` on the chunk while it is still in cache."""
-    N, Ho, Wo, O = out.shape
+    ``+ bias`` and (``relu``) ``max(., 0)`` on the chunk while it is still in cache.
+
+    ``pool`` = (kernel, stride, (H', W'), workspace): the chunk's product goes to scratch
+    and only its max pooling lands in ``out`` (N, H'', W'', O). The pooling runs first: a
+    window's max plus a channel's bias is the max of the window plus the bias, and ReLU
+    keeps order, so bias and ReLU then touch a quarter as many numbers."""
+    N, Ho, Wo, O = out.shape if pool is None else (out.shape[0], *pool[2], out.shape[3])
     G, _, Og = w_mat.shape
-    rows = out.reshape(N * Ho * Wo, G, Og)  # one row per output cell, channels grouped
+    rows = out.reshape(N * Ho * Wo, G, Og) if pool is None else None  # one row per output cell
     bias_g = None if bias is None else bias.reshape(G, Og).astype(out.dtype, copy=False)
+    n_chunk = max(n for _, n in chunks) if chunks else 0
 
     def task(chunk: tuple[int, int]) -> None:
         n0, n = chunk
         cols = cols_of(n0, n)  # (n*H'*W', G, K)
-        mine = rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo]  # (n*H'*W', G, O/G)
+        if pool is None:
+            mine = rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo]  # (n*H'*W', G, O/G)
+        else:
+            scratch = pool[3].scratch(f"conv out {threading.get_ident()}", (n_chunk * Ho * Wo, G, Og), out.dtype)
+            mine = scratch[: n * Ho * Wo]
         for g in range(G):
             # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G)
             np.matmul(cols[:, g], w_mat[g], out=mine[:, g])
+        if pool is not None:  # max over the window's cells, each a strided slab of the chunk
+            (KH, KW), stride = pool[0], pool[1]
+            full, mine = mine.reshape(n, Ho, Wo, O), out[n0 : n0 + n]  # (n, H', W', O) -> (n, H'', W'', O)
+            np.copyto(mine, _slab_cl(full, 0, 0, stride, mine.shape[1:3]))
+            for u in range(KH):
+                for v in range(KW):
+                    if u or v:
+                        np.maximum(mine, _slab_cl(full, u, v, stride, mine.shape[1:3]), out=mine)
+            mine = mine.reshape(-1, G, Og)
         if bias_g is not None:
             mine += bias_g  # broadcasts over the rows
         if relu:
@@ -386,13 +418,15 @@ def conv2d_forward(
     groups: int = 1,
     workspace: Workspace | None = None,
     relu: bool = False,
+    pool: tuple[IntPair, IntPair] | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """Fast convolution (N, C, H, W) -> (N, O, H', W'); returns ``(out, cache)`` for backward.
 
     ``out`` is a channels-last view (see ``tinytriage.nn.memory``); ``workspace`` keeps the
-    buffers between calls (a layer passes its own; None allocates fresh ones). ``relu``
-    returns ``max(conv, 0)`` instead, for inference only (``tinytriage.nn.fuse``): the cache
-    then describes the convolution without it, so backward must not be called."""
+    buffers between calls (a layer passes its own; None allocates fresh ones). For inference
+    only (``tinytriage.nn.fuse``): ``relu`` returns ``max(conv, 0)`` instead, and ``pool``
+    (kernel, stride) max-pools it (no padding), each chunk while it is in cache. The cache
+    then describes the convolution without them, so backward must not be called."""
     _check_conv(x, weight, groups)
     stride, padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
     dilation = pair(dilation, "dilation", "Conv2d", 1)
@@ -406,8 +440,14 @@ def conv2d_forward(
     w_mat = _weight_matrix(weight.reshape(G, O // G, Cg, KH, KW).astype(dtype, copy=False), cl)  # (G, K, O/G)
     canvas = (H + 2 * padding[0], W + 2 * padding[1])
     plan = _im2col_plan(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x")
-    out = empty((N, Ho, Wo, O), dtype)  # (N, H', W', O)
-    _correlate(*plan, w_mat, out, bias, relu)
+    if pool is None:
+        out = empty((N, Ho, Wo, O), dtype)  # (N, H', W', O)
+        _correlate(*plan, w_mat, out, bias, relu)
+    else:
+        pool_k, pool_s = pair(pool[0], "kernel_size", "MaxPool2d", 1), pair(pool[1], "stride", "MaxPool2d", 1)
+        Hp, Wp = sliding_output_hw("MaxPool2d", (Ho, Wo), pool_k, pool_s, (0, 0), (1, 1))
+        out = empty((N, Hp, Wp, O), dtype)  # (N, H'', W'', O): the pooled map
+        _correlate(*plan, w_mat, out, bias, relu, pool=(pool_k, pool_s, (Ho, Wo), ws))
     cache = (src, cl, weight, bias is not None, stride, padding, dilation, groups)
     return nchw(out), cache
 

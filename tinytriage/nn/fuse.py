@@ -9,10 +9,12 @@ The convolution before it is linear, z = W * x + b, so the two are one convoluti
 
     bn(conv(x)) = (s W) * x + s (b - mean) + beta
 
-with each output channel's kernel scaled by its s. The ReLU after it is applied to each
-chunk of the convolution's output while that chunk is still in cache. What disappears is
-two full passes over every feature map (BatchNorm's and ReLU's). PyTorch folds the same
-way in ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
+with each output channel's kernel scaled by its s. The ReLU and the max pooling after it
+(when there are) are applied to each chunk of the convolution's output while that chunk
+is still in cache. What disappears is three full passes over every feature map
+(BatchNorm's, ReLU's and the pool's), and the full-size map itself: only the pooled one
+is written out. PyTorch folds BatchNorm the same way in
+``torch.nn.utils.fusion.fuse_conv_bn_eval``.
 
 The fused layers fold the original layers' weights and running statistics again on every
 call (one multiply per weight, under a millisecond for the triage CNN), so training the
@@ -31,6 +33,7 @@ from tinytriage.nn.activation import ReLU
 from tinytriage.nn.conv import Conv2d, conv2d_forward
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.norm import BatchNorm2d
+from tinytriage.nn.pool import MaxPool2d
 
 
 def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
@@ -48,24 +51,29 @@ def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d)
 
 
 class ConvBNReLU(Module):
-    """conv -> BatchNorm (eval) -> optional ReLU as one convolution. Inference only."""
+    """conv -> BatchNorm (eval) -> optional ReLU -> optional max pooling as one convolution.
+    Inference only."""
 
-    def __init__(self, conv: Conv2d, bn: BatchNorm2d, relu: bool) -> None:
+    def __init__(self, conv: Conv2d, bn: BatchNorm2d, relu: bool, pool: MaxPool2d | None = None) -> None:
         super().__init__()
-        self.conv, self.bn, self.relu = conv, bn, relu  # shared with the unfused model, not copies
+        self.conv, self.bn, self.relu, self.pool = conv, bn, relu, pool  # shared with the unfused model
         self.training = False
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        c = self.conv
+        c, p = self.conv, self.pool
         w, b = fold_batchnorm(c._params["weight"], c._params.get("bias"), self.bn)
-        out, _ = conv2d_forward(x, w, b, c.stride, c.padding, c.dilation, c.groups, c._workspace, relu=self.relu)
+        pool = None if p is None else (p.kernel_size, p.stride)
+        out, _ = conv2d_forward(
+            x, w, b, c.stride, c.padding, c.dilation, c.groups, c._workspace, relu=self.relu, pool=pool
+        )
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         raise RuntimeError("ConvBNReLU is for inference only: train the unfused model")
 
     def extra_repr(self) -> str:
-        return f"{self.conv.extra_repr()}, folded BatchNorm{', ReLU' if self.relu else ''}"
+        pool = "" if self.pool is None else f", max pool {self.pool.kernel_size[0]}x{self.pool.kernel_size[1]}"
+        return f"{self.conv.extra_repr()}, folded BatchNorm{', ReLU' if self.relu else ''}{pool}"
 
 
 def fuse_for_inference(model: Module) -> Module:
@@ -80,10 +88,15 @@ def fuse_for_inference(model: Module) -> Module:
             layer = items[i]
             nxt = items[i + 1] if i + 1 < len(items) else None
             if isinstance(layer, Conv2d) and isinstance(nxt, BatchNorm2d) and nxt.track_running_stats:
-                relu = i + 2 < len(items) and isinstance(items[i + 2], ReLU)
-                layers.append(ConvBNReLU(layer, nxt, relu))
+                j = i + 2
+                relu = j < len(items) and isinstance(items[j], ReLU)
+                j += relu
+                pool = items[j] if j < len(items) and isinstance(items[j], MaxPool2d) else None
+                if pool is not None and pool.padding != (0, 0):
+                    pool = None  # a padded pool needs a -inf border: it stays a layer of its own
+                layers.append(ConvBNReLU(layer, nxt, relu, pool))
                 fused_any = True
-                i += 3 if relu else 2
+                i = j + (pool is not None)
                 continue
             child = fuse_for_inference(layer)
             fused_any |= child is not layer

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from tinytriage.errors import ShapeError
-from tinytriage.nn.conv import IntPair, pad2d, pair, sliding_output_hw
+from tinytriage.nn.conv import IntPair, _slab_cl, pad2d, pair, sliding_output_hw
 from tinytriage.nn.memory import Workspace, channels_last, empty, nchw
 from tinytriage.nn.module import Module, check_ndim, take_cache
 from tinytriage.nn.parallel import parallel_map, split
@@ -96,12 +96,6 @@ def maxpool2d_backward_reference(dout: np.ndarray, winners: np.ndarray, x_shape:
                     r, s = winners[n, c, i, j]
                     dx[n, c, r, s] += dout[n, c, i, j]  # += : overlapping windows can share a winner
     return dx
-
-
-def _slab_cl(a: np.ndarray, u: int, v: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-    """``_slab`` for a channels-last (N, H, W, C) array: a[:, i*S + u, j*S + v, :] for all (i, j)."""
-    (SH, SW), (Ho, Wo) = stride, out_hw
-    return a[:, u : u + SH * (Ho - 1) + 1 : SH, v : v + SW * (Wo - 1) + 1 : SW, :]
 
 
 def maxpool2d_forward(
