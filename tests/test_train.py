@@ -121,6 +121,12 @@ def test_resume_without_checkpoint(toy, tmp_path):
         train(cfg_for(toy, tmp_path / "none", resume=True))
 
 
+def test_resume_with_other_settings_names_what_differs(toy, tmp_path):
+    train(cfg_for(toy, tmp_path / "run", epochs=1))
+    with pytest.raises(TrainingError, match=r"input_size 24 -> 32; widths \[4, 8\] -> \[4, 8, 8\]"):
+        train(cfg_for(toy, tmp_path / "run", resume=True, input_size=32, model_config={"widths": [4, 8, 8]}))
+
+
 def test_bad_datasets(tmp_path):
     make_toy_dataset(tmp_path / "one", classes=("parcel",))
     with pytest.raises(DatasetError, match="at least 2 classes"):

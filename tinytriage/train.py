@@ -456,7 +456,17 @@ def _load_checkpoint(path: Path, engine, arch_config, cfg):
     except Exception as err:
         raise TrainingError(f"{path}: unreadable checkpoint ({err})") from None
     if meta["config"] != arch_config or meta["arch"] != cfg.arch:
-        raise TrainingError(f"{path}: checkpoint was made for a different architecture or dataset; start a new --out")
+        saved = {"arch": meta["arch"], **meta["config"]}
+        now = {"arch": cfg.arch, **arch_config}
+        diff = [
+            f"{k} {saved.get(k, '(none)')} -> {now.get(k, '(none)')}"
+            for k in sorted(saved.keys() | now.keys())
+            if saved.get(k) != now.get(k)
+        ]
+        raise TrainingError(
+            f"{path}: checkpoint was made for a different architecture or dataset ({'; '.join(diff)}); "
+            "train with the checkpoint's settings or start a new --out"
+        )
     ck = meta["training"]["checkpoint"]
     engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
