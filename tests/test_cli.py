@@ -103,6 +103,22 @@ def test_predict_stdin_and_head_quiet(tmp_path, tiny_model_path):
     assert json.loads(r.stdout)["path"] == paths[0]
 
 
+def test_predict_table_into_a_pipe_keeps_each_photo_on_one_line(tmp_path, tiny_model_path):
+    from PIL import Image
+
+    folder = tmp_path / ("a_long_folder_name_" * 8)
+    folder.mkdir()
+    paths = [folder / f"photo_{i}.png" for i in range(3)]
+    for i, p in enumerate(paths):
+        Image.new("RGB", (40, 30), (i * 60, 100, 150)).save(p)
+    r = run_cli("predict", str(folder), "--model", str(tiny_model_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(str(paths[0])) > 200 and len(lines) == 4 + len(paths)  # header (3 lines), rows, bottom rule
+    for p, line in zip(paths, lines[3:-1], strict=True):
+        assert str(p) in line
+
+
 def test_debug_shows_traceback(tmp_path):
     bad = tmp_path / "m.safetensors"
     bad.write_bytes(b"garbage!" * 4)

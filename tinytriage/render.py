@@ -56,10 +56,10 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
         else:
             rows.append(r)
     if not as_json and rows:
-        # a path is as wide as it likes on a terminal; class and route never wrap
-        width = max(out.width, 120) if not out.is_terminal else None
-        table = Table(show_lines=False, width=width)
-        table.add_column("photo", overflow="fold", ratio=3)
+        # On a terminal a long path folds inside its column; class and route never wrap.
+        # Into a file or a pipe, every row is one line, however long its path.
+        table = Table(show_lines=False)
+        table.add_column("photo", overflow="fold")
         table.add_column("class", no_wrap=True)
         table.add_column("conf.", justify="right", no_wrap=True)
         table.add_column("runner-up", no_wrap=True)
@@ -68,7 +68,13 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
             route = f"[yellow]{r.route}[/yellow] ({r.review_reason})" if r.needs_review else f"[green]{r.route}[/green]"
             runner_up = f"{r.top3[1][0]} {r.top3[1][1]:.2f}" if len(r.top3) > 1 else ""
             table.add_row(r.path, r.label, f"{r.confidence:.3f}", runner_up, route)
-        out.print(table)
+        if out.is_terminal:
+            out.print(table)
+        else:
+            from rich.measure import Measurement
+
+            natural = Measurement.get(out, out.options.update_width(10**6), table).maximum
+            Console(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
     return ok, failed
 
 
