@@ -23,6 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,17 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         emit({"event": "resume", "epoch": start_epoch})
 
     aug = Augment() if cfg.augment else None
+
+    def make_batch(order: np.ndarray, rng: np.random.Generator, b: int) -> tuple[np.ndarray, slice, np.ndarray]:
+        """Batch b of an epoch: (its indices, this rank's rows of it, the normalised photos)."""
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]  # same on every rank
+        mine = distributed.shard(len(idx))  # this rank's rows (all of them in one process)
+        xb_u8 = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng, rows=mine) if aug else X_train_u8[idx[mine]]
+        return idx, mine, normalize(xb_u8, pcfg)
+
+    # One thread augments ahead of the training step. It is the only user of each epoch's
+    # ``rng`` after the shuffle, in batch order: the same numbers as augmenting inline.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augment")
     interrupted = False
     t_start = time.perf_counter()
     epoch = start_epoch
@@ -248,15 +260,11 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
             order = rng.permutation(n)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
+            upcoming = ahead.submit(make_batch, order, rng, 0)
             for b in range(steps_per_epoch):
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]  # same on every rank
-                mine = distributed.shard(len(idx))  # this rank's rows (all of them in one process)
-                xb_u8 = (
-                    augment_batch(X_train_u8[idx], cfg.input_size, aug, rng, rows=mine)
-                    if aug
-                    else X_train_u8[idx[mine]]
-                )
-                xb = normalize(xb_u8, pcfg)
+                idx, mine, xb = upcoming.result()
+                if b + 1 < steps_per_epoch:  # batch b+1 is augmented while batch b trains
+                    upcoming = ahead.submit(make_batch, order, rng, b + 1)
                 yb = y_train[idx]
                 step = epoch * steps_per_epoch + b
                 lr = lr_at(step, total_steps, cfg.lr, warmup)
@@ -313,6 +321,8 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
                 "checkpoint": str(ckpt_path) if history else None,
             }
         )
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)  # at most one batch still augmenting
     train_seconds = time.perf_counter() - t_start
 
     if best_state is None:  # interrupted before the first epoch ended: nothing to save
