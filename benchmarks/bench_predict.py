@@ -13,7 +13,9 @@
    photos/s once started, and what the two stages' CPU time allows on this many cores.
 
 Measure a regular install (`pip install .`, as the README's first command does): an
-editable install adds its import hook to every start.
+editable install adds its import hook to every start. The timed processes start in a
+temporary folder, so a checkout's own `tinytriage/` is never imported in place of the
+installed copy (``tinytriage_imported_from`` in the output says which one ran).
 """
 
 from __future__ import annotations
@@ -106,16 +108,18 @@ def main() -> None:
         for _ in range(args.runs):
             for kind, extra in (("table", []), ("json", ["--json"])):
                 t0 = time.perf_counter()
-                subprocess.run([*exe, "predict", str(photos[0]), *extra], check=True, capture_output=True)
+                subprocess.run([*exe, "predict", str(photos[0]), *extra], check=True, capture_output=True, cwd=tmp)
                 times[kind].append(time.perf_counter() - t0)
         probe = subprocess.run(
             [sys.executable, "-c",
              "import sys, runpy; sys.argv=['tinytriage','predict',sys.argv[1],'--json'];"
              "from tinytriage.cli import app\ntry: app()\nexcept SystemExit: pass\n"
-             "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)", str(photos[0])],
-            capture_output=True, text=True,
+             "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
+             "print('FROM', sys.modules['tinytriage'].__file__, file=sys.stderr)", str(photos[0])],
+            capture_output=True, text=True, cwd=tmp,
         )  # fmt: skip
         torch_imported = "TORCH_IMPORTED" in probe.stderr
+        package = next((line[5:] for line in probe.stderr.splitlines() if line.startswith("FROM ")), "?")
 
         # 2. throughput over the folder, one process
         t0 = time.perf_counter()
@@ -124,6 +128,7 @@ def main() -> None:
             check=True,
             capture_output=True,
             text=True,
+            cwd=tmp,
         )
         seconds = time.perf_counter() - t0
         batched = [json.loads(line) for line in batch.stdout.splitlines()]
@@ -132,6 +137,7 @@ def main() -> None:
             check=True,
             capture_output=True,
             text=True,
+            cwd=tmp,
         )
         one_by_one = [json.loads(line) for line in single.stdout.splitlines()]
         identical = [(r["label"], r["route"], round(r["confidence"], 4)) for r in batched] == [
@@ -151,6 +157,7 @@ def main() -> None:
         "latency_min_s": min(times["table"]),
         "latency_json_median_s": statistics.median(times["json"]),
         "torch_imported_on_predict_path": torch_imported,
+        "tinytriage_imported_from": package,  # run from a temporary folder: the installed copy
         "folder_photos": args.photos,
         "folder_seconds": seconds,
         "photos_per_s": args.photos / seconds,
