@@ -64,6 +64,17 @@ def _slab_cl(a: np.ndarray, u: int, v: int, stride: tuple[int, int], out_hw: tup
     return a[:, u : u + SH * (Ho - 1) + 1 : SH, v : v + SW * (Wo - 1) + 1 : SW, :]
 
 
+def running_max_cl(out: np.ndarray, a: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> None:
+    """Max pooling of a channels-last (N, H, W, C) array into ``out`` (N, H', W', C), no
+    padding: a running maximum over the kernel's cells, one strided slab each."""
+    hw = out.shape[1:3]
+    np.copyto(out, _slab_cl(a, 0, 0, stride, hw))
+    for u in range(kernel[0]):
+        for v in range(kernel[1]):
+            if u or v:
+                np.maximum(out, _slab_cl(a, u, v, stride, hw), out=out)  # NaN propagates
+
+
 def sliding_output_hw(
     layer: str,
     hw: tuple[int, int],
@@ -374,7 +385,11 @@ def _correlate(
     and only its max pooling lands in ``out`` (N, H'', W'', O). The pooling runs first: a
     window's max plus a channel's bias is the max of the window plus the bias, and ReLU
     keeps order, so bias and ReLU then touch a quarter as many numbers."""
-    N, Ho, Wo, O = out.shape if pool is None else (out.shape[0], *pool[2], out.shape[3])
+    if pool is None:
+        N, Ho, Wo, O = out.shape
+    else:
+        pool_k, pool_s, (Ho, Wo), ws = pool
+        N, O = out.shape[0], out.shape[3]
     G, _, Og = w_mat.shape
     rows = out.reshape(N * Ho * Wo, G, Og) if pool is None else None  # one row per output cell
     bias_g = None if bias is None else bias.reshape(G, Og).astype(out.dtype, copy=False)
@@ -386,20 +401,14 @@ def _correlate(
         if pool is None:
             mine = rows[n0 * Ho * Wo : (n0 + n) * Ho * Wo]  # (n*H'*W', G, O/G)
         else:
-            scratch = pool[3].scratch(f"conv out {threading.get_ident()}", (n_chunk * Ho * Wo, G, Og), out.dtype)
+            scratch = ws.scratch(f"conv out {threading.get_ident()}", (n_chunk * Ho * Wo, G, Og), out.dtype)
             mine = scratch[: n * Ho * Wo]
         for g in range(G):
             # every output cell is a window . a kernel: (n*H'*W', K) @ (K, O/G)
             np.matmul(cols[:, g], w_mat[g], out=mine[:, g])
-        if pool is not None:  # max over the window's cells, each a strided slab of the chunk
-            (KH, KW), stride = pool[0], pool[1]
-            full, mine = mine.reshape(n, Ho, Wo, O), out[n0 : n0 + n]  # (n, H', W', O) -> (n, H'', W'', O)
-            np.copyto(mine, _slab_cl(full, 0, 0, stride, mine.shape[1:3]))
-            for u in range(KH):
-                for v in range(KW):
-                    if u or v:
-                        np.maximum(mine, _slab_cl(full, u, v, stride, mine.shape[1:3]), out=mine)
-            mine = mine.reshape(-1, G, Og)
+        if pool is not None:  # (n, H', W', O) -> (n, H'', W'', O), into out
+            running_max_cl(out[n0 : n0 + n], mine.reshape(n, Ho, Wo, O), pool_k, pool_s)
+            mine = out[n0 : n0 + n].reshape(-1, G, Og)
         if bias_g is not None:
             mine += bias_g  # broadcasts over the rows
         if relu:

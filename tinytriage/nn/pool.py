@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from tinytriage.errors import ShapeError
-from tinytriage.nn.conv import IntPair, _slab_cl, pad2d, pair, sliding_output_hw
+from tinytriage.nn.conv import IntPair, _slab_cl, pad2d, pair, running_max_cl, sliding_output_hw
 from tinytriage.nn.memory import Workspace, channels_last, empty, nchw
 from tinytriage.nn.module import Module, check_ndim, take_cache
 from tinytriage.nn.parallel import parallel_map, split
@@ -110,7 +110,7 @@ def maxpool2d_forward(
     (``out`` is a channels-last view; ``workspace`` keeps the buffers between calls)."""
     kernel, stride, padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
     Ho, Wo = _output_hw("MaxPool2d", x, kernel, stride, padding)
-    (KH, KW), (PH, PW) = kernel, padding
+    PH, PW = padding
     ws = Workspace() if workspace is None else workspace
     x_cl = channels_last(x)  # (N, H, W, C)
     N, H, W, C = x_cl.shape
@@ -122,12 +122,7 @@ def maxpool2d_forward(
     out = empty((N, Ho, Wo, C), x.dtype)  # (N, H', W', C)
 
     def running_max(images: slice) -> None:  # a few images, for one thread
-        xi, oi = x_padded[images], out[images]
-        np.copyto(oi, _slab_cl(xi, 0, 0, stride, (Ho, Wo)))
-        for u in range(KH):
-            for v in range(KW):
-                if u or v:
-                    np.maximum(oi, _slab_cl(xi, u, v, stride, (Ho, Wo)), out=oi)  # NaN propagates
+        running_max_cl(out[images], x_padded[images], kernel, stride)
 
     parallel_map(running_max, split(N, x_padded[0].nbytes))
     cache = ((N, C, H, W), x_padded, out, kernel, stride, padding)
