@@ -6,6 +6,7 @@ import json
 
 from conftest import REPO, run_cli
 
+from tinytriage.cnn import CNNConfig
 from tinytriage.model_io import bundled_model_path, read_model
 
 
@@ -16,6 +17,14 @@ def test_bundled_model_is_valid_and_small():
     assert mf.arch == "cnn" and mf.classes == sorted(mf.classes)
     assert mf.training["backend"] == "numpy"  # trained by our own engine
     assert 0.5 <= mf.threshold <= 1.0 and mf.temperature > 0
+
+
+def test_bundled_cnn_is_the_default_recipe():
+    """The README says `tinytriage train`'s defaults are the bundled model's architecture."""
+    mf = read_model(bundled_model_path("cnn"))
+    default = CNNConfig(num_classes=len(mf.classes)).to_dict()
+    assert mf.config == default
+    assert mf.preprocess["input_size"] == default["input_size"]
 
 
 def test_readme_first_command_from_another_folder(tmp_path):
