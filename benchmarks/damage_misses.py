@@ -11,7 +11,9 @@ share and predicted label, smallest first.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -51,4 +53,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # `| head` closed the pipe: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
