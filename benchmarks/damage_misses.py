@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from tinytriage.explain import read_damage_box
-from tinytriage.predict import Predictor
+from tinytriage.predict import PhotoFailure, Predictor
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         share[p] = (box[2] - box[0]) * (box[3] - box[1]) / (w * h)
     hits, misses = [], []
     for r in predictor.predict_paths(paths, 64, 1):
-        if not hasattr(r, "label"):
+        if isinstance(r, PhotoFailure):
             raise SystemExit(f"{r.path}: {r.reason}")
         (hits if r.label == "screen_damage" else misses).append((share[r.path], r.path, r.label))
     for name, rows in (("right", hits), ("missed", misses)):
