@@ -153,6 +153,23 @@ def test_user_errors_say_what_to_do(cnn_path, wide_photo):
 
 
 # -- 4.-6. heatmap, decision, CLI ---------------------------------------------------------------------
+def test_overlay_heat_reads_on_a_bright_bluish_photo():
+    """Pale-yellow heat blended straight onto a light-blue screen averages out to grey; the
+    overlay puts it on a dimmed grey copy, so hot and cold halves differ plainly in colour,
+    and the photo's own light and dark still show where the heat is 0."""
+    from tinytriage.plots import overlay_png
+
+    rgb = np.zeros((40, 80, 3), np.uint8)
+    rgb[:] = (150, 175, 235)  # a bright, bluish phone screen
+    rgb[:20, 40:] = (20, 20, 60)  # and a dark patch in the cold half
+    heat = np.zeros((40, 80))
+    heat[:, :40] = 1.0  # the left half is hot
+    out = np.asarray(Image.open(io.BytesIO(overlay_png(Image.fromarray(rgb), heat))).convert("RGB"), float)
+    hot, cold, dark = out[30, 10], out[30, 70], out[5, 70]
+    assert np.linalg.norm(hot - cold) > 100, (hot, cold)  # the old straight blend gave about 67
+    assert cold.mean() - dark.mean() > 60  # the photo is still visible under zero heat
+
+
 def test_cli_json_and_save(wide_photo, tmp_path):
     out = tmp_path / "out"
     photo = tmp_path / "spot.png"

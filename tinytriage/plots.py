@@ -122,12 +122,18 @@ def feature_grid_png(maps: np.ndarray, *, scale: int = 4, cols: int | None = Non
 
 
 def overlay_png(
-    photo: Image.Image, heat: np.ndarray, alpha: float = 0.45, peak: tuple[int, int] | None = None
+    photo: Image.Image, heat: np.ndarray, alpha: float = 0.7, peak: tuple[int, int] | None = None
 ) -> bytes:
-    """Blend a [0, 1] heatmap (already at the photo's size) over the photo; mark the peak."""
-    base = np.asarray(photo.convert("RGB"), dtype=float)
-    rgb = colormap(heat).astype(float)
-    a = alpha * np.clip(heat, 0, 1)[..., None] ** 0.5
+    """Blend a [0, 1] heatmap (already at the photo's size) over the photo; mark the peak.
+
+    The photo goes under the heat as a dimmed grey copy: the colormap's hot end is pale
+    yellow, which blended onto a bright or bluish photo averages out to grey and vanishes.
+    On dimmed grey every hue of the ramp stands out, and where the heat is 0 the photo
+    still shows through."""
+    grey = np.asarray(photo.convert("L"), dtype=float)[..., None]  # (h, w, 1) luminance
+    base = 30.0 + 0.55 * grey  # dimmed to 30..170 so that the heat colours read on top
+    rgb = colormap(heat).astype(float)  # (h, w, 3)
+    a = alpha * np.clip(heat, 0, 1)[..., None] ** 0.5  # (h, w, 1) opacity grows with the heat
     img = Image.fromarray((base * (1 - a) + rgb * a).astype(np.uint8))
     if peak is not None:
         d = ImageDraw.Draw(img)
