@@ -121,9 +121,7 @@ def feature_grid_png(maps: np.ndarray, *, scale: int = 4, cols: int | None = Non
     return _png(Image.fromarray(grid))
 
 
-def overlay_png(
-    photo: Image.Image, heat: np.ndarray, alpha: float = 0.7, peak: tuple[int, int] | None = None
-) -> bytes:
+def overlay_png(photo: Image.Image, heat: np.ndarray, alpha: float = 0.7, peak: tuple[int, int] | None = None) -> bytes:
     """Blend a [0, 1] heatmap (already at the photo's size) over the photo; mark the peak.
 
     The photo goes under the heat as a dimmed grey copy: the colormap's hot end is pale
