@@ -35,10 +35,11 @@ def main() -> None:
         box = read_damage_box(Path(p))
         if isinstance(box, str):
             raise SystemExit(f"{p}: {box}")
-        w, h = Image.open(p).size
+        with Image.open(p) as im:  # reads the header only
+            w, h = im.size
         share[p] = (box[2] - box[0]) * (box[3] - box[1]) / (w * h)
     hits, misses = [], []
-    for r in predictor.predict_paths(paths, 64, 1):
+    for r in predictor.predict_paths(paths):
         if isinstance(r, PhotoFailure):
             raise SystemExit(f"{r.path}: {r.reason}")
         (hits if r.label == "screen_damage" else misses).append((share[r.path], r.path, r.label))
