@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from tinytriage.errors import DatasetError
 from tinytriage.routing import DEFAULT_ROUTES
-from tinytriage.synth import CLASSES, camera, encode_photo, generate_dataset, photo_rng, render_photo
+from tinytriage.synth import CLASSES, camera, encode_photo, generate_dataset, is_twin, photo_rng, render_photo
 
 SMALL = (200, 400)  # long-side range that keeps these tests fast
 
@@ -83,6 +83,29 @@ def test_classes_subset_and_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DatasetError, match="not a folder"):
         generate_dataset(tmp_path / "file", 1, 0)
+
+
+def test_twins_are_damaged_photos_with_the_screen_intact(small_set, tmp_path):
+    assert [i for i in range(6) if is_twin(i, 0.5)] == [1, 3, 5]
+    assert all(is_twin(i, 1.0) for i in range(6)) and not any(is_twin(i, 0.0) for i in range(6))
+    twins = tmp_path / "twins"
+    generate_dataset(twins, per_class=3, seed=7, size_range=SMALL, twins=0.5)
+    a, b = _files(small_set), _files(twins)
+    assert a.keys() == b.keys()  # no sidecar for a twin: it has no damage
+    changed = sorted(k for k in a if a[k] != b[k])
+    assert changed == ["intact_device/intact_device_00001.jpg"]  # only the odd intact photos
+    with Image.open(twins / changed[0]) as im:
+        twin = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.float32)
+    with Image.open(small_set / "screen_damage/screen_damage_00001.jpg") as im:
+        damaged = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.float32)
+    assert twin.shape == damaged.shape
+    x0, y0, x1, y1 = json.loads((small_set / "screen_damage/screen_damage_00001.json").read_text())["damage_bbox"]
+    diff = np.abs(twin - damaged)
+    inside = diff[y0:y1, x0:x1].mean()
+    outside = (diff.sum() - diff[y0:y1, x0:x1].sum()) / (diff.size - diff[y0:y1, x0:x1].size)
+    assert inside > 3 * outside  # they differ where the damage is, and hardly anywhere else
+    with pytest.raises(DatasetError, match="twins"):
+        generate_dataset(tmp_path / "x", 1, 0, twins=1.5)
 
 
 def test_sizes_aspects_exif_and_quality_ranges():

@@ -353,13 +353,26 @@ def samples(
     min_size: int = typer.Option(480, "--min-size", min=16, help="Smallest long side of a photo, pixels."),
     max_size: int = typer.Option(1600, "--max-size", min=16, help="Largest long side of a photo, pixels."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the output does not depend on it)."),
+    twins: float = typer.Option(
+        0.0,
+        "--twins",
+        min=0.0,
+        max=1.0,
+        help="Share of intact_device photos that are twins: screen_damage photo i with its screen intact.",
+    ),
 ) -> None:
     """Generate synthetic ticket photos: one folder per class, damage boxes in JSON sidecars."""
     from tinytriage.synth import CLASSES, generate_dataset
 
     classes = [c for c in CLASSES if other or c != "other"]
     report = generate_dataset(
-        out_dir, per_class, seed, classes=classes, size_range=(min(min_size, max_size), max_size), workers=workers
+        out_dir,
+        per_class,
+        seed,
+        classes=classes,
+        size_range=(min(min_size, max_size), max_size),
+        workers=workers,
+        twins=twins,
     )
     print(
         f"wrote {report.n_photos} photos ({len(classes)} classes x {per_class}, {report.n_bytes / 1e6:.1f} MB) "

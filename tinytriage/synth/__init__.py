@@ -185,10 +185,27 @@ class GenerateReport:
         return self.n_photos / max(self.seconds, 1e-9)
 
 
-def _write_photo(job: tuple[Path, int, str, int, tuple[int, int]]) -> int:
+def is_twin(index: int, twins: float) -> bool:
+    """Whether intact_device photo ``index`` is a twin, when a share ``twins`` of them are.
+
+    Spread evenly: with ``twins`` = 0.5 the odd-numbered photos are, with 1.0 all of them.
+    """
+    return int((index + 1) * twins + 1e-9) > int(index * twins + 1e-9)
+
+
+def _write_photo(job: tuple[Path, int, str, int, tuple[int, int], float]) -> int:
     """Render and write one photo (and its sidecar); returns bytes written. Runs in workers."""
-    out_dir, seed, class_name, index, size_range = job
-    image, meta = render_photo(class_name, photo_rng(seed, class_name, index), size_range=size_range)
+    out_dir, seed, class_name, index, size_range, twins = job
+    if class_name == "intact_device" and is_twin(index, twins):
+        # the very photo screen_damage `index` with its screen left intact: a pair that
+        # differs only in the damage, so the damage is all that can tell the classes apart
+        image, meta = render_photo(
+            "screen_damage", photo_rng(seed, "screen_damage", index), size_range=size_range, damage=False
+        )
+        meta = {**meta, "class": class_name, "twin_of": f"screen_damage_{index:05d}"}
+        del meta["damage_bbox"]
+    else:
+        image, meta = render_photo(class_name, photo_rng(seed, class_name, index), size_range=size_range)
     stem = out_dir / class_name / f"{class_name}_{index:05d}"
     data = encode_photo(image, meta)
     stem.with_suffix(".jpg").write_bytes(data)
@@ -207,11 +224,14 @@ def generate_dataset(
     classes: list[str] | tuple[str, ...] | None = None,
     size_range: tuple[int, int] = SIZE_RANGE,
     workers: int = 1,
+    twins: float = 0.0,
 ) -> GenerateReport:
     """Write ``out_dir/<class>/<class>_00000.jpg`` (+ ``.json`` damage boxes) for each class.
 
     ``size_range`` bounds the photo's long side in pixels. Same seed, same bytes, for
-    any ``workers``: photo i of class c depends only on (seed, c, i).
+    any ``workers``: photo i of class c depends only on (seed, c, i) and, for
+    intact_device, on ``twins``: that share of the intact photos (spread evenly, see
+    ``is_twin``) are twins, photo i being screen_damage photo i with its screen intact.
     """
     classes = tuple(CLASSES if classes is None else classes)
     unknown = [c for c in classes if c not in SUBJECTS]
@@ -219,6 +239,8 @@ def generate_dataset(
         raise DatasetError(f"unknown class {unknown[0]!r}; choose from {', '.join(CLASSES)}")
     if not classes:
         raise DatasetError("no classes to generate")
+    if not 0.0 <= twins <= 1.0:
+        raise DatasetError(f"--twins must be between 0 and 1, got {twins}")
     if per_class < 1:
         raise DatasetError(f"--per-class must be at least 1, got {per_class}")
     if seed < 0:
@@ -232,7 +254,7 @@ def generate_dataset(
     for c in classes:
         (out / c).mkdir(parents=True, exist_ok=True)
 
-    jobs = [(out, seed, c, i, (lo, hi)) for c in classes for i in range(per_class)]
+    jobs = [(out, seed, c, i, (lo, hi), twins) for c in classes for i in range(per_class)]
     start = time.perf_counter()
     if workers <= 1:
         sizes = [_write_photo(job) for job in jobs]
