@@ -252,3 +252,12 @@ def test_samples_command_end_to_end(tmp_path):
         assert max(ImageOps.exif_transpose(im).size) <= 320
     r = run_cli("samples", str(tmp_path / "x"), "--per-class", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run_cli("samples", str(tmp_path / "x"), "--twins", "2")
+    assert r.returncode == 2 and "--twins" in r.stderr and "Traceback" not in r.stderr
+    twins = tmp_path / "twins"
+    r = run_cli("samples", str(twins), "-n", "2", "--seed", "3", "--max-size", "320", "--no-other", "--twins", "1")
+    assert r.returncode == 0, r.stderr
+    same = [
+        (out / c / f"{c}_00001.jpg").read_bytes() == (twins / c / f"{c}_00001.jpg").read_bytes() for c in CLASSES[:4]
+    ]
+    assert same == [c != "intact_device" for c in CLASSES[:4]]

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image, ImageDraw
 
 from tinytriage.errors import DatasetError, TrainingError
@@ -125,6 +126,33 @@ def test_resume_with_other_settings_names_what_differs(toy, tmp_path):
     train(cfg_for(toy, tmp_path / "run", epochs=1))
     with pytest.raises(TrainingError, match=r"input_size 24 -> 32; widths \[4, 8\] -> \[4, 8, 8\]"):
         train(cfg_for(toy, tmp_path / "run", resume=True, input_size=32, model_config={"widths": [4, 8, 8]}))
+
+
+def test_init_starts_from_a_model_files_weights(toy, tmp_path):
+    first = read_model(train(cfg_for(toy, tmp_path / "first", epochs=2)).model_path).tensors
+    # a learning rate of ~0 leaves the weights where --init put them (BatchNorm's running
+    # statistics still move: they are averages, not learned)
+    tuned = train(cfg_for(toy, tmp_path / "tuned", epochs=1, lr=1e-12, init=str(tmp_path / "first/model.safetensors")))
+    fresh = train(cfg_for(toy, tmp_path / "fresh", epochs=1, lr=1e-12))
+    kernels = [k for k, v in first.items() if v.ndim == 4]
+    assert kernels
+    for run, same in ((tuned, True), (fresh, False)):
+        last = read_model(run.model_path.parent / "last.safetensors").tensors
+        assert all(np.allclose(last[k], first[k], atol=1e-9) for k in kernels) is same
+    assert tuned.best_val_acc >= fresh.best_val_acc
+    assert json.loads((tmp_path / "tuned/metrics.json").read_text())["args"]["init"].endswith("model.safetensors")
+
+
+def test_init_with_another_architecture_or_classes_says_what_differs(toy, tmp_path):
+    model = str(train(cfg_for(toy, tmp_path / "a", epochs=1)).model_path)
+    with pytest.raises(TrainingError, match=r"--init .*widths \[4, 8\] -> \[4, 16\]"):
+        train(cfg_for(toy, tmp_path / "b", init=model, model_config={"widths": [4, 16]}))
+    renamed = make_toy_dataset(tmp_path / "renamed", classes=("document", "parcel", "zebra"))
+    with pytest.raises(TrainingError, match="classes .*screen_damage.* are not this dataset's .*zebra"):
+        train(cfg_for(renamed, tmp_path / "c", init=model))
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.safetensors"))
+    r = run_cli("train", str(toy), "--out", str(tmp_path / "d"), "--init", str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_datasets(tmp_path):

@@ -181,6 +181,12 @@ def train(
     val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=0.9),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="Start from this model file's weights (fine-tuning): same architecture and classes, "
+        "new optimizer and learning-rate schedule.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -202,7 +208,7 @@ def train(
         data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
-        model_config=model_config,
+        init=None if init is None else str(init), model_config=model_config,
     )  # fmt: skip
     main = is_main()  # under torchrun, rank 0 alone prints
     with TrainProgress(quiet=quiet or not main) as progress:

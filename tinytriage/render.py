@@ -122,6 +122,8 @@ class TrainProgress:
             err.print(f"  [yellow]skipped[/yellow] {e['reason']}")
         elif kind == "cache":
             err.print(f"decoding {e['n']} photos once (cached as small uint8 arrays)...")
+        elif kind == "init":
+            err.print(f"starting from the weights of {e['path']}")
         elif kind == "resume":
             err.print(f"resuming after epoch {e['epoch']}")
         elif kind == "step":

@@ -68,6 +68,7 @@ class TrainConfig:
     input_size: int | None = None  # square input side in pixels; None: the arch's default
     augment: bool = True
     resume: bool = False
+    init: str | None = None  # start from this model file's weights (fine-tuning); new optimizer and schedule
     target_precision: float = 0.99  # auto-routed photos must be this often right on validation
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
 
@@ -204,6 +205,12 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     if duplicates:
         emit({"event": "duplicates", "pairs": duplicates})
 
+    classes = list(dataset.classes)
+    routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
+    arch_config = _arch_config(cfg, len(classes))
+    # --init: checked before the slow decode below; a resumed run's checkpoint holds newer weights
+    init_weights = _init_weights(Path(cfg.init), arch_config, cfg, classes) if cfg.init and not cfg.resume else None
+
     # decode every photo once, a little larger than the input, as uint8; augment per epoch
     emit({"event": "cache", "n": len(train_set.samples) + len(val_set.samples)})
     pcfg = Preprocess(input_size=cfg.input_size, mean=DEFAULT_MEAN, std=DEFAULT_STD, resize_mode="letterbox")
@@ -214,9 +221,6 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     X_train_u8, y_train = train_cache.images, train_cache.labels
     X_val, y_val = normalize(val_cache.images, pcfg), val_cache.labels
 
-    classes = list(dataset.classes)
-    routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
-    arch_config = _arch_config(cfg, len(classes))
     optim = OptimConfig(
         name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
     )
@@ -233,6 +237,9 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     start_epoch = 0
 
     ckpt_path = run_dir / "checkpoint.safetensors"
+    if init_weights is not None:
+        engine.load_state_dict(init_weights)
+        emit({"event": "init", "path": cfg.init})
     if cfg.resume:
         start_epoch, history, best_acc, best_epoch, best_state = _load_checkpoint(ckpt_path, engine, arch_config, cfg)
         emit({"event": "resume", "epoch": start_epoch})
@@ -450,6 +457,30 @@ def _save_checkpoint(
     )
 
 
+def _config_diff(saved: dict, now: dict) -> str:
+    """'key saved -> now' for each setting that differs, for error messages."""
+    keys = sorted(saved.keys() | now.keys())
+    return "; ".join(
+        f"{k} {saved.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in keys if saved.get(k) != now.get(k)
+    )
+
+
+def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list[str]) -> dict[str, np.ndarray]:
+    """The weights of model file ``path``, checked to fit this run (``--init``: fine-tuning)."""
+    from tinytriage.model_io import read_model
+
+    mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
+    if mf.arch != cfg.arch or mf.config != arch_config:
+        diff = _config_diff({"arch": mf.arch, **mf.config}, {"arch": cfg.arch, **arch_config})
+        raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")
+    if list(mf.classes) != list(classes):
+        raise TrainingError(
+            f"--init {path}: the model's classes ({', '.join(mf.classes)}) are not this dataset's "
+            f"({', '.join(classes)})"
+        )
+    return mf.tensors
+
+
 def _load_checkpoint(path: Path, engine, arch_config, cfg):
     from safetensors.numpy import load
 
@@ -466,15 +497,9 @@ def _load_checkpoint(path: Path, engine, arch_config, cfg):
     except Exception as err:
         raise TrainingError(f"{path}: unreadable checkpoint ({err})") from None
     if meta["config"] != arch_config or meta["arch"] != cfg.arch:
-        saved = {"arch": meta["arch"], **meta["config"]}
-        now = {"arch": cfg.arch, **arch_config}
-        diff = [
-            f"{k} {saved.get(k, '(none)')} -> {now.get(k, '(none)')}"
-            for k in sorted(saved.keys() | now.keys())
-            if saved.get(k) != now.get(k)
-        ]
+        diff = _config_diff({"arch": meta["arch"], **meta["config"]}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(
-            f"{path}: checkpoint was made for a different architecture or dataset ({'; '.join(diff)}); "
+            f"{path}: checkpoint was made for a different architecture or dataset ({diff}); "
             "train with the checkpoint's settings or start a new --out"
         )
     ck = meta["training"]["checkpoint"]
