@@ -202,8 +202,7 @@ def _write_photo(job: tuple[Path, int, str, int, tuple[int, int], float]) -> int
         image, meta = render_photo(
             "screen_damage", photo_rng(seed, "screen_damage", index), size_range=size_range, damage=False
         )
-        meta = {**meta, "class": class_name, "twin_of": f"screen_damage_{index:05d}"}
-        del meta["damage_bbox"]
+        del meta["damage_bbox"]  # no damage drawn: no sidecar
     else:
         image, meta = render_photo(class_name, photo_rng(seed, class_name, index), size_range=size_range)
     stem = out_dir / class_name / f"{class_name}_{index:05d}"
