@@ -155,6 +155,22 @@ def test_init_with_another_architecture_or_classes_says_what_differs(toy, tmp_pa
     assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_val_dir_validates_on_another_folder_and_trains_on_all_of_data_dir(toy, tmp_path):
+    val = make_toy_dataset(tmp_path / "val", per_class=5, seed=1)
+    events = []
+    r = train(cfg_for(toy, tmp_path / "r", epochs=1, val_dir=str(val)), progress=events.append)
+    mf = read_model(r.model_path)
+    assert (mf.training["n_train"], mf.training["n_val"]) == (3 * 12, 3 * 5)  # no photo of toy held out
+    assert [e.get("name") for e in events if e["event"] == "scan"] == [None, "validation"]
+    # the same folder for both is a leak, and is reported like any duplicate across the split
+    assert train(cfg_for(toy, tmp_path / "same", epochs=1, val_dir=str(toy))).duplicates
+    other = make_toy_dataset(tmp_path / "other", per_class=3, classes=("document", "parcel", "zebra"))
+    with pytest.raises(TrainingError, match=r"--val-dir .*classes \(document, parcel, zebra\) are not"):
+        train(cfg_for(toy, tmp_path / "bad", val_dir=str(other)))
+    r = run_cli("train", str(toy), "--out", str(tmp_path / "cli"), "--val-dir", str(other))
+    assert r.returncode == 1 and "--val-dir" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_bad_datasets(tmp_path):
     make_toy_dataset(tmp_path / "one", classes=("parcel",))
     with pytest.raises(DatasetError, match="at least 2 classes"):

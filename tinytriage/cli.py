@@ -179,6 +179,12 @@ def train(
     ),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="Default: cnn 5e-4, vit 0.05."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=0.9),
+    val_dir: Path | None = typer.Option(
+        None,
+        "--val-dir",
+        help="Validate (and calibrate) on this folder, same classes, instead of holding out --val-fraction; "
+        "every photo of DATA_DIR then trains.",
+    ),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
     init: Path | None = typer.Option(
@@ -207,7 +213,8 @@ def train(
     cfg = TrainConfig(
         data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
-        weight_decay=weight_decay, val_fraction=val_fraction, augment=augment, resume=resume,
+        weight_decay=weight_decay, val_fraction=val_fraction, val_dir=None if val_dir is None else str(val_dir),
+        augment=augment, resume=resume,
         init=None if init is None else str(init), model_config=model_config,
     )  # fmt: skip
     main = is_main()  # under torchrun, rank 0 alone prints

@@ -109,7 +109,7 @@ class TrainProgress:
     def __call__(self, e: dict) -> None:
         kind = e["event"]
         if kind == "scan":
-            err.print(f"dataset: {e['summary']}")
+            err.print(f"{e.get('name', 'dataset')}: {e['summary']}")
             for path, why in e["unreadable"][:20]:
                 err.print(f"  [yellow]unreadable[/yellow] {path}: {why}")
         elif kind == "duplicates":

@@ -65,6 +65,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     seed: int = 0
     val_fraction: float = 0.15
+    val_dir: str | None = None  # validate on this folder (same classes) instead of a split of data_dir
     input_size: int | None = None  # square input side in pixels; None: the arch's default
     augment: bool = True
     resume: bool = False
@@ -200,7 +201,16 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
 
     dataset = scan_folder(cfg.data_dir)
     emit({"event": "scan", "summary": dataset.summary(), "unreadable": dataset.unreadable})
-    train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if cfg.val_dir is None:
+        train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    else:  # a separate validation folder: every photo of data_dir trains
+        train_set, val_set = dataset, scan_folder(cfg.val_dir)
+        emit({"event": "scan", "name": "validation", "summary": val_set.summary(), "unreadable": val_set.unreadable})
+        if val_set.classes != dataset.classes:
+            raise TrainingError(
+                f"--val-dir {cfg.val_dir}: its classes ({', '.join(val_set.classes)}) are not the training "
+                f"data's ({', '.join(dataset.classes)})"
+            )
     duplicates = [(str(a), str(b)) for a, b in find_duplicates(train_set, val_set)]
     if duplicates:
         emit({"event": "duplicates", "pairs": duplicates})
