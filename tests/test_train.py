@@ -167,8 +167,9 @@ def test_val_dir_validates_on_another_folder_and_trains_on_all_of_data_dir(toy, 
     other = make_toy_dataset(tmp_path / "other", per_class=3, classes=("document", "parcel", "zebra"))
     with pytest.raises(TrainingError, match=r"--val-dir .*classes \(document, parcel, zebra\) are not"):
         train(cfg_for(toy, tmp_path / "bad", val_dir=str(other)))
-    r = run_cli("train", str(toy), "--out", str(tmp_path / "cli"), "--val-dir", str(other))
-    assert r.returncode == 1 and "--val-dir" in r.stderr and "Traceback" not in r.stderr
+    for folder in (other, tmp_path / "missing"):
+        r = run_cli("train", str(toy), "--out", str(tmp_path / "cli"), "--val-dir", str(folder))
+        assert r.returncode == 1 and "--val-dir" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_datasets(tmp_path):

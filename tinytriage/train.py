@@ -34,7 +34,7 @@ from tinytriage import __version__, distributed
 from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
 from tinytriage.cnn import CNNConfig
 from tinytriage.engine import OptimConfig, make_engine
-from tinytriage.errors import TrainingError
+from tinytriage.errors import DatasetError, TrainingError
 from tinytriage.model_io import ModelFile, atomic_write_bytes, save_model
 from tinytriage.routing import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.schedule import lr_at
@@ -204,7 +204,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     if cfg.val_dir is None:
         train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
     else:  # a separate validation folder: every photo of data_dir trains
-        train_set, val_set = dataset, scan_folder(cfg.val_dir)
+        try:
+            train_set, val_set = dataset, scan_folder(cfg.val_dir)
+        except DatasetError as err:
+            raise DatasetError(f"--val-dir: {err}") from None
         emit({"event": "scan", "name": "validation", "summary": val_set.summary(), "unreadable": val_set.unreadable})
         if val_set.classes != dataset.classes:
             raise TrainingError(
