@@ -126,6 +126,11 @@ def test_resume_with_other_settings_names_what_differs(toy, tmp_path):
     train(cfg_for(toy, tmp_path / "run", epochs=1))
     with pytest.raises(TrainingError, match=r"input_size 24 -> 32; widths \[4, 8\] -> \[4, 8, 8\]"):
         train(cfg_for(toy, tmp_path / "run", resume=True, input_size=32, model_config={"widths": [4, 8, 8]}))
+    # validating on other photos would pick the best epoch by another yardstick, maybe on photos it trained on
+    with pytest.raises(TrainingError, match=r"validated on --val-fraction 0.15 .*seed 0.*, this one on --val-dir "):
+        train(cfg_for(toy, tmp_path / "run", resume=True, val_dir=str(toy)))
+    with pytest.raises(TrainingError, match=r"seed 0\), this one on --val-fraction 0.3 of the data \(seed 0"):
+        train(cfg_for(toy, tmp_path / "run", resume=True, val_fraction=0.3))
 
 
 def test_init_starts_from_a_model_files_weights(toy, tmp_path):

@@ -494,6 +494,13 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
     return mf.tensors
 
 
+def _validation_source(args: dict) -> str:
+    """Where a run's validation photos come from, for a person: --val-dir, or the split."""
+    if args.get("val_dir") is not None:
+        return f"--val-dir {args['val_dir']}"
+    return f"--val-fraction {args.get('val_fraction', 0.15)} of the data (seed {args.get('seed', 0)})"
+
+
 def _load_checkpoint(path: Path, engine, arch_config, cfg):
     from safetensors.numpy import load
 
@@ -516,6 +523,9 @@ def _load_checkpoint(path: Path, engine, arch_config, cfg):
             "train with the checkpoint's settings or start a new --out"
         )
     ck = meta["training"]["checkpoint"]
+    saved, now = _validation_source(ck.get("args", {})), _validation_source(asdict(cfg))
+    if saved != now:
+        raise TrainingError(f"{path}: the run validated on {saved}, this one on {now}; resume with the run's settings")
     engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
     optim.update(ck["optim_scalars"])
