@@ -205,9 +205,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
     else:  # a separate validation folder: every photo of data_dir trains
         try:
-            train_set, val_set = dataset, scan_folder(cfg.val_dir)
+            val_set = scan_folder(cfg.val_dir)
         except DatasetError as err:
             raise DatasetError(f"--val-dir: {err}") from None
+        train_set = dataset
         emit({"event": "scan", "name": "validation", "summary": val_set.summary(), "unreadable": val_set.unreadable})
         if val_set.classes != dataset.classes:
             raise TrainingError(
@@ -221,7 +222,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     classes = list(dataset.classes)
     routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
     arch_config = _arch_config(cfg, len(classes))
-    # --init: checked before the slow decode below; a resumed run's checkpoint holds newer weights
+    # --init and --resume: read and checked before the slow decode below; a resumed run's
+    # checkpoint holds newer weights than --init
+    ckpt_path = run_dir / "checkpoint.safetensors"
+    checkpoint = _read_checkpoint(ckpt_path, arch_config, cfg) if cfg.resume else None
     init_weights = _init_weights(Path(cfg.init), arch_config, cfg, classes) if cfg.init and not cfg.resume else None
 
     # decode every photo once, a little larger than the input, as uint8; augment per epoch
@@ -249,12 +253,11 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     best_acc, best_epoch, best_state = -1.0, 0, None
     start_epoch = 0
 
-    ckpt_path = run_dir / "checkpoint.safetensors"
     if init_weights is not None:
         engine.load_state_dict(init_weights)
         emit({"event": "init", "path": cfg.init})
-    if cfg.resume:
-        start_epoch, history, best_acc, best_epoch, best_state = _load_checkpoint(ckpt_path, engine, arch_config, cfg)
+    if checkpoint is not None:
+        start_epoch, history, best_acc, best_epoch, best_state = _restore_checkpoint(engine, *checkpoint)
         emit({"event": "resume", "epoch": start_epoch})
 
     aug = Augment() if cfg.augment else None
@@ -496,12 +499,13 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
 
 def _validation_source(args: dict) -> str:
     """Where a run's validation photos come from, for a person: --val-dir, or the split."""
-    if args.get("val_dir") is not None:
+    if args.get("val_dir") is not None:  # .get: checkpoints from before --val-dir lack the key
         return f"--val-dir {args['val_dir']}"
-    return f"--val-fraction {args.get('val_fraction', 0.15)} of the data (seed {args.get('seed', 0)})"
+    return f"--val-fraction {args['val_fraction']} of the data (seed {args['seed']})"
 
 
-def _load_checkpoint(path: Path, engine, arch_config, cfg):
+def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors, training state) of the run folder's checkpoint, checked to fit this run (``--resume``)."""
     from safetensors.numpy import load
 
     from tinytriage.model_io import _sniff
@@ -523,9 +527,14 @@ def _load_checkpoint(path: Path, engine, arch_config, cfg):
             "train with the checkpoint's settings or start a new --out"
         )
     ck = meta["training"]["checkpoint"]
-    saved, now = _validation_source(ck.get("args", {})), _validation_source(asdict(cfg))
+    saved, now = _validation_source(ck["args"]), _validation_source(asdict(cfg))
     if saved != now:
         raise TrainingError(f"{path}: the run validated on {saved}, this one on {now}; resume with the run's settings")
+    return tensors, ck
+
+
+def _restore_checkpoint(engine, tensors: dict[str, np.ndarray], ck: dict):
+    """Put a checkpoint's weights and optimizer state into ``engine``; returns the loop's state."""
     engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
     optim.update(ck["optim_scalars"])
