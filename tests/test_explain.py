@@ -12,7 +12,7 @@ from conftest import run_cli
 from PIL import Image
 from test_gradcam import CLASSES, model_file, photo_with_spot, random_cnn
 
-from tinytriage.cnn import CNNConfig, TriageCNN
+from tinytriage.cnn import CNNConfig, TriageCNN, count_macs
 from tinytriage.errors import TinyTriageError
 from tinytriage.explain import _cnn_geometry, cell_input_window, explain_photo, model_summary, pointing_game
 from tinytriage.model_io import ModelFile, save_model
@@ -69,6 +69,14 @@ def test_summary_of_the_default_cnn_ends_in_a_fifth_stage():
     assert (rows["conv5"].receptive_field, rows["conv5"].jump) == (78, 16)  # 46 + 2*16
     assert rows["conv5"].output_shape == (256, 8, 8) and rows["head"].params == 256 * 5 + 5
     assert s.total_params == TriageCNN(CNNConfig()).num_parameters()
+
+
+def test_summary_of_an_avgmax_head_counts_twice_the_features():
+    cfg = CNNConfig(pool="avgmax")
+    rows = {r.name: r for r in model_summary("cnn", cfg.to_dict()).rows}
+    assert rows["avgmaxpool"].output_shape == (512, 1, 1) and rows["head"].params == 512 * 5 + 5
+    assert model_summary("cnn", cfg.to_dict()).total_params == TriageCNN(cfg).num_parameters()
+    assert count_macs(cfg) == count_macs(CNNConfig()) + 256 * 5  # the maxima's weights, no conv
 
 
 def test_cell_input_window_is_the_receptive_field():

@@ -18,10 +18,11 @@ from tinytriage.routing import DEFAULT_ROUTES
 CLASSES = list(DEFAULT_ROUTES)
 
 
-def random_cnn(seed: int = 0, widths=(4, 8), size: int = 32, dtype=np.float32) -> TriageCNN:
+def random_cnn(seed: int = 0, widths=(4, 8), size: int = 32, dtype=np.float32, pool: str = "avg") -> TriageCNN:
     """A tiny CNN whose BatchNorms have non-trivial running statistics and affine weights."""
     rng = np.random.default_rng(seed)
-    model = TriageCNN(CNNConfig(num_classes=len(CLASSES), input_size=size, widths=widths), rng=rng, dtype=dtype)
+    cfg = CNNConfig(num_classes=len(CLASSES), input_size=size, widths=widths, pool=pool)
+    model = TriageCNN(cfg, rng=rng, dtype=dtype)
     sd = model.state_dict()
     for k, v in sd.items():
         if k.endswith("running_mean"):
@@ -60,11 +61,12 @@ def photo_with_spot(w: int, h: int, spot: tuple[int, int], r: int = 6) -> Image.
 
 
 # -- the two engines ---------------------------------------------------------------------------
-def test_numpy_and_torch_grad_cam_agree():
+@pytest.mark.parametrize("pool", ["avg", "avgmax"])
+def test_numpy_and_torch_grad_cam_agree(pool):
     pytest.importorskip("torch")
     from tinytriage.torch_backend import TorchEngine
 
-    model = random_cnn(1, widths=(4, 8, 8))
+    model = random_cnn(1, widths=(4, 8, 8), pool=pool)
     x = np.random.default_rng(2).normal(0, 1, (3, 3, 32, 32)).astype(np.float32)
     torch_engine = TorchEngine.create("cnn", model.cfg.to_dict())
     torch_engine.load_state_dict(model.state_dict())
@@ -97,9 +99,10 @@ def test_grad_cam_of_a_gap_head_is_cam():
     assert default.class_index.tolist() == model.eval()(x).argmax(1).tolist()
 
 
-def test_grad_cam_gradient_matches_finite_differences():
-    """At relu1 the path back is pool, conv, BatchNorm, ReLU, average pool, linear."""
-    model = random_cnn(5, dtype=np.float64).astype(np.float64)
+@pytest.mark.parametrize("pool", ["avg", "avgmax"])
+def test_grad_cam_gradient_matches_finite_differences(pool):
+    """At relu1 the path back is pool, conv, BatchNorm, ReLU, global pool(s), linear."""
+    model = random_cnn(5, dtype=np.float64, pool=pool).astype(np.float64)
     x = np.random.default_rng(6).normal(0, 1, (1, 3, 32, 32))
     c = 3
     m = grad_cam(NumpyEngine(model), model.cfg, x, c, "relu1")

@@ -110,9 +110,11 @@ def test_padded_max_pool_is_not_fused():
     assert kinds == ["ConvBNReLU", "MaxPool2d"]
 
 
-@pytest.mark.parametrize("widths", [(4, 8, 8), (16, 32, 64, 128), (8, 8, 16, 16, 32)], ids=str)
-def test_fused_triage_cnn_equals_unfused_and_torch(widths):
-    cfg = CNNConfig(widths=widths, input_size=32)
+@pytest.mark.parametrize(
+    "widths, pool", [((4, 8, 8), "avg"), ((16, 32, 64, 128), "avg"), ((8, 8, 16, 16, 32), "avg"), ((4, 8, 8), "avgmax")]
+)
+def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool):
+    cfg = CNNConfig(widths=widths, input_size=32, pool=pool)
     rng = np.random.default_rng(2)
     model = TriageCNN(cfg, rng=rng)
     randomise_batchnorms(model, rng)

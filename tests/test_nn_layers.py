@@ -20,6 +20,7 @@ from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm2d,
+    GlobalAvgMaxPool2d,
     Conv2d,
     CrossEntropyLoss,
     Dropout,
@@ -50,6 +51,7 @@ from tinytriage.nn import (  # noqa: E402
     maxpool2d_reference,
 )
 from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
+from tinytriage.torch_backend import TorchGlobalAvgMaxPool2d  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
@@ -131,6 +133,9 @@ LAYERS = [
     case("adaptive-avg-2x3",        twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, (2, 3)),                (2, 3, 5, 7)),
     case("adaptive-avg-3-overlap",  twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, 3),                     (2, 2, 7, 4)),
     case("adaptive-avg-upsample",   twins(AdaptiveAvgPool2d, tnn.AdaptiveAvgPool2d, (4, 5)),                (1, 2, 3, 3)),
+    case("global-avgmax",           twins(GlobalAvgMaxPool2d, TorchGlobalAvgMaxPool2d),                     (2, 3, 5, 7)),
+    case("global-avgmax-1x1",       twins(GlobalAvgMaxPool2d, TorchGlobalAvgMaxPool2d),                     (3, 4, 1, 1)),
+    case("global-avgmax-ties",      twins(GlobalAvgMaxPool2d, TorchGlobalAvgMaxPool2d),                     ints(0, 2, (2, 3, 4, 4))),
     # -- activations, linear, flatten
     case("relu",                    twins(ReLU, tnn.ReLU),                                                  (2, 3, 4, 5)),
     case("relu-exact-zeros",        twins(ReLU, tnn.ReLU),                                                  ints(-2, 3, (4, 6))),
@@ -458,6 +463,7 @@ GRADCHECK = [
     pytest.param(lambda: MaxPool2d(3, 2, 1), [(1, 2, 5, 5)], id="maxpool-overlap"),
     pytest.param(lambda: AvgPool2d(3, 2, 1), [(1, 2, 5, 5)], id="avgpool"),
     pytest.param(lambda: AdaptiveAvgPool2d((2, 3)), [(1, 2, 5, 7)], id="adaptive-avg"),
+    pytest.param(lambda: GlobalAvgMaxPool2d(), [(2, 3, 4, 5)], id="global-avgmax"),
     pytest.param(lambda: ReLU(), [(3, 7)], id="relu"),
     pytest.param(lambda: Linear(5, 3), [(4, 5)], id="linear"),
     pytest.param(lambda: Flatten(), [(2, 2, 3)], id="flatten"),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -158,6 +159,43 @@ def test_init_with_another_architecture_or_classes_says_what_differs(toy, tmp_pa
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.safetensors"))
     r = run_cli("train", str(toy), "--out", str(tmp_path / "d"), "--init", str(tmp_path / "nope.safetensors"))
     assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_path):
+    from tinytriage.model_io import build_numpy_model
+    from tinytriage.train import _init_weights
+
+    first_path = train(cfg_for(toy, tmp_path / "first", epochs=2)).model_path
+    first = read_model(first_path)
+    avgmax = cfg_for(toy, tmp_path / "wide", model_config={"widths": [4, 8], "pool": "avgmax"})
+    arch_config = {**first.config, "pool": "avgmax"}
+    weights = _init_weights(first_path, arch_config, avgmax, list(first.classes))
+    assert weights["head.3.weight"].shape == (3, 16)  # [means | maxima] of 8 channels
+    np.testing.assert_array_equal(weights["head.3.weight"][:, 8:], 0)
+    old, new = build_numpy_model("cnn", first.config).eval(), build_numpy_model("cnn", arch_config).eval()
+    old.load_state_dict(first.tensors)
+    new.load_state_dict(weights)
+    x = np.random.default_rng(0).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(new(x), old(x), rtol=1e-6, atol=1e-6)  # the maxima add exactly zero
+    # ...and back: avgmax -> avg keeps the means' columns
+    wide = train(cfg_for(toy, tmp_path / "wide", epochs=1, init=str(first_path), model_config=avgmax.model_config))
+    w = read_model(wide.model_path).tensors["head.3.weight"]
+    assert read_model(wide.model_path).config["pool"] == "avgmax" and w.shape == (3, 16)
+    assert np.abs(w[:, 8:]).max() > 0  # training gave the maxima weight
+    back = _init_weights(wide.model_path, first.config | {"pool": "avg"}, cfg_for(toy, tmp_path / "x"), list(first.classes))
+    np.testing.assert_array_equal(back["head.3.weight"], w[:, :8])
+
+
+def test_a_model_file_from_before_the_pool_option_reads_as_avg(toy, tmp_path):
+    """Files written before CNNConfig.pool existed have no "pool" key: --init and --resume take them."""
+    from tinytriage.model_io import save_model
+
+    mf = read_model(train(cfg_for(toy, tmp_path / "run", epochs=1)).model_path)
+    old = {k: v for k, v in mf.config.items() if k != "pool"}
+    path = save_model(replace(mf, config=old), tmp_path / "old.safetensors")
+    assert "pool" not in read_model(path).config
+    tuned = train(cfg_for(toy, tmp_path / "tuned", epochs=1, init=str(path)))
+    assert read_model(tuned.model_path).config["pool"] == "avg"
 
 
 def test_val_dir_validates_on_another_folder_and_trains_on_all_of_data_dir(toy, tmp_path):

@@ -174,6 +174,12 @@ def train(
     widths: str | None = typer.Option(
         None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128,256."
     ),
+    pool: str | None = typer.Option(
+        None,
+        "--pool",
+        help="cnn: the head's global pooling, avg or avgmax (each map's mean and maximum). Default: avg. "
+        "With --init from an avg model, avgmax starts as that model (the maxima's weights start at zero).",
+    ),
     optimizer: str | None = typer.Option(
         None, "--optimizer", help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit adamw."
     ),
@@ -210,6 +216,14 @@ def train(
         if (arch or "cnn") != "cnn":
             raise typer.BadParameter("only for --arch cnn", param_hint="--widths")
         model_config["widths"] = _parse_widths(widths)
+    if pool is not None:
+        from tinytriage.cnn import HEAD_POOLS
+
+        if (arch or "cnn") != "cnn":
+            raise typer.BadParameter("only for --arch cnn", param_hint="--pool")
+        if pool not in HEAD_POOLS:
+            raise typer.BadParameter(f"choose one of {', '.join(HEAD_POOLS)}, got {pool!r}", param_hint="--pool")
+        model_config["pool"] = pool
     cfg = TrainConfig(
         data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,

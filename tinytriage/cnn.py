@@ -14,6 +14,8 @@ by global average pooling), then dropout and one linear layer; by default five s
   0.772 at 128 px (five stages both).
 * Global average pooling keeps the parameter count small and keeps the last conv layer's
   spatial map for Grad-CAM, which points at cracks rather than at the whole photo.
+  ``pool="avgmax"`` hands the linear layer each map's maximum beside its mean: a crack
+  that lights up one cell of the 8 x 8 map is 1/64 of a mean but the whole of a maximum.
 
 The same ``CNNConfig`` builds the PyTorch twin (`tinytriage.torch_backend`), with the same
 parameter names, so one ``.safetensors`` file runs in both engines.
@@ -29,6 +31,9 @@ from tinytriage import nn
 from tinytriage.nn.module import Module, Sequential
 
 
+HEAD_POOLS = ("avg", "avgmax")
+
+
 @dataclass
 class CNNConfig:
     """Everything that decides the CNN's shape. Stored in the model file."""
@@ -39,6 +44,16 @@ class CNNConfig:
     widths: tuple[int, ...] = field(default=(16, 32, 64, 128, 256))  # output channels per stage
     kernel_size: int = 3  # conv kernel, odd, with 'same' padding
     dropout: float = 0.1  # before the classifier, training only
+    pool: str = "avg"  # head: "avg" (global average pooling) or "avgmax" (average and max side by side)
+
+    def __post_init__(self) -> None:
+        if self.pool not in HEAD_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(HEAD_POOLS)}, got {self.pool!r}")
+
+    @property
+    def head_features(self) -> int:
+        """Inputs of the linear layer: the last stage's channels, twice for ``avgmax``."""
+        return self.widths[-1] * (2 if self.pool == "avgmax" else 1)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
@@ -82,7 +97,7 @@ def feature_layers(cfg: CNNConfig) -> list[tuple[str, str, dict]]:
 
 
 class TriageCNN(Module):
-    """``features`` (conv stages) then ``head`` (global average pool, flatten, dropout, linear)."""
+    """``features`` (conv stages) then ``head`` (global pool, flatten, dropout, linear)."""
 
     def __init__(
         self,
@@ -107,13 +122,14 @@ class TriageCNN(Module):
         # the first conv's input gradient is never used: skip computing it
         layers[0].needs_input_grad = False
         self.features = self.add_module("features", Sequential(*layers))
+        pool = nn.AdaptiveAvgPool2d(1) if cfg.pool == "avg" else nn.GlobalAvgMaxPool2d()
         self.head = self.add_module(
             "head",
             Sequential(
-                nn.AdaptiveAvgPool2d(1),
+                pool,  # (N, C, h, w) -> (N, C or 2C, 1, 1)
                 nn.Flatten(),
                 nn.Dropout(cfg.dropout, rng=rng),
-                nn.Linear(cfg.widths[-1], cfg.num_classes, dtype=dtype, rng=rng),
+                nn.Linear(cfg.head_features, cfg.num_classes, dtype=dtype, rng=rng),
             ),
         )
         self.astype(dtype)
@@ -140,4 +156,4 @@ def count_macs(cfg: CNNConfig) -> int:
             macs += size * size * args["out_channels"] * args["in_channels"] * k * k
         elif kind == "maxpool":
             size //= 2
-    return macs + cfg.widths[-1] * cfg.num_classes
+    return macs + cfg.head_features * cfg.num_classes

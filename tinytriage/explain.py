@@ -55,7 +55,7 @@ class LayerRow:
     """One layer of the summary."""
 
     name: str  # conv1, bn1, relu1, pool1, ..., head
-    kind: str  # conv, bn, relu, maxpool, avgpool, flatten, dropout, linear, ...
+    kind: str  # conv, bn, relu, maxpool, avgpool (or avgmaxpool), flatten, dropout, linear, ...
     tensors: str  # prefix of its tensors in the model file ("features.0"); "" if it has none
     output_shape: tuple[int, ...]  # for one photo: (C, H, W), (tokens, D) or (classes,)
     params: int  # trainable parameters (BatchNorm's running statistics are not trained)
@@ -100,14 +100,15 @@ def _cnn_summary(cfg: CNNConfig) -> ModelSummary:
         S = conv_output_size(S, k, s, p)
         rows.append((role, kind, f"features.{i}" if params else "", (C, S, S), params))
         spec.append((role, k, s))
-    n = cfg.num_classes
+    n, F = cfg.num_classes, cfg.head_features
+    pool = "avgpool" if cfg.pool == "avg" else "avgmaxpool"  # avgmax: mean and max of each map, 2C values
     rows += [
-        ("avgpool", "avgpool", "", (C, 1, 1), 0),  # global average pooling: one kernel the size of the map
-        ("flatten", "flatten", "", (C,), 0),
-        ("dropout", "dropout", "", (C,), 0),  # identity in eval mode
-        ("head", "linear", "head.3", (n,), C * n + n),
+        (pool, pool, "", (F, 1, 1), 0),  # global pooling: one window the size of the map
+        ("flatten", "flatten", "", (F,), 0),
+        ("dropout", "dropout", "", (F,), 0),  # identity in eval mode
+        ("head", "linear", "head.3", (n,), F * n + n),
     ]
-    spec += [("avgpool", S, 1), ("flatten", 1, 1), ("dropout", 1, 1), ("head", 1, 1)]
+    spec += [(pool, S, 1), ("flatten", 1, 1), ("dropout", 1, 1), ("head", 1, 1)]
     rf = receptive_fields(spec)
     table = [
         LayerRow(name, kind, t, shape, p, r.receptive_field, r.jump)

@@ -16,6 +16,17 @@ from tinytriage.engine import OptimConfig
 from tinytriage.errors import BackendUnavailable, TinyTriageError
 
 
+class TorchGlobalAvgMaxPool2d(nn.Module):
+    """Twin of ``tinytriage.nn.GlobalAvgMaxPool2d``: (N, C, H, W) -> (N, 2C, 1, 1), means then maxima."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.avg(x), self.max(x)], dim=1)
+
+
 class TorchTriageCNN(nn.Module):
     """PyTorch twin of ``tinytriage.cnn.TriageCNN``."""
 
@@ -33,8 +44,9 @@ class TorchTriageCNN(nn.Module):
             elif kind == "maxpool":
                 layers.append(nn.MaxPool2d(**args))
         self.features = nn.Sequential(*layers)
+        pool = nn.AdaptiveAvgPool2d(1) if cfg.pool == "avg" else TorchGlobalAvgMaxPool2d()
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.widths[-1], cfg.num_classes)
+            pool, nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.head_features, cfg.num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -486,15 +486,47 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
     from tinytriage.model_io import read_model
 
     mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
-    if mf.arch != cfg.arch or mf.config != arch_config:
-        diff = _config_diff({"arch": mf.arch, **mf.config}, {"arch": cfg.arch, **arch_config})
+    saved = _normalised(mf.arch, mf.config)
+    # the CNN's head pooling may change: the linear layer's columns are carried over below
+    same_but_pool = {**saved, "pool": None} == {**arch_config, "pool": None}
+    if mf.arch != cfg.arch or not (saved == arch_config or (cfg.arch == "cnn" and same_but_pool)):
+        diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")
     if list(mf.classes) != list(classes):
         raise TrainingError(
             f"--init {path}: the model's classes ({', '.join(mf.classes)}) are not this dataset's "
             f"({', '.join(classes)})"
         )
-    return mf.tensors
+    tensors = dict(mf.tensors)
+    if saved.get("pool") != arch_config.get("pool"):
+        tensors["head.3.weight"] = convert_head_weight(tensors["head.3.weight"], saved["pool"], arch_config["pool"])
+    return tensors
+
+
+def convert_head_weight(weight: np.ndarray, old_pool: str, new_pool: str) -> np.ndarray:
+    """The CNN's linear-layer weight (classes, features) for another head pooling.
+
+    ``avgmax`` features are [means | maxima], ``avg`` features the means alone. avg -> avgmax
+    keeps the means' columns and gives the maxima zero weight, so the new model starts out
+    computing exactly what the old one did (its logits are equal) and training decides how
+    much the maxima count. avgmax -> avg keeps the means' columns and drops the maxima's."""
+    n, F = weight.shape  # (classes, features)
+    C = F // 2 if old_pool == "avgmax" else F  # channels of the last conv stage
+    means = weight[:, :C]
+    if new_pool == "avg":
+        return np.ascontiguousarray(means)
+    maxima = weight[:, C:] if old_pool == "avgmax" else np.zeros_like(means)
+    return np.concatenate([means, maxima], axis=1)
+
+
+def _normalised(arch: str, config: dict) -> dict:
+    """A stored architecture config with today's defaults filled in (files from before a
+    field existed, such as the CNN's ``pool``, compare equal to a run that uses its default)."""
+    if arch == "cnn":
+        from tinytriage.cnn import CNNConfig
+
+        return CNNConfig.from_dict(config).to_dict()
+    return dict(config)
 
 
 def _validation_source(args: dict) -> str:
@@ -520,8 +552,9 @@ def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray
         meta = json.loads(json.loads(data[8 : 8 + int(n)])["__metadata__"]["tinytriage_checkpoint"])
     except Exception as err:
         raise TrainingError(f"{path}: unreadable checkpoint ({err})") from None
-    if meta["config"] != arch_config or meta["arch"] != cfg.arch:
-        diff = _config_diff({"arch": meta["arch"], **meta["config"]}, {"arch": cfg.arch, **arch_config})
+    saved = _normalised(meta["arch"], meta["config"])
+    if saved != arch_config or meta["arch"] != cfg.arch:
+        diff = _config_diff({"arch": meta["arch"], **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(
             f"{path}: checkpoint was made for a different architecture or dataset ({diff}); "
             "train with the checkpoint's settings or start a new --out"

@@ -33,6 +33,7 @@ from tinytriage.nn.parallel import get_num_threads, set_num_threads
 from tinytriage.nn.pool import (
     AdaptiveAvgPool2d,
     AvgPool2d,
+    GlobalAvgMaxPool2d,
     MaxPool2d,
     avgpool2d_backward,
     avgpool2d_backward_reference,
@@ -65,6 +66,7 @@ __all__ = [
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",
+    "GlobalAvgMaxPool2d",
     "ReLU",
     "Linear",
     "Flatten",

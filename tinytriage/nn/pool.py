@@ -1,4 +1,4 @@
-"""Pooling: max, average and adaptive average over K x K windows.
+"""Pooling: max, average and adaptive average over K x K windows, and global average + max.
 
 Max pooling keeps the largest value of each window,
 
@@ -320,3 +320,45 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class GlobalAvgMaxPool2d(Module):
+    """Global average and global max pooling side by side: (N, C, H, W) -> (N, 2C, 1, 1).
+
+    Channels [0, C) hold each map's mean, channels [C, 2C) its maximum (fastai's
+    ``AdaptiveConcatPool2d``, with the halves the other way round). The mean speaks for
+    what covers the photo; the maximum for what lights up a single cell, such as a crack
+    across one corner of a small screen, which a mean over the whole map dilutes by H*W.
+    The gradient is the sum of the two pools' gradients:
+
+        dx[n, c, i, j] = dmean[n, c] / (H*W) + dmax[n, c] * [(i, j) is the first maximum]
+
+    (row-major first maximum on ties, NaN always wins: ``torch.nn.AdaptiveMaxPool2d(1)``
+    on the CPU). Its PyTorch twin is ``tinytriage.torch_backend.TorchGlobalAvgMaxPool2d``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_ndim(x, 4, "GlobalAvgMaxPool2d", "(N, C, H, W)")
+        N, C, H, W = x.shape
+        x_cl = channels_last(x).reshape(N, H * W, C)  # (N, HW, C): one row per cell
+        winner = np.argmax(x_cl, axis=1)  # (N, C): first maximum (argmax also picks the first NaN)
+        top = np.take_along_axis(x_cl, winner[:, None, :], axis=1)[:, 0]  # (N, C)
+        self._cache = (x.shape, winner)
+        return np.concatenate([x_cl.mean(axis=1), top], axis=1).reshape(N, 2 * C, 1, 1)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        cache, self._cache = take_cache(self._cache, "GlobalAvgMaxPool2d")
+        (N, C, H, W), winner = cache
+        g = grad_out.reshape(N, 2 * C)
+        g_mean, g_max = g[:, :C], g[:, C:]  # (N, C) each
+        # d mean / d x = 1 / (H*W) everywhere, written channels-last like the layers before it
+        dx = np.empty((N, H * W, C), dtype=grad_out.dtype)  # (N, HW, C)
+        np.divide(g_mean[:, None, :], H * W, out=dx)
+        # d max / d x = 1 at the winner, 0 elsewhere
+        at = winner[:, None, :]  # (N, 1, C)
+        np.put_along_axis(dx, at, np.take_along_axis(dx, at, axis=1) + g_max[:, None, :], axis=1)
+        return nchw(dx.reshape(N, H, W, C))
