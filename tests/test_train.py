@@ -182,7 +182,9 @@ def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_
     w = read_model(wide.model_path).tensors["head.3.weight"]
     assert read_model(wide.model_path).config["pool"] == "avgmax" and w.shape == (3, 16)
     assert np.abs(w[:, 8:]).max() > 0  # training gave the maxima weight
-    back = _init_weights(wide.model_path, first.config | {"pool": "avg"}, cfg_for(toy, tmp_path / "x"), list(first.classes))
+    back = _init_weights(
+        wide.model_path, first.config | {"pool": "avg"}, cfg_for(toy, tmp_path / "x"), list(first.classes)
+    )
     np.testing.assert_array_equal(back["head.3.weight"], w[:, :8])
 
 

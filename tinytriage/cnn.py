@@ -30,7 +30,6 @@ import numpy as np
 from tinytriage import nn
 from tinytriage.nn.module import Module, Sequential
 
-
 HEAD_POOLS = ("avg", "avgmax")
 
 
