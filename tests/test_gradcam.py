@@ -99,6 +99,22 @@ def test_grad_cam_of_a_gap_head_is_cam():
     assert default.class_index.tolist() == model.eval()(x).argmax(1).tolist()
 
 
+def test_grad_cam_of_an_avgmax_head_adds_the_maxima_weight_at_the_winning_cell():
+    """Head = [mean | max] + linear: d y_c / d A_k = W[c, k] / (h*w) everywhere, plus W[c, K + k] at the max."""
+    model = random_cnn(3, pool="avgmax")
+    x = np.random.default_rng(4).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    m = grad_cam(NumpyEngine(model), model.cfg, x, [1, 2])
+    W = model.head[3].params["weight"]  # (classes, 2K)
+    K, (h, w) = m.activations.shape[1], m.activations.shape[2:]
+    for n, c in enumerate([1, 2]):
+        expected = np.broadcast_to(W[c, :K, None, None] / (h * w), (K, h, w)).copy()
+        for k in range(K):
+            i, j = np.unravel_index(np.argmax(m.activations[n, k]), (h, w))
+            expected[k, i, j] += W[c, K + k]
+        np.testing.assert_allclose(m.gradients[n], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(m.alpha[n], (W[c, :K] + W[c, K:]) / (h * w), rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("pool", ["avg", "avgmax"])
 def test_grad_cam_gradient_matches_finite_differences(pool):
     """At relu1 the path back is pool, conv, BatchNorm, ReLU, global pool(s), linear."""

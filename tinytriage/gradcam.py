@@ -16,6 +16,8 @@ shared NumPy code below, so the two engines' maps differ only by float32 roundin
 For TriageCNN the head is global average pooling then one linear layer, so
 d y_c / d A_k[i, j] = W[c, k] / (h*w) everywhere and Grad-CAM is the CAM of Zhou et al.
 (2016) up to a constant; the tests use that as an independent check of the gradients.
+With the ``avgmax`` head each channel's maximum adds W[c, K + k] at the one cell that won
+it, so alpha_k = (W[c, k] + W[c, K + k]) / (h*w) and the map still covers every cell.
 
 The (h, w) map is upsampled bilinearly to the model input (as ``F.interpolate(...,
 mode="bilinear", align_corners=False)``), the letterbox padding is cropped away, and the
