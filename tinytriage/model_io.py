@@ -233,6 +233,7 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: tinytriage metadata is missing or malformed: {err}") from None
     check_tensors(mf, path)
+    mf.config = full_config(mf.arch, mf.config)  # a file from before a config field existed
     return mf
 
 
@@ -275,6 +276,20 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
     problems += [f"unexpected tensor {name}" for name in sorted(set(mf.tensors) - set(expected))]
     if problems:
         raise ModelFileError(f"{path}: " + "; ".join(problems))
+
+
+def full_config(arch: str, config: dict) -> dict:
+    """``config`` with every field of the architecture's config dataclass: a file written
+    before a field existed (the CNN's ``pool``, say) reads as that field's default."""
+    if arch == "cnn":
+        from tinytriage.cnn import CNNConfig
+
+        return CNNConfig.from_dict(config).to_dict()
+    if arch == "vit":
+        from tinytriage.vit import ViTConfig
+
+        return ViTConfig.from_dict(config).to_dict()
+    raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
 
 
 def build_numpy_model(arch: str, config: dict, seed: int = 0):

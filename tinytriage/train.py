@@ -486,7 +486,7 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
     from tinytriage.model_io import read_model
 
     mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
-    saved = _normalised(mf.arch, mf.config)
+    saved = mf.config
     # the CNN's head pooling may change: the linear layer's columns are carried over below
     same_but_pool = {**saved, "pool": None} == {**arch_config, "pool": None}
     if mf.arch != cfg.arch or not (saved == arch_config or (cfg.arch == "cnn" and same_but_pool)):
@@ -519,16 +519,6 @@ def convert_head_weight(weight: np.ndarray, old_pool: str, new_pool: str) -> np.
     return np.concatenate([means, maxima], axis=1)
 
 
-def _normalised(arch: str, config: dict) -> dict:
-    """A stored architecture config with today's defaults filled in (files from before a
-    field existed, such as the CNN's ``pool``, compare equal to a run that uses its default)."""
-    if arch == "cnn":
-        from tinytriage.cnn import CNNConfig
-
-        return CNNConfig.from_dict(config).to_dict()
-    return dict(config)
-
-
 def _validation_source(args: dict) -> str:
     """Where a run's validation photos come from, for a person: --val-dir, or the split."""
     if args.get("val_dir") is not None:  # .get: checkpoints from before --val-dir lack the key
@@ -540,7 +530,7 @@ def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray
     """(tensors, training state) of the run folder's checkpoint, checked to fit this run (``--resume``)."""
     from safetensors.numpy import load
 
-    from tinytriage.model_io import _sniff
+    from tinytriage.model_io import _sniff, full_config
 
     if not path.is_file():
         raise TrainingError(f"--resume: no checkpoint at {path} (train without --resume first)")
@@ -552,7 +542,7 @@ def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray
         meta = json.loads(json.loads(data[8 : 8 + int(n)])["__metadata__"]["tinytriage_checkpoint"])
     except Exception as err:
         raise TrainingError(f"{path}: unreadable checkpoint ({err})") from None
-    saved = _normalised(meta["arch"], meta["config"])
+    saved = full_config(meta["arch"], meta["config"])  # checkpoints from before a config field
     if saved != arch_config or meta["arch"] != cfg.arch:
         diff = _config_diff({"arch": meta["arch"], **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(
