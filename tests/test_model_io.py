@@ -112,6 +112,15 @@ def test_class_count_and_version(tiny_model_file, tmp_path):
         read_model(_rewrite(tiny_model_file, tmp_path, arch="resnet9000"))
 
 
+def test_head_pool_is_checked_against_the_linear_layer(tiny_model_file, tmp_path):
+    cfg = tiny_model_file.config
+    with pytest.raises(ModelFileError, match="cannot build architecture 'cnn' .*pool must be one of avg, avgmax"):
+        read_model(_rewrite(tiny_model_file, tmp_path, config={**cfg, "pool": "median"}))
+    # avgmax wants twice the linear layer's inputs: the avg model's weight is named exactly
+    with pytest.raises(ModelFileError, match=r"head.3.weight has shape \(\d+, \d+\), expected"):
+        read_model(_rewrite(tiny_model_file, tmp_path, config={**cfg, "pool": "avgmax"}))
+
+
 def test_refuses_to_save_nan(tiny_model_file, tmp_path):
     first = next(iter(tiny_model_file.tensors))
     bad = replace(tiny_model_file, tensors={**tiny_model_file.tensors, first: np.full((2,), np.inf, np.float32)})

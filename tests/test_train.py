@@ -188,6 +188,14 @@ def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_
     np.testing.assert_array_equal(back["head.3.weight"], w[:, :8])
 
 
+def test_pool_option_is_checked_before_any_work(toy, tmp_path):
+    r = run_cli("train", str(toy), "--out", str(tmp_path / "a"), "--pool", "median")
+    assert r.returncode == 2 and "choose one of avg, avgmax" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("train", str(toy), "--out", str(tmp_path / "b"), "--arch", "vit", "--pool", "avgmax")
+    assert r.returncode == 2 and "only for --arch cnn" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_model_file_from_before_the_pool_option_reads_as_avg(toy, tmp_path):
     """Files written before CNNConfig.pool existed have no "pool" key: --init and --resume take them."""
     from tinytriage.model_io import save_model
