@@ -486,10 +486,9 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
     from tinytriage.model_io import read_model
 
     mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
-    saved = mf.config
-    # the CNN's head pooling may change: the linear layer's columns are carried over below
-    same_but_pool = {**saved, "pool": None} == {**arch_config, "pool": None}
-    if mf.arch != cfg.arch or not (saved == arch_config or (cfg.arch == "cnn" and same_but_pool)):
+    saved = mf.config  # read_model fills in fields added since the file was written
+    # all but the CNN's head pooling must match: the linear layer's columns are carried over below
+    if mf.arch != cfg.arch or {**saved, "pool": None} != {**arch_config, "pool": None}:
         diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")
     if list(mf.classes) != list(classes):
