@@ -79,6 +79,19 @@ def test_summary_of_an_avgmax_head_counts_twice_the_features():
     assert count_macs(cfg) == count_macs(CNNConfig()) + 256 * 5  # the maxima's weights, no conv
 
 
+def test_summary_of_a_deeper_stage_by_hand():
+    """A second 3x3 block in a stage adds (k - 1) * jump to the receptive field and no pool."""
+    cfg = CNNConfig(input_size=32, widths=(4, 8, 8), depths=(1, 2, 2))
+    s = model_summary("cnn", cfg.to_dict())
+    rows = {r.name: r for r in s.rows}
+    assert [r.name for r in s.rows][4:12] == ["conv2", "bn2", "relu2", "conv2b", "bn2b", "relu2b", "pool2", "conv3"]
+    assert (rows["conv2"].receptive_field, rows["conv2b"].receptive_field) == (8, 12)  # 4 + 2*2, then 8 + 2*2
+    assert (rows["pool2"].receptive_field, rows["conv3b"].receptive_field) == (14, 30)  # 12 + 1*2; 22 + 2*4
+    assert rows["conv2b"].output_shape == (8, 16, 16) and rows["conv2b"].params == 8 * 8 * 3 * 3
+    assert s.total_params == TriageCNN(cfg).num_parameters()
+    assert count_macs(cfg) == count_macs(CNNConfig(input_size=32, widths=(4, 8, 8))) + 8 * 8 * 9 * (16 * 16 + 8 * 8)
+
+
 def test_cell_input_window_is_the_receptive_field():
     cfg = CNNConfig()
     geometry = _cnn_geometry(cfg)
@@ -137,6 +150,17 @@ def test_last_block_has_no_max_pool(cnn_path, wide_photo):
     r = explain_photo(wide_photo, model=cnn_path, layer="relu3")
     assert r.cell.conv == "conv3" and r.cell.agrees
     assert r.pool is None and "last conv block" in r.pool_note
+
+
+def test_hand_cell_of_a_second_block_reads_the_first(tmp_path, wide_photo):
+    path = model_file(random_cnn(12, widths=(4, 8, 8), depths=(2, 1, 1)), tmp_path / "deep.safetensors")
+    r = explain_photo(wide_photo, model=path, layer="relu1b", channel=1, at=(5, 7))
+    c = r.cell
+    assert (c.conv, c.source, c.bn, c.relu) == ("conv1b", "relu1", "bn1b", "relu1b")
+    assert c.window.shape == (4, 3, 3) and c.receptive_field == 5 and c.agrees, c.max_abs_diff
+    assert r.pool is not None and r.pool.pool == "pool1"  # the stage's last block is pooled
+    first = explain_photo(wide_photo, model=path, layer="relu1")
+    assert first.pool is None and "conv1b, the stage's next block" in first.pool_note
 
 
 def test_pool_winner_of_a_chosen_cell(cnn_path, wide_photo):

@@ -18,10 +18,12 @@ from tinytriage.routing import DEFAULT_ROUTES
 CLASSES = list(DEFAULT_ROUTES)
 
 
-def random_cnn(seed: int = 0, widths=(4, 8), size: int = 32, dtype=np.float32, pool: str = "avg") -> TriageCNN:
+def random_cnn(
+    seed: int = 0, widths=(4, 8), size: int = 32, dtype=np.float32, pool: str = "avg", depths=None
+) -> TriageCNN:
     """A tiny CNN whose BatchNorms have non-trivial running statistics and affine weights."""
     rng = np.random.default_rng(seed)
-    cfg = CNNConfig(num_classes=len(CLASSES), input_size=size, widths=widths, pool=pool)
+    cfg = CNNConfig(num_classes=len(CLASSES), input_size=size, widths=widths, pool=pool, depths=depths)
     model = TriageCNN(cfg, rng=rng, dtype=dtype)
     sd = model.state_dict()
     for k, v in sd.items():
@@ -61,16 +63,19 @@ def photo_with_spot(w: int, h: int, spot: tuple[int, int], r: int = 6) -> Image.
 
 
 # -- the two engines ---------------------------------------------------------------------------
-@pytest.mark.parametrize("pool", ["avg", "avgmax"])
-def test_numpy_and_torch_grad_cam_agree(pool):
+@pytest.mark.parametrize("pool, depths", [("avg", None), ("avgmax", None), ("avg", (2, 1, 2))])
+def test_numpy_and_torch_grad_cam_agree(pool, depths):
     pytest.importorskip("torch")
     from tinytriage.torch_backend import TorchEngine
 
-    model = random_cnn(1, widths=(4, 8, 8), pool=pool)
+    model = random_cnn(1, widths=(4, 8, 8), pool=pool, depths=depths)
     x = np.random.default_rng(2).normal(0, 1, (3, 3, 32, 32)).astype(np.float32)
     torch_engine = TorchEngine.create("cnn", model.cfg.to_dict())
     torch_engine.load_state_dict(model.state_dict())
-    for layer in (None, "relu2", "pool1"):
+    layers = (None, "relu2", "pool1") + (("relu1b", "relu3") if depths else ())
+    if depths:  # the default layer is the last block's ReLU, the second of stage 3
+        assert grad_cam(NumpyEngine(model), model.cfg, x, [0], None).layer == "relu3b"
+    for layer in layers:
         a = grad_cam(NumpyEngine(model), model.cfg, x, [0, 3, 4], layer)
         b = grad_cam(torch_engine, model.cfg, x, [0, 3, 4], layer)
         assert a.layer == b.layer

@@ -121,6 +121,21 @@ def test_head_pool_is_checked_against_the_linear_layer(tiny_model_file, tmp_path
         read_model(_rewrite(tiny_model_file, tmp_path, config={**cfg, "pool": "avgmax"}))
 
 
+def test_stage_depths_are_stored_and_checked(tiny_model_file, tmp_path):
+    from tinytriage.cnn import CNNConfig, TriageCNN
+
+    assert "depths" not in tiny_model_file.config  # the plain network's files are as before
+    cfg = CNNConfig(num_classes=5, input_size=32, widths=(4, 8), depths=(2, 1))
+    deep = replace(tiny_model_file, config=cfg.to_dict(), tensors=TriageCNN(cfg).state_dict())
+    back = read_model(save_model(deep, tmp_path / "deep.safetensors"))
+    assert back.config["depths"] == [2, 1] and set(back.tensors) == set(deep.tensors)
+    # the plain network's tensors under a deeper config: the missing block is named
+    with pytest.raises(ModelFileError, match=r"features\.\d+\.weight"):
+        read_model(_rewrite(tiny_model_file, tmp_path, config={**tiny_model_file.config, "depths": [2, 1]}))
+    with pytest.raises(ModelFileError, match="depths must give one count >= 1 per stage"):
+        read_model(_rewrite(tiny_model_file, tmp_path, config={**tiny_model_file.config, "depths": [2]}))
+
+
 def test_refuses_to_save_nan(tiny_model_file, tmp_path):
     first = next(iter(tiny_model_file.tensors))
     bad = replace(tiny_model_file, tensors={**tiny_model_file.tensors, first: np.full((2,), np.inf, np.float32)})

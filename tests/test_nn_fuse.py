@@ -111,10 +111,17 @@ def test_padded_max_pool_is_not_fused():
 
 
 @pytest.mark.parametrize(
-    "widths, pool", [((4, 8, 8), "avg"), ((16, 32, 64, 128), "avg"), ((8, 8, 16, 16, 32), "avg"), ((4, 8, 8), "avgmax")]
+    "widths, pool, depths",
+    [
+        ((4, 8, 8), "avg", None),
+        ((16, 32, 64, 128), "avg", None),
+        ((8, 8, 16, 16, 32), "avg", None),
+        ((4, 8, 8), "avgmax", None),
+        ((4, 8, 8), "avg", (2, 1, 3)),  # blocks without a pool after them, inside a stage and last
+    ],
 )
-def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool):
-    cfg = CNNConfig(widths=widths, input_size=32, pool=pool)
+def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool, depths):
+    cfg = CNNConfig(widths=widths, input_size=32, pool=pool, depths=depths)
     rng = np.random.default_rng(2)
     model = TriageCNN(cfg, rng=rng)
     randomise_batchnorms(model, rng)
@@ -123,8 +130,9 @@ def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool):
     unfused = model(x).copy()
     fused_model = nn.fuse_for_inference(model)
     kinds = [type(m).__name__ for m in fused_model.features]
-    assert kinds == ["ConvBNReLU"] * len(widths)  # BatchNorm, ReLU and max pooling all folded in
-    assert [type(m).__name__ for m in model.features].count("BatchNorm2d") == len(widths)  # the original is untouched
+    blocks = sum(cfg.stage_depths)
+    assert kinds == ["ConvBNReLU"] * blocks  # BatchNorm, ReLU and max pooling all folded in
+    assert [type(m).__name__ for m in model.features].count("BatchNorm2d") == blocks  # the original is untouched
     fused = fused_model(x)
     assert_close("fused vs unfused", fused, unfused, rtol=1e-4, atol=1e-5)
 

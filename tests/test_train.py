@@ -196,6 +196,19 @@ def test_pool_option_is_checked_before_any_work(toy, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
+    r = run_cli("train", str(toy), "--out", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "8",
+                "--input-size", "24", "--widths", "4,8", "--depths", "1,2", "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    mf = read_model(tmp_path / "d" / "model.safetensors")
+    assert mf.config["depths"] == [1, 2]
+    assert mf.tensors["features.7.weight"].shape == (8, 8, 3, 3)  # conv2b: right after conv2, bn2, relu2
+    for bad, why in (("1,x", "expected positive integers"), ("1,2,1", "one count >= 1 per stage (2 stages)")):
+        r = run_cli("train", str(toy), "--out", str(tmp_path / "bad"), "--widths", "4,8", "--depths", bad)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_model_file_from_before_the_pool_option_reads_as_avg(toy, tmp_path):
     """Files written before CNNConfig.pool existed have no "pool" key: --init and --resume take them."""
     from tinytriage.model_io import save_model

@@ -174,6 +174,11 @@ def train(
     widths: str | None = typer.Option(
         None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128,256."
     ),
+    depths: str | None = typer.Option(
+        None,
+        "--depths",
+        help="cnn: conv blocks per stage, comma-separated, one per width (VGG-style). Default: 1 each.",
+    ),
     pool: str | None = typer.Option(
         None,
         "--pool",
@@ -216,6 +221,16 @@ def train(
         if (arch or "cnn") != "cnn":
             raise typer.BadParameter("only for --arch cnn", param_hint="--widths")
         model_config["widths"] = _parse_widths(widths)
+    if depths is not None:
+        from tinytriage.cnn import CNNConfig
+
+        if (arch or "cnn") != "cnn":
+            raise typer.BadParameter("only for --arch cnn", param_hint="--depths")
+        model_config["depths"] = _parse_widths(depths, "--depths")
+        try:
+            CNNConfig.from_dict(model_config)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--depths") from None
     if pool is not None:
         from tinytriage.cnn import HEAD_POOLS
 
@@ -240,13 +255,13 @@ def train(
         raise typer.Exit(130)
 
 
-def _parse_widths(text: str) -> list[int]:
+def _parse_widths(text: str, option: str = "--widths") -> list[int]:
     try:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
         widths = []
     if not widths or any(w < 1 for w in widths):
-        raise typer.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint="--widths")
+        raise typer.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint=option)
     return widths
 
 

@@ -41,6 +41,7 @@ class CNNConfig:
     num_classes: int = 5  # one logit per class in the model file's class list
     input_size: int = 128  # photos are letterboxed to input_size x input_size pixels
     widths: tuple[int, ...] = field(default=(16, 32, 64, 128, 256))  # output channels per stage
+    depths: tuple[int, ...] | None = None  # conv blocks per stage (VGG-style); None: one each
     kernel_size: int = 3  # conv kernel, odd, with 'same' padding
     dropout: float = 0.1  # before the classifier, training only
     pool: str = "avg"  # head: "avg" (global average pooling) or "avgmax" (average and max side by side)
@@ -48,6 +49,19 @@ class CNNConfig:
     def __post_init__(self) -> None:
         if self.pool not in HEAD_POOLS:
             raise ValueError(f"pool must be one of {', '.join(HEAD_POOLS)}, got {self.pool!r}")
+        if self.depths is not None:
+            self.depths = tuple(int(d) for d in self.depths)
+            if len(self.depths) != len(self.widths) or any(d < 1 for d in self.depths):
+                raise ValueError(
+                    f"depths must give one count >= 1 per stage ({len(self.widths)} stages), got {list(self.depths)}"
+                )
+            if all(d == 1 for d in self.depths):
+                self.depths = None  # one block per stage is the plain network: one way to write it
+
+    @property
+    def stage_depths(self) -> tuple[int, ...]:
+        """Conv blocks in each stage (1 each unless ``depths`` says otherwise)."""
+        return self.depths if self.depths is not None else (1,) * len(self.widths)
 
     @property
     def head_features(self) -> int:
@@ -55,13 +69,19 @@ class CNNConfig:
         return self.widths[-1] * (2 if self.pool == "avgmax" else 1)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
+        d = {**asdict(self), "widths": list(self.widths)}
+        if self.depths is None:
+            del d["depths"]  # files of the plain network stay as they were
+        else:
+            d["depths"] = list(self.depths)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> CNNConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "widths" in known:
-            known["widths"] = tuple(int(w) for w in known["widths"])
+        for key in ("widths", "depths"):
+            if known.get(key) is not None:
+                known[key] = tuple(int(w) for w in known[key])
         return cls(**known)
 
 
@@ -71,27 +91,17 @@ def feature_layers(cfg: CNNConfig) -> list[tuple[str, str, dict]]:
     Both engines, the model summary and the receptive-field table read this one list.
     """
     layers: list[tuple[str, str, dict]] = []
-    c_in = cfg.in_channels
-    for stage, width in enumerate(cfg.widths):
-        k = cfg.kernel_size
-        layers.append(
-            (
-                "conv",
-                f"conv{stage + 1}",
-                dict(
-                    in_channels=c_in,
-                    out_channels=width,
-                    kernel_size=k,
-                    padding=k // 2,
-                    bias=False,
-                ),
-            )
-        )
-        layers.append(("bn", f"bn{stage + 1}", dict(num_features=width)))
-        layers.append(("relu", f"relu{stage + 1}", {}))
+    c_in, k = cfg.in_channels, cfg.kernel_size
+    for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths, strict=True)):
+        for block in range(depth):  # block 0 is conv3, block 1 conv3b, ...
+            name = f"{stage + 1}{'abcdefghij'[block] if block else ''}"
+            conv = dict(in_channels=c_in, out_channels=width, kernel_size=k, padding=k // 2, bias=False)
+            layers.append(("conv", f"conv{name}", conv))
+            layers.append(("bn", f"bn{name}", dict(num_features=width)))
+            layers.append(("relu", f"relu{name}", {}))
+            c_in = width
         if stage < len(cfg.widths) - 1:
             layers.append(("maxpool", f"pool{stage + 1}", dict(kernel_size=2, stride=2)))
-        c_in = width
     return layers
 
 

@@ -297,8 +297,10 @@ def _pool_cell(
 ) -> tuple[PoolCell | None, str | None]:
     """The max-pool after the cell's block, or (None, why) where there is none."""
     layers = feature_layers(cfg)
-    if conv_i + 3 >= len(layers) or layers[conv_i + 3][0] != "maxpool":
+    if conv_i + 3 >= len(layers):
         return None, f"{cell.relu} is the last conv block: global average pooling follows, every cell counts"
+    if layers[conv_i + 3][0] != "maxpool":  # a deeper stage: the next block of the same stage reads every cell
+        return None, f"no max pool after {cell.relu}: {layers[conv_i + 3][1]}, the stage's next block, reads every cell"
     _kind, pool, args = layers[conv_i + 3]
     k, s = args["kernel_size"], args["stride"]
     relu_map = outs[cell.relu][cell.channel].astype(np.float64)  # (h, w)
