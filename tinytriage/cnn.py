@@ -16,6 +16,9 @@ by global average pooling), then dropout and one linear layer; by default five s
   spatial map for Grad-CAM, which points at cracks rather than at the whole photo.
   ``pool="avgmax"`` hands the linear layer each map's maximum beside its mean: a crack
   that lights up one cell of the 8 x 8 map is 1/64 of a mean but the whole of a maximum.
+* ``depths`` gives a stage more than one ``conv -> BatchNorm -> ReLU`` block before its
+  pool, as VGG's stages have (blocks ``conv3``, ``conv3b``, ...). One block each is the
+  default; eight layers at about the same multiply-adds did no better (README).
 
 The same ``CNNConfig`` builds the PyTorch twin (`tinytriage.torch_backend`), with the same
 parameter names, so one ``.safetensors`` file runs in both engines.
