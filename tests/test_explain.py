@@ -146,10 +146,13 @@ def test_hand_cell_of_a_deeper_block_equals_both_engines(cnn_path, wide_photo):
     assert b.heatmap.where.peak == a.heatmap.where.peak
 
 
-def test_last_block_has_no_max_pool(cnn_path, wide_photo):
+def test_last_block_has_no_max_pool(cnn_path, wide_photo, tmp_path):
     r = explain_photo(wide_photo, model=cnn_path, layer="relu3")
     assert r.cell.conv == "conv3" and r.cell.agrees
-    assert r.pool is None and "last conv block" in r.pool_note
+    assert r.pool is None and "last conv block: global average pooling follows" in r.pool_note
+    avgmax = model_file(random_cnn(11, widths=(4, 8, 8), pool="avgmax"), tmp_path / "avgmax.safetensors")
+    r = explain_photo(wide_photo, model=avgmax, layer="relu3")
+    assert r.pool is None and "global average and max pooling follows" in r.pool_note
 
 
 def test_hand_cell_of_a_second_block_reads_the_first(tmp_path, wide_photo):

@@ -298,7 +298,8 @@ def _pool_cell(
     """The max-pool after the cell's block, or (None, why) where there is none."""
     layers = feature_layers(cfg)
     if conv_i + 3 >= len(layers):
-        return None, f"{cell.relu} is the last conv block: global average pooling follows, every cell counts"
+        head = "global average pooling" if cfg.pool == "avg" else "global average and max pooling"
+        return None, f"{cell.relu} is the last conv block: {head} follows, every cell counts"
     if layers[conv_i + 3][0] != "maxpool":  # a deeper stage: the next block of the same stage reads every cell
         return None, f"no max pool after {cell.relu}: {layers[conv_i + 3][1]}, the stage's next block, reads every cell"
     _kind, pool, args = layers[conv_i + 3]
