@@ -203,7 +203,8 @@ def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
     mf = read_model(tmp_path / "d" / "model.safetensors")
     assert mf.config["depths"] == [1, 2]
     assert mf.tensors["features.7.weight"].shape == (8, 8, 3, 3)  # conv2b: right after conv2, bn2, relu2
-    for bad, why in (("1,x", "expected positive integers"), ("1,2,1", "one count >= 1 per stage (2 stages)")):
+    for bad, why in (("1,x", "expected positive integers"), ("1,2,1", "one count >= 1 per stage (2 stages)"),
+                     ("1,27", "at most 26")):  # fmt: skip
         r = run_cli("train", str(toy), "--out", str(tmp_path / "bad"), "--widths", "4,8", "--depths", bad)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists()

@@ -54,9 +54,10 @@ class CNNConfig:
             raise ValueError(f"pool must be one of {', '.join(HEAD_POOLS)}, got {self.pool!r}")
         if self.depths is not None:
             self.depths = tuple(int(d) for d in self.depths)
-            if len(self.depths) != len(self.widths) or any(d < 1 for d in self.depths):
+            if len(self.depths) != len(self.widths) or any(not 1 <= d <= 26 for d in self.depths):
                 raise ValueError(
-                    f"depths must give one count >= 1 per stage ({len(self.widths)} stages), got {list(self.depths)}"
+                    f"depths must give one count >= 1 per stage ({len(self.widths)} stages), at most 26 "
+                    f"(blocks are named conv3, conv3b, ... conv3z), got {list(self.depths)}"
                 )
             if all(d == 1 for d in self.depths):
                 self.depths = None  # one block per stage is the plain network: one way to write it
@@ -97,7 +98,7 @@ def feature_layers(cfg: CNNConfig) -> list[tuple[str, str, dict]]:
     c_in, k = cfg.in_channels, cfg.kernel_size
     for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths, strict=True)):
         for block in range(depth):  # block 0 is conv3, block 1 conv3b, ...
-            name = f"{stage + 1}{'abcdefghij'[block] if block else ''}"
+            name = f"{stage + 1}{chr(ord('a') + block) if block else ''}"
             conv = dict(in_channels=c_in, out_channels=width, kernel_size=k, padding=k // 2, bias=False)
             layers.append(("conv", f"conv{name}", conv))
             layers.append(("bn", f"bn{name}", dict(num_features=width)))
