@@ -220,13 +220,13 @@ def train(
     if widths is not None:
         if (arch or "cnn") != "cnn":
             raise typer.BadParameter("only for --arch cnn", param_hint="--widths")
-        model_config["widths"] = _parse_widths(widths)
+        model_config["widths"] = _parse_counts(widths, "--widths")
     if depths is not None:
         from tinytriage.cnn import CNNConfig
 
         if (arch or "cnn") != "cnn":
             raise typer.BadParameter("only for --arch cnn", param_hint="--depths")
-        model_config["depths"] = _parse_widths(depths, "--depths")
+        model_config["depths"] = _parse_counts(depths, "--depths")
         try:
             CNNConfig.from_dict(model_config)
         except ValueError as err:
@@ -255,14 +255,15 @@ def train(
         raise typer.Exit(130)
 
 
-def _parse_widths(text: str, option: str = "--widths") -> list[int]:
+def _parse_counts(text: str, option: str) -> list[int]:
+    """``--widths`` / ``--depths``: positive integers separated by commas."""
     try:
-        widths = [int(w) for w in text.split(",")]
+        counts = [int(w) for w in text.split(",")]
     except ValueError:
-        widths = []
-    if not widths or any(w < 1 for w in widths):
+        counts = []
+    if not counts or any(w < 1 for w in counts):
         raise typer.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint=option)
-    return widths
+    return counts
 
 
 @app.command()
