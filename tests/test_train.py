@@ -161,6 +161,23 @@ def test_init_with_another_architecture_or_classes_says_what_differs(toy, tmp_pa
     assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_init_at_another_input_size_carries_every_cnn_weight_over(toy, tmp_path):
+    first_path = train(cfg_for(toy, tmp_path / "first", epochs=1)).model_path
+    first = read_model(first_path)
+    tuned = train(cfg_for(toy, tmp_path / "big", epochs=1, lr=1e-12, input_size=32, init=str(first_path)))
+    last = read_model(tuned.model_path.parent / "last.safetensors")
+    assert last.config["input_size"] == 32 and first.config["input_size"] == 24
+    kernels = [k for k, v in first.tensors.items() if v.ndim in (2, 4)]  # conv kernels and the linear layer
+    for k in kernels:
+        np.testing.assert_allclose(last.tensors[k], first.tensors[k], atol=1e-9)
+    # a ViT's position embedding has one row per patch, so its input size stays fixed
+    vit = cfg_for(toy, tmp_path / "vit", arch="vit", epochs=1, model_config={"embed_dim": 16, "depth": 1, "num_heads": 2},
+                  input_size=24)  # fmt: skip
+    vit_path = train(vit).model_path
+    with pytest.raises(TrainingError, match=r"img_size 24 -> 36"):
+        train(replace(vit, out=str(tmp_path / "vit2"), input_size=36, init=str(vit_path)))
+
+
 def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_path):
     from tinytriage.model_io import build_numpy_model
     from tinytriage.train import _init_weights

@@ -487,8 +487,12 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
 
     mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
     saved = mf.config  # read_model fills in fields added since the file was written
-    # all but the CNN's head pooling must match: the linear layer's columns are carried over below
-    if mf.arch != cfg.arch or {**saved, "pool": None} != {**arch_config, "pool": None}:
+    # All but two CNN settings must match. The head's pooling may change: the linear layer's
+    # columns are carried over below. So may the input size: every CNN weight is a conv kernel,
+    # a BatchNorm channel or the linear layer after global pooling, none tied to the photo's size
+    # (a ViT's position embedding is, so a ViT's input size must match).
+    free = {"pool": None, "input_size": None} if cfg.arch == "cnn" else {"pool": None}
+    if mf.arch != cfg.arch or {**saved, **free} != {**arch_config, **free}:
         diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")
     if list(mf.classes) != list(classes):
