@@ -202,7 +202,7 @@ def train(
         None,
         "--init",
         help="Start from this model file's weights (fine-tuning): same architecture and classes, "
-        "new optimizer and learning-rate schedule.",
+        "new optimizer and learning-rate schedule. A CNN may change --input-size or --pool.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
