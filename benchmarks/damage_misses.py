@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tinytriage.explain import read_damage_box
+from tinytriage.data import read_damage_box
 from tinytriage.predict import PhotoFailure, Predictor
 
 

@@ -20,6 +20,7 @@ from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm2d,
+    BCEWithLogitsLoss,
     Conv2d,
     CrossEntropyLoss,
     Dropout,
@@ -71,6 +72,11 @@ def case(id, layers, *inputs, train=True, params=None):
 def ints(low, high, shape):
     """Small integers as floats: inputs full of ties and exact zeros."""
     return lambda rng, dtype: rng.integers(low, high, shape).astype(dtype)
+
+
+def uniform(shape):
+    """Soft targets in [0, 1)."""
+    return lambda rng, dtype: rng.random(shape).astype(dtype)
 
 
 def scaled(scale, shape):
@@ -168,6 +174,10 @@ LAYERS = [
     case("cross-entropy-none",      twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.2, reduction="none"), (5, 6), TARGETS),
     case("cross-entropy-huge",      twins(CrossEntropyLoss, tnn.CrossEntropyLoss, label_smoothing=0.1),    scaled(300.0, (5, 6)), TARGETS),
     case("cross-entropy-1-sample",  twins(CrossEntropyLoss, tnn.CrossEntropyLoss),                          (1, 4), np.array([2])),
+    case("bce-logits-soft",         twins(BCEWithLogitsLoss, tnn.BCEWithLogitsLoss),                        (2, 1, 4, 5), uniform((2, 1, 4, 5))),
+    case("bce-logits-hard-sum",     twins(BCEWithLogitsLoss, tnn.BCEWithLogitsLoss, reduction="sum"),       (3, 6), ints(0, 2, (3, 6))),
+    case("bce-logits-none",         twins(BCEWithLogitsLoss, tnn.BCEWithLogitsLoss, reduction="none"),      (3, 6), uniform((3, 6))),
+    case("bce-logits-huge",         twins(BCEWithLogitsLoss, tnn.BCEWithLogitsLoss),                        scaled(300.0, (4, 5)), ints(0, 2, (4, 5))),
     # -- composition: names such as "0.weight" and "4.bias" must line up
     case("sequential-cnn",          (lambda: small_cnn(Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential),
                                      lambda: small_cnn(tnn.Conv2d, tnn.ReLU, tnn.MaxPool2d, tnn.Flatten, tnn.Linear, tnn.Sequential)), (2, 2, 8, 8)),

@@ -145,13 +145,16 @@ def augment_batch(
     fill: tuple[int, int, int] = DEFAULT_FILL,
     workers: int = 1,
     rows: slice = slice(None),
-) -> np.ndarray:
+    return_maps: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Augment uint8 (N, H, W, 3) images into uint8 (N, size, size, 3).
 
     ``fill`` colours areas a rotation uncovers (use ``Preprocess.fill``). The same
     ``rng`` state gives the same output for any ``workers``. ``rows`` augments only
     ``images[rows]`` but draws the random numbers of all N, so each comes out as it does
-    in the whole batch (a distributed rank's share of the global batch)."""
+    in the whole batch (a distributed rank's share of the global batch). ``return_maps``
+    also returns each image's affine map, (N, 6) Pillow coefficients taking output points
+    to input points, so labels tied to places (damage boxes) can follow the pixels."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
     N = images.shape[0]
@@ -166,9 +169,12 @@ def augment_batch(
             outs = list(pool.map(one, keep))
     else:
         outs = [one(i) for i in keep]
-    if not outs:
-        return np.zeros((0, size, size, 3), dtype=np.uint8)
-    return np.stack(outs)  # (len(keep), size, size, 3)
+    out = np.stack(outs) if outs else np.zeros((0, size, size, 3), dtype=np.uint8)  # (len(keep), size, size, 3)
+    if not return_maps:
+        return out
+    H, W = images.shape[1:3]
+    maps = np.array([_affine(W, H, size, aug, table[i]) for i in keep], dtype=np.float64).reshape(-1, 6)
+    return out, maps  # (len(keep), size, size, 3), (len(keep), 6)
 
 
 def augment_image(

@@ -204,6 +204,13 @@ def train(
         help="Start from this model file's weights (fine-tuning): same architecture and classes, "
         "new optimizer and learning-rate schedule. A CNN may change --input-size or --pool.",
     ),
+    damage_weight: float = typer.Option(
+        0.0,
+        "--damage-weight",
+        min=0.0,
+        help="cnn, numpy engine: also learn where each screen_damage photo's damage box is (its NAME.json "
+        "sidecar), a training-only task weighted by this much (e.g. 1). Default: 0, off.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -244,7 +251,7 @@ def train(
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, val_dir=None if val_dir is None else str(val_dir),
         augment=augment, resume=resume,
-        init=None if init is None else str(init), model_config=model_config,
+        init=None if init is None else str(init), model_config=model_config, damage_weight=damage_weight,
     )  # fmt: skip
     main = is_main()  # under torchrun, rank 0 alone prints
     with TrainProgress(quiet=quiet or not main) as progress:

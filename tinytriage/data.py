@@ -13,6 +13,7 @@ arrays, which is cheap, instead of decoding JPEGs again.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import stat
@@ -28,6 +29,7 @@ from tinytriage.augment import Augment, augment_batch
 from tinytriage.errors import DatasetError, ImageError
 from tinytriage.preprocess import (
     DEFAULT_MAX_PIXELS,
+    LetterboxGeometry,
     Preprocess,
     check_image,
     display_name,
@@ -284,6 +286,7 @@ class ResizedCache:
     paths: list[Path]  # (N,) where each image came from
     classes: list[str]
     errors: list[tuple[Path, str]]  # photos that failed to decode: (path, reason)
+    geometries: list[LetterboxGeometry] = field(default_factory=list)  # (N,) where each photo sits in its square
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -347,16 +350,18 @@ def cache_resized(dataset: Dataset, cfg: Preprocess, size: int | None = None, *,
 
     def one(sample: tuple[Path, int]) -> np.ndarray | str:
         try:
-            return np.asarray(load_fitted(sample[0], cfg, size=size)[0])
+            image, geom = load_fitted(sample[0], cfg, size=size)
+            return np.asarray(image), geom
         except ImageError as err:
             return _reason(sample[0], err)
 
     results = map_threads(one, dataset.samples, workers)
-    keep = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     errors = [(dataset.samples[i][0], r) for i, r in enumerate(results) if isinstance(r, str)]
-    images = np.stack([results[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
+    images = np.stack([results[i][0] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
     labels = np.array([dataset.samples[i][1] for i in keep], dtype=np.int64)
-    return ResizedCache(images, labels, [dataset.samples[i][0] for i in keep], list(dataset.classes), errors)
+    paths = [dataset.samples[i][0] for i in keep]
+    return ResizedCache(images, labels, paths, list(dataset.classes), errors, [results[i][1] for i in keep])
 
 
 def load_arrays(
@@ -380,3 +385,23 @@ def load_arrays(
     cache = cache_resized(dataset, cfg, size, workers=workers)
     X, y = cache.arrays(cfg, augment=augment, rng=rng, workers=workers)
     return X, y, cache.errors
+
+
+def read_damage_box(photo: Path) -> tuple[int, int, int, int] | str:
+    """The ``damage_bbox`` of a photo's ``NAME.json`` sidecar, or why there is none."""
+    side = photo.with_suffix(".json")
+    if not side.is_file():
+        return "no damage box (no sidecar .json)"
+    try:
+        box = json.loads(side.read_text()).get("damage_bbox")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"unreadable sidecar {side.name} ({err})"
+    if box is None:
+        return "sidecar has no damage box"
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        return f"malformed damage_bbox in {side.name}: {box!r}"
+    if x1 <= x0 or y1 <= y0:
+        return f"empty damage_bbox in {side.name}: {box!r}"
+    return (x0, y0, x1, y1)

@@ -73,10 +73,42 @@ class NumpyEngine:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
         self.optimizer = None
         self._inference_model: tuple[nn.Module, nn.Module] | None = None  # (model, its fused twin)
+        self.damage_head = None  # training-only task (``attach_damage_head``), never saved with the model
+        self.damage_loss = float("nan")  # its loss at the last step
+
+    def attach_damage_head(self, weight: float, seed: int = 0) -> None:
+        """Train with the damage-map task of ``tinytriage.damage_maps`` (CNN only); before
+        the optimizer exists, so it updates the head's weights too."""
+        from tinytriage.cnn import TriageCNN
+        from tinytriage.damage_maps import DamageMapHead
+
+        if not isinstance(self.model, TriageCNN):
+            raise TinyTriageError("damage maps train the CNN only (its last conv stage's map)")
+        if self.optimizer is not None:
+            raise TinyTriageError("attach_damage_head() must come before the first step or optimizer load")
+        rng = np.random.default_rng([seed, 1])
+        self.damage_head = DamageMapHead(self.model.cfg.widths[-1], weight, rng=rng).astype(self._dtype)
+
+    @property
+    def _dtype(self):
+        return next(iter(self.model.params.values())).dtype
+
+    def damage_state_dict(self) -> dict[str, np.ndarray]:
+        """The damage head's weights (for checkpoints; empty without one)."""
+        return {} if self.damage_head is None else self.damage_head.state_dict()
+
+    def load_damage_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.damage_head.load_state_dict(state)
+
+    def _trained_params(self) -> dict[str, np.ndarray]:
+        params = dict(self.model.params)
+        if self.damage_head is not None:
+            params.update({f"damage_head.{k}": v for k, v in self.damage_head.params.items()})
+        return params
 
     def _make_optimizer(self):
         o = self.optim_cfg
-        params = self.model.params
+        params = self._trained_params()
         if o.name == "sgd":
             return nn.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
         if o.name == "adamw":
@@ -99,8 +131,30 @@ class NumpyEngine:
         self.model.backward(dlogits)
         return float(loss), logits, self.model.grads
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
-        loss, logits, grads = self.loss_and_grads(x, y)
+    def damage_loss_and_grads(
+        self, x: np.ndarray, y: np.ndarray, coverage: np.ndarray
+    ) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """``loss_and_grads`` plus the damage-map task on the features (``tinytriage.damage_maps``):
+        the features' gradient is the sum of the classifier's and the damage head's."""
+        self.model.train()
+        f = self.model.features(x)  # (N, C, h, w)
+        logits = self.model.head(f)  # (N, classes)
+        loss, dlogits = self.loss_fn(logits, y)
+        self.damage_loss = self.damage_head.forward(f, coverage)
+        df = self.model.head.backward(dlogits) + self.damage_head.backward()  # (N, C, h, w)
+        self.model.features.backward(df)
+        grads = {**self.model.grads, **{f"damage_head.{k}": g for k, g in self.damage_head.grads.items()}}
+        return float(loss), logits, grads
+
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, lr: float, coverage: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        """Forward, backward, optimizer step; ``coverage`` (N, h, w): the damage-map task's
+        targets, with ``attach_damage_head``. Returns the classification loss and the logits."""
+        if coverage is None:
+            loss, logits, grads = self.loss_and_grads(x, y)
+        else:
+            loss, logits, grads = self.damage_loss_and_grads(x, y, coverage)
         if self.optimizer is None:
             self.optimizer = self._make_optimizer()
         self.optimizer.lr = lr

@@ -25,7 +25,6 @@ Every number is computed here and printed by ``render.print_explain``:
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.cnn import CNNConfig, feature_layers
+from tinytriage.data import read_damage_box
 from tinytriage.errors import DatasetError, ImageError, TinyTriageError
 from tinytriage.gradcam import Localization, grad_cam, heat_on_photo, localize
 from tinytriage.nn.conv import conv2d_cell, conv_output_size
@@ -636,26 +636,6 @@ class PointingResult:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["photos"] = [p.__dict__ for p in self.photos]
         return d
-
-
-def read_damage_box(photo: Path) -> tuple[int, int, int, int] | str:
-    """The ``damage_bbox`` of a photo's ``NAME.json`` sidecar, or why there is none."""
-    side = photo.with_suffix(".json")
-    if not side.is_file():
-        return "no damage box (no sidecar .json)"
-    try:
-        box = json.loads(side.read_text()).get("damage_bbox")
-    except (OSError, ValueError, AttributeError) as err:
-        return f"unreadable sidecar {side.name} ({err})"
-    if box is None:
-        return "sidecar has no damage box"
-    try:
-        x0, y0, x1, y1 = (int(v) for v in box)
-    except (TypeError, ValueError):
-        return f"malformed damage_bbox in {side.name}: {box!r}"
-    if x1 <= x0 or y1 <= y0:
-        return f"empty damage_bbox in {side.name}: {box!r}"
-    return (x0, y0, x1, y1)
 
 
 def _in_box(point: tuple[int, int] | None, box: tuple[int, int, int, int]) -> bool:

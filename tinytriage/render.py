@@ -126,6 +126,8 @@ class TrainProgress:
             err.print(f"starting from the weights of {e['path']}")
         elif kind == "resume":
             err.print(f"resuming after epoch {e['epoch']}")
+        elif kind == "damage_boxes":
+            err.print(f"damage maps: {e['n']} of {e['of']} training photos have a damage box")
         elif kind == "step":
             fields = dict(epoch=f"{e['epoch']}/{e['epochs']}", loss=e["loss"], acc=e["acc"], ips=e["images_per_s"])
             if self.task is None:
@@ -133,10 +135,11 @@ class TrainProgress:
             self.progress.update(self.task, completed=e["step"], total=e["steps"], **fields)
         elif kind == "epoch":
             m = e["metrics"]
+            damage = "" if m.get("damage_loss") is None else f"  damage-map loss {m['damage_loss']:.4f}"
             self.progress.console.print(
                 f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "
                 f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f}  lr {m['lr']:.4f}  "
-                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s"
+                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s{damage}"
             )
             if self.task is not None:
                 self.progress.reset(self.task)

@@ -71,6 +71,7 @@ class TrainConfig:
     resume: bool = False
     init: str | None = None  # start from this model file's weights (fine-tuning); new optimizer and schedule
     target_precision: float = 0.99  # auto-routed photos must be this often right on validation
+    damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.damage_maps)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
 
 
@@ -118,6 +119,7 @@ class EpochMetrics:
     lr: float
     seconds: float
     images_per_s: float
+    damage_loss: float | None = None  # mean damage-map loss (unweighted), with --damage-weight
 
 
 @dataclass
@@ -224,6 +226,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     arch_config = _arch_config(cfg, len(classes))
     # --init and --resume: read and checked before the slow decode below; a resumed run's
     # checkpoint holds newer weights than --init
+    if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
+        raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
+    if cfg.damage_weight > 0 and (cfg.arch != "cnn" or cfg.backend != "numpy"):
+        raise TrainingError("--damage-weight trains the NumPy CNN only (--arch cnn --backend numpy)")
     ckpt_path = run_dir / "checkpoint.safetensors"
     checkpoint = _read_checkpoint(ckpt_path, arch_config, cfg) if cfg.resume else None
     init_weights = _init_weights(Path(cfg.init), arch_config, cfg, classes) if cfg.init and not cfg.resume else None
@@ -242,6 +248,20 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
     )
     engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=device, seed=cfg.seed)
+    damage_boxes = None
+    if cfg.damage_weight > 0:  # before any optimizer state is made or restored
+        from tinytriage.damage_maps import boxes_in_cache, cell_coverage, map_size
+
+        grid = map_size(CNNConfig.from_dict(arch_config))  # side of the map the head predicts
+        damage_boxes = boxes_in_cache(train_cache.paths, train_cache.geometries)  # (n, 4), NaN: no box
+        n_boxes = int(np.isfinite(damage_boxes).all(axis=1).sum())
+        if n_boxes == 0:
+            raise TrainingError(
+                f"--damage-weight: no training photo of {cfg.data_dir} has a damage box (a NAME.json sidecar "
+                "with a damage_bbox, as `tinytriage samples` writes for screen_damage photos)"
+            )
+        emit({"event": "damage_boxes", "n": n_boxes, "of": len(damage_boxes)})
+        engine.attach_damage_head(cfg.damage_weight, cfg.seed)
     if distributed.launched():
         engine.distribute()  # DDP: gradients averaged over ranks, BatchNorm over the global batch
 
@@ -262,12 +282,20 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
 
     aug = Augment() if cfg.augment else None
 
-    def make_batch(order: np.ndarray, rng: np.random.Generator, b: int) -> tuple[np.ndarray, slice, np.ndarray]:
-        """Batch b of an epoch: (its indices, this rank's rows of it, the normalised photos)."""
+    def make_batch(order: np.ndarray, rng: np.random.Generator, b: int):
+        """Batch b of an epoch: (its indices, this rank's rows of it, the normalised photos,
+        the damage-map targets or None)."""
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]  # same on every rank
         mine = distributed.shard(len(idx))  # this rank's rows (all of them in one process)
-        xb_u8 = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng, rows=mine) if aug else X_train_u8[idx[mine]]
-        return idx, mine, normalize(xb_u8, pcfg)
+        maps = None  # without augmentation the cache is the input itself
+        if aug:
+            xb_u8, maps = augment_batch(X_train_u8[idx], cfg.input_size, aug, rng, rows=mine, return_maps=True)
+        else:
+            xb_u8 = X_train_u8[idx[mine]]
+        coverage = None
+        if damage_boxes is not None:
+            coverage = cell_coverage(damage_boxes[idx[mine]], maps, cfg.input_size, grid)  # (n, grid, grid)
+        return idx, mine, normalize(xb_u8, pcfg), coverage
 
     # One thread augments ahead of the training step. It is the only user of each epoch's
     # ``rng`` after the shuffle, in batch order: the same numbers as augmenting inline.
@@ -282,16 +310,20 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
                 engine.reseed([cfg.seed, epoch])
             order = rng.permutation(n)
             t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, correct, seen, damage_sum = 0.0, 0, 0, 0.0
             upcoming = ahead.submit(make_batch, order, rng, 0)
             for b in range(steps_per_epoch):
-                idx, mine, xb = upcoming.result()
+                idx, mine, xb, coverage = upcoming.result()
                 if b + 1 < steps_per_epoch:  # batch b+1 is augmented while batch b trains
                     upcoming = ahead.submit(make_batch, order, rng, b + 1)
                 yb = y_train[idx]
                 step = epoch * steps_per_epoch + b
                 lr = lr_at(step, total_steps, cfg.lr, warmup)
-                loss, logits = engine.train_step(xb, yb[mine], lr)  # loss and logits of the whole batch
+                if coverage is None:
+                    loss, logits = engine.train_step(xb, yb[mine], lr)  # loss and logits of the whole batch
+                else:
+                    loss, logits = engine.train_step(xb, yb[mine], lr, coverage=coverage)
+                    damage_sum += engine.damage_loss * len(yb)
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch + 1}, step {b + 1} (lr {lr:.4g}); "
@@ -317,6 +349,8 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
             seconds = time.perf_counter() - t0
             val_loss, val_acc, _ = evaluate_arrays(engine, X_val, y_val)
             m = EpochMetrics(epoch + 1, loss_sum / seen, correct / seen, val_loss, val_acc, lr, seconds, seen / seconds)
+            if damage_boxes is not None:
+                m.damage_loss = damage_sum / seen
             history.append(m)
             if val_acc > best_acc:
                 best_acc, best_epoch, best_state = val_acc, epoch + 1, engine.state_dict()
@@ -438,6 +472,7 @@ def _save_checkpoint(
 ) -> None:
     tensors = {f"model.{k}": v for k, v in engine.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    tensors.update({f"damage.{k}": v for k, v in engine.damage_state_dict().items()})  # training-only head
     extra = {}
     for k, v in engine.optimizer_state().items():
         if isinstance(v, np.ndarray):
@@ -553,6 +588,12 @@ def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray
             "train with the checkpoint's settings or start a new --out"
         )
     ck = meta["training"]["checkpoint"]
+    saved_weight = ck["args"].get("damage_weight", 0.0)  # .get: checkpoints from before --damage-weight
+    if saved_weight != cfg.damage_weight:
+        raise TrainingError(
+            f"{path}: the run trained with --damage-weight {saved_weight}, this one with {cfg.damage_weight}; "
+            "resume with the run's settings"
+        )
     saved, now = _validation_source(ck["args"]), _validation_source(asdict(cfg))
     if saved != now:
         raise TrainingError(f"{path}: the run validated on {saved}, this one on {now}; resume with the run's settings")
@@ -562,6 +603,9 @@ def _read_checkpoint(path: Path, arch_config, cfg) -> tuple[dict[str, np.ndarray
 def _restore_checkpoint(engine, tensors: dict[str, np.ndarray], ck: dict):
     """Put a checkpoint's weights and optimizer state into ``engine``; returns the loop's state."""
     engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    damage = {k[7:]: v for k, v in tensors.items() if k.startswith("damage.")}
+    if damage and engine.damage_state_dict():  # --damage-weight's head: resume it as well
+        engine.load_damage_state_dict(damage)
     optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
     optim.update(ck["optim_scalars"])
     engine.load_optimizer_state(optim)

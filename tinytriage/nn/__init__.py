@@ -19,7 +19,7 @@ from tinytriage.nn.dropout import Dropout
 from tinytriage.nn.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
-from tinytriage.nn.loss import CrossEntropyLoss
+from tinytriage.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.norm import (
     BatchNorm2d,
@@ -57,6 +57,7 @@ from tinytriage.nn.transformer import (
 )
 
 __all__ = [
+    "BCEWithLogitsLoss",
     "ConvBNReLU",
     "fold_batchnorm",
     "fuse_for_inference",

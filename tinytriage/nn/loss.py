@@ -67,3 +67,53 @@ class CrossEntropyLoss(Module):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+class BCEWithLogitsLoss(Module):
+    """``torch.nn.BCEWithLogitsLoss(reduction="mean")``: a sigmoid and binary cross-entropy
+    in one, per element, for targets t in [0, 1] (soft targets allowed).
+
+    With log sigma(z) = -softplus(-z) and log(1 - sigma(z)) = -softplus(z), both stable:
+
+        loss = -t log sigma(z) - (1 - t) log(1 - sigma(z)) = softplus(z) - t z
+        dloss/dz = sigma(z) - t            dloss/dt = -z
+
+    ``forward(logits, targets)`` then ``backward(grad_out)`` gives both gradients, as
+    PyTorch's autograd does; ``loss, dlogits = loss_fn(logits, targets)`` is the usual call."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"BCEWithLogitsLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
+        loss = self.forward(logits, targets)
+        return loss, self.backward()[0]
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        targets = np.asarray(targets, dtype=logits.dtype)
+        if targets.shape != logits.shape:
+            raise ShapeError(f"BCEWithLogitsLoss: targets {targets.shape} must have the logits' shape {logits.shape}")
+        losses = softplus(logits) - targets * logits  # (...) one loss per element
+        self._cache = (logits, targets)
+        if self.reduction == "mean":
+            return losses.mean() if losses.size else np.asarray(np.nan, logits.dtype)
+        return losses.sum() if self.reduction == "sum" else losses
+
+    def backward(self, grad_out: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        z, t = self._cache
+        g = np.asarray(grad_out, dtype=z.dtype)  # a scalar, or one value per element ("none")
+        if self.reduction == "mean":
+            g = g / max(z.size, 1)
+        sigma = np.exp(-softplus(-z))  # sigmoid(z), stable at both ends
+        return (sigma - t) * g, -z * g  # (d logits, d targets)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
