@@ -209,7 +209,7 @@ def train(
         "--damage-weight",
         min=0.0,
         help="cnn, numpy engine: also learn where each screen_damage photo's damage box is (its NAME.json "
-        "sidecar), a training-only task weighted by this much (e.g. 1). Default: 0, off.",
+        "sidecar), a training-only task weighted by this much (e.g. 1); 0 turns it off.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
