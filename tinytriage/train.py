@@ -472,7 +472,8 @@ def _save_checkpoint(
 ) -> None:
     tensors = {f"model.{k}": v for k, v in engine.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
-    tensors.update({f"damage.{k}": v for k, v in engine.damage_state_dict().items()})  # training-only head
+    if cfg.damage_weight > 0:  # the training-only damage head (NumPy CNN): resumed with the rest
+        tensors.update({f"damage.{k}": v for k, v in engine.damage_state_dict().items()})
     extra = {}
     for k, v in engine.optimizer_state().items():
         if isinstance(v, np.ndarray):
@@ -604,7 +605,7 @@ def _restore_checkpoint(engine, tensors: dict[str, np.ndarray], ck: dict):
     """Put a checkpoint's weights and optimizer state into ``engine``; returns the loop's state."""
     engine.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     damage = {k[7:]: v for k, v in tensors.items() if k.startswith("damage.")}
-    if damage and engine.damage_state_dict():  # --damage-weight's head: resume it as well
+    if damage:  # --damage-weight's head (_read_checkpoint checked this run has one too)
         engine.load_damage_state_dict(damage)
     optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
     optim.update(ck["optim_scalars"])
