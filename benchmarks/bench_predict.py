@@ -1,6 +1,6 @@
 """How fast `tinytriage predict` is, as a user runs it, and where a folder's time goes.
 
-    python benchmarks/bench_predict.py [--runs 15] [--photos 1000] [--workers 2] [--json]
+    python benchmarks/bench_predict.py [--runs 15] [--photos 1000] [--workers 2] [--model FILE] [--json]
 
 1. Latency: `tinytriage predict PHOTO` as a whole process (interpreter start, imports,
    model load, decode, forward, print), median of --runs, as a table (stdout a pipe) and
@@ -51,13 +51,13 @@ def make_photos(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def profile_pipeline(photos: list[Path], workers: int) -> dict:
+def profile_pipeline(photos: list[Path], workers: int, model: str | None = None) -> dict:
     """Where a folder's time goes, stage by stage, in this process (after imports)."""
     from tinytriage import nn
     from tinytriage.predict import Predictor
     from tinytriage.preprocess import preprocess
 
-    predictor = Predictor.load()
+    predictor = Predictor.load(model)
     cfg = predictor.preprocess_config
     paths = [str(p) for p in photos]
     for p in paths[:20]:  # warm the page cache and Pillow
@@ -96,9 +96,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--photos", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", help="model file to time (default: the bundled model)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     exe = [sys.executable, "-m", "tinytriage"]
+    with_model = [] if args.model is None else ["--model", str(Path(args.model).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         photos = make_photos(folder, args.photos)
@@ -110,14 +112,16 @@ def main() -> None:
         for _ in range(args.runs):
             for kind, extra in (("table", []), ("json", ["--json"])):
                 t0 = time.perf_counter()
-                subprocess.run([*exe, "predict", str(photos[0]), *extra], check=True, capture_output=True, cwd=tmp)
+                subprocess.run(
+                    [*exe, "predict", str(photos[0]), *with_model, *extra], check=True, capture_output=True, cwd=tmp
+                )
                 times[kind].append(time.perf_counter() - t0)
         probe = subprocess.run(
             [sys.executable, "-c",
-             "import sys, runpy; sys.argv=['tinytriage','predict',sys.argv[1],'--json'];"
+             "import sys, runpy; sys.argv=['tinytriage','predict',*sys.argv[1:],'--json'];"
              "from tinytriage.cli import app\ntry: app()\nexcept SystemExit: pass\n"
              "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
-             "print('FROM', sys.modules['tinytriage'].__file__, file=sys.stderr)", str(photos[0])],
+             "print('FROM', sys.modules['tinytriage'].__file__, file=sys.stderr)", str(photos[0]), *with_model],
             capture_output=True, text=True, cwd=tmp,
         )  # fmt: skip
         torch_imported = "TORCH_IMPORTED" in probe.stderr
@@ -126,7 +130,7 @@ def main() -> None:
         # 2. throughput over the folder, one process
         t0 = time.perf_counter()
         batch = subprocess.run(
-            [*exe, "predict", str(folder), "--json", "--workers", str(args.workers)],
+            [*exe, "predict", str(folder), *with_model, "--json", "--workers", str(args.workers)],
             check=True,
             capture_output=True,
             text=True,
@@ -135,7 +139,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         batched = [json.loads(line) for line in batch.stdout.splitlines()]
         single = subprocess.run(
-            [*exe, "predict", str(folder), "--json", "--batch-size", "1", "--workers", "1"],
+            [*exe, "predict", str(folder), *with_model, "--json", "--batch-size", "1", "--workers", "1"],
             check=True,
             capture_output=True,
             text=True,
@@ -151,10 +155,11 @@ def main() -> None:
             for k in a["probabilities"]
         )
 
-        prof = profile_pipeline(photos, args.workers)
+        prof = profile_pipeline(photos, args.workers, args.model)
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}",
+        "model": args.model or "bundled",
         "latency_median_s": statistics.median(times["table"]),
         "latency_min_s": min(times["table"]),
         "latency_json_median_s": statistics.median(times["json"]),
