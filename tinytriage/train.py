@@ -224,12 +224,12 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     classes = list(dataset.classes)
     routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
     arch_config = _arch_config(cfg, len(classes))
-    # --init and --resume: read and checked before the slow decode below; a resumed run's
-    # checkpoint holds newer weights than --init
     if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
         raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
     if cfg.damage_weight > 0 and (cfg.arch != "cnn" or cfg.backend != "numpy"):
         raise TrainingError("--damage-weight trains the NumPy CNN only (--arch cnn --backend numpy)")
+    # --init and --resume: read and checked before the slow decode below; a resumed run's
+    # checkpoint holds newer weights than --init
     ckpt_path = run_dir / "checkpoint.safetensors"
     checkpoint = _read_checkpoint(ckpt_path, arch_config, cfg) if cfg.resume else None
     init_weights = _init_weights(Path(cfg.init), arch_config, cfg, classes) if cfg.init and not cfg.resume else None
