@@ -12,8 +12,8 @@ from test_train import cfg_for, make_toy_dataset
 
 from tinytriage import nn
 from tinytriage.augment import Augment, augment_batch
-from tinytriage.cnn import CNNConfig, TriageCNN
-from tinytriage.damage_maps import boxes_in_cache, cell_coverage, map_size
+from tinytriage.cnn import CNNConfig, TriageCNN, feature_map_size
+from tinytriage.damage_maps import boxes_in_cache, cell_coverage
 from tinytriage.engine import NumpyEngine
 from tinytriage.errors import TrainingError
 from tinytriage.model_io import read_model
@@ -82,7 +82,7 @@ def test_boxes_move_with_the_letterbox(tmp_path):
 def test_map_size_is_the_last_stage_map(size):
     cfg = CNNConfig(input_size=size, widths=(2, 3, 4), num_classes=3)
     f = TriageCNN(cfg).features(np.zeros((1, 3, size, size), np.float32))
-    assert f.shape[2:] == (map_size(cfg), map_size(cfg))
+    assert f.shape[2:] == (feature_map_size(cfg), feature_map_size(cfg))
 
 
 def test_damage_task_gradients_match_central_differences():

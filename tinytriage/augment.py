@@ -120,14 +120,16 @@ def _colour(x: np.ndarray, aug: Augment, u: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8).reshape(H, W, 3)
 
 
-def _augment_one(image: np.ndarray, size: int, aug: Augment, u: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
-    """One uint8 (H, W, 3) image and its row of random numbers -> uint8 (size, size, 3)."""
-    H, W, _ = image.shape
+def _augment_one(
+    image: np.ndarray, size: int, aug: Augment, u: np.ndarray, coeffs: tuple[float, ...], fill: tuple[int, int, int]
+) -> np.ndarray:
+    """One uint8 (H, W, 3) image, its row of random numbers and its affine map (``_affine``)
+    -> uint8 (size, size, 3)."""
     img = Image.fromarray(image)
     out = img.transform(
         (size, size),
         Image.Transform.AFFINE,
-        _affine(W, H, size, aug, u),
+        coeffs,
         resample=Image.Resampling.BILINEAR,
         fillcolor=fill,  # corners uncovered by the rotation: the same fill as the letterbox
     )
@@ -161,20 +163,20 @@ def augment_batch(
     table = rng.random((N, 11))  # (N, 11): every random number this batch needs
     keep = range(N)[rows]
 
-    def one(i: int) -> np.ndarray:
-        return _augment_one(images[i], size, aug, table[i], fill)
+    H, W = images.shape[1:3]
+    maps = np.array([_affine(W, H, size, aug, table[i]) for i in keep], dtype=np.float64).reshape(-1, 6)
+
+    def one(k: int) -> np.ndarray:  # the k-th kept image
+        i = keep[k]
+        return _augment_one(images[i], size, aug, table[i], tuple(maps[k]), fill)
 
     if workers > 1 and len(keep) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            outs = list(pool.map(one, keep))
+            outs = list(pool.map(one, range(len(keep))))
     else:
-        outs = [one(i) for i in keep]
+        outs = [one(k) for k in range(len(keep))]
     out = np.stack(outs) if outs else np.zeros((0, size, size, 3), dtype=np.uint8)  # (len(keep), size, size, 3)
-    if not return_maps:
-        return out
-    H, W = images.shape[1:3]
-    maps = np.array([_affine(W, H, size, aug, table[i]) for i in keep], dtype=np.float64).reshape(-1, 6)
-    return out, maps  # (len(keep), size, size, 3), (len(keep), 6)
+    return (out, maps) if return_maps else out  # (len(keep), size, size, 3), (len(keep), 6)
 
 
 def augment_image(

@@ -160,6 +160,12 @@ def layer_names(cfg: CNNConfig) -> list[str]:
     return [role for _kind, role, _args in feature_layers(cfg)]
 
 
+def feature_map_size(cfg: CNNConfig) -> int:
+    """Side of the last conv stage's map (8 at 128 px): the input halved by each max pool."""
+    pools = sum(kind == "maxpool" for kind, _role, _args in feature_layers(cfg))
+    return cfg.input_size // 2**pools  # floor at each halving is the floor of the whole
+
+
 def count_macs(cfg: CNNConfig) -> int:
     """Multiply-adds of one forward pass for one photo (convolutions and the linear layer)."""
     size, macs = cfg.input_size, 0

@@ -35,21 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from tinytriage import nn
-from tinytriage.cnn import CNNConfig
 from tinytriage.data import read_damage_box
 from tinytriage.nn.module import Module
 from tinytriage.preprocess import LetterboxGeometry
 
 #: Coverage is measured at SAMPLES x SAMPLES points per cell (16 at the default).
 SAMPLES = 4
-
-
-def map_size(cfg: CNNConfig) -> int:
-    """Side of the last conv stage's map: the input halved by each 2x2 pool (floor)."""
-    size = cfg.input_size
-    for _ in cfg.widths[:-1]:
-        size //= 2
-    return size
 
 
 def boxes_in_cache(paths: Sequence[Path], geometries: Sequence[LetterboxGeometry]) -> np.ndarray:

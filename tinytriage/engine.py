@@ -87,11 +87,8 @@ class NumpyEngine:
         if self.optimizer is not None:
             raise TinyTriageError("attach_damage_head() must come before the first step or optimizer load")
         rng = np.random.default_rng([seed, 1])
-        self.damage_head = DamageMapHead(self.model.cfg.widths[-1], weight, rng=rng).astype(self._dtype)
-
-    @property
-    def _dtype(self):
-        return next(iter(self.model.params.values())).dtype
+        dtype = self.model.features[0].params["weight"].dtype  # the first conv's: the model's float type
+        self.damage_head = DamageMapHead(self.model.cfg.widths[-1], weight, rng=rng).astype(dtype)
 
     def damage_state_dict(self) -> dict[str, np.ndarray]:
         """The damage head's weights (for checkpoints; empty without one)."""
@@ -100,15 +97,17 @@ class NumpyEngine:
     def load_damage_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.damage_head.load_state_dict(state)
 
-    def _trained_params(self) -> dict[str, np.ndarray]:
-        params = dict(self.model.params)
-        if self.damage_head is not None:
-            params.update({f"damage_head.{k}": v for k, v in self.damage_head.params.items()})
-        return params
+    def _with_damage_head(self, model_arrays: dict[str, np.ndarray], head_arrays: dict[str, np.ndarray]):
+        """The model's parameters (or gradients) and, named ``damage_head.*``, the head's."""
+        return {**model_arrays, **{f"damage_head.{k}": v for k, v in head_arrays.items()}}
 
     def _make_optimizer(self):
         o = self.optim_cfg
-        params = self._trained_params()
+        params = (
+            self.model.params
+            if self.damage_head is None
+            else self._with_damage_head(self.model.params, self.damage_head.params)
+        )
         if o.name == "sgd":
             return nn.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
         if o.name == "adamw":
@@ -143,8 +142,7 @@ class NumpyEngine:
         self.damage_loss = self.damage_head.forward(f, coverage)
         df = self.model.head.backward(dlogits) + self.damage_head.backward()  # (N, C, h, w)
         self.model.features.backward(df)
-        grads = {**self.model.grads, **{f"damage_head.{k}": g for k, g in self.damage_head.grads.items()}}
-        return float(loss), logits, grads
+        return float(loss), logits, self._with_damage_head(self.model.grads, self.damage_head.grads)
 
     def train_step(
         self, x: np.ndarray, y: np.ndarray, lr: float, coverage: np.ndarray | None = None

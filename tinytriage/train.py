@@ -32,7 +32,7 @@ import numpy as np
 
 from tinytriage import __version__, distributed
 from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
-from tinytriage.cnn import CNNConfig
+from tinytriage.cnn import CNNConfig, feature_map_size
 from tinytriage.engine import OptimConfig, make_engine
 from tinytriage.errors import DatasetError, TrainingError
 from tinytriage.model_io import ModelFile, atomic_write_bytes, save_model
@@ -250,9 +250,9 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=device, seed=cfg.seed)
     damage_boxes = None
     if cfg.damage_weight > 0:  # before any optimizer state is made or restored
-        from tinytriage.damage_maps import boxes_in_cache, cell_coverage, map_size
+        from tinytriage.damage_maps import boxes_in_cache, cell_coverage
 
-        grid = map_size(CNNConfig.from_dict(arch_config))  # side of the map the head predicts
+        grid = feature_map_size(CNNConfig.from_dict(arch_config))  # side of the map the head predicts
         damage_boxes = boxes_in_cache(train_cache.paths, train_cache.geometries)  # (n, 4), NaN: no box
         n_boxes = int(np.isfinite(damage_boxes).all(axis=1).sum())
         if n_boxes == 0:
