@@ -242,6 +242,43 @@ def test_exif_rotated_jpeg_matches_upright_within_jpeg_tolerance(tmp_path, orien
     assert np.abs(pixels(p) - pixels(q)).mean() < 2
 
 
+# every EXIF orientation: the upright photo transposed by the inverse of what undoes it
+UNDO = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,  # undone by ROTATE_270
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,  # undone by ROTATE_90
+}
+
+
+@pytest.mark.parametrize("orientation", [1, *UNDO])
+def test_region_is_the_same_part_of_the_upright_photo_in_every_orientation(tmp_path, orientation):
+    upright, region = photo(90, 60), (17, 9, 61, 41)  # the red block's corner and the gradients
+    stored = upright if orientation == 1 else upright.transpose(UNDO[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = saved(stored, tmp_path / "r.png", exif=exif.tobytes())
+    img, geom = load_fitted(p, CFG, region=region)
+    want = np.asarray(fit(upright.crop(region), CFG)[0]).astype(np.int16)
+    assert np.abs(np.asarray(img).astype(np.int16) - want).max() <= 2
+    assert (geom.orig_w, geom.orig_h) == (44, 32)  # the region's own size
+
+
+def test_region_of_a_large_jpeg_is_drafted_and_matches_a_full_decode(tmp_path):
+    big = photo(1024, 768).resize((1024, 768))
+    p = saved(big, tmp_path / "big.jpg", quality=95)
+    region = (300.4, 200.0, 556.0, 392.9)  # 256 x 193 pixels: at 32 px a 1/8 draft is enough
+    img, _ = load_fitted(p, CFG, region=region)
+    want = np.asarray(fit(load_image(p).crop((300, 200, 556, 393)), CFG)[0]).astype(np.int16)
+    assert np.abs(np.asarray(img).astype(np.int16) - want).mean() < 2
+    # off the photo: clipped to it, never empty
+    img, geom = load_fitted(p, CFG, region=(-50, -50, 0.2, 2000))
+    assert (geom.orig_w, geom.orig_h) == (1, 768) and img.size == (32, 32)
+
+
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_broken_exif_is_ignored_not_fatal(tmp_path):
     p = saved(photo(), tmp_path / "x.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff\x01\x12garbage")

@@ -480,33 +480,76 @@ def fit(img: Image.Image, cfg: Preprocess, *, size: int | None = None) -> tuple[
 
 
 def load_fitted(
-    src: ImageSource, cfg: Preprocess, *, size: int | None = None, name: str | None = None
+    src: ImageSource,
+    cfg: Preprocess,
+    *,
+    size: int | None = None,
+    name: str | None = None,
+    region: tuple[float, float, float, float] | None = None,
 ) -> tuple[Image.Image, LetterboxGeometry]:
     """Decode a photo straight into the square ``size`` x ``size`` RGB input (default
     ``cfg.input_size``) and return where the photo sits in it.
+
+    ``region`` (left, top, right, bottom, in upright original pixels, as
+    ``LetterboxGeometry.to_original`` gives them) fits only that part of the photo, at
+    the resolution the part needs: a closer look. The geometry is then the region's,
+    with (0, 0) at its top-left corner.
 
     JPEGs are decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 during the DCT,
     choosing the smallest scale that is still at least as large as the resize needs, so
     the final image is a downscale in both paths and matches a full decode closely.
     Raises ``ImageError``."""
     size = cfg.input_size if size is None else size
+    upright = [0, 0]  # the fitted part's upright size, known once the header is read
 
     def draft(img: ImageFile.ImageFile) -> tuple[float, float, float, float]:
         w, h = img.size
-        if cfg.resize_mode == "squash":
-            need = (min(w, size), min(h, size))  # both sides end up `size` (either rotation)
+        orientation = _orientation(img)
+        if region is None:
+            part = (0.0, 0.0, float(w), float(h))
+            upright[:] = (h, w) if orientation in _SWAPS_AXES else (w, h)
         else:
-            s = size / (max(w, h) if cfg.resize_mode == "letterbox" else min(w, h))
-            need = (math.ceil(w * s), math.ceil(h * s))
+            uw, uh = (h, w) if orientation in _SWAPS_AXES else (w, h)
+            # whole pixels inside the photo, at least one (a region off the photo is clipped)
+            x0, y0 = min(uw - 1, max(0, math.floor(region[0]))), min(uh - 1, max(0, math.floor(region[1])))
+            x1, y1 = max(x0 + 1, min(uw, math.ceil(region[2]))), max(y0 + 1, min(uh, math.ceil(region[3])))
+            part = _stored_box((x0, y0, x1, y1), orientation, w, h)
+            upright[:] = (x1 - x0, y1 - y0)
+        pw, ph = part[2] - part[0], part[3] - part[1]  # the part's stored size
+        if cfg.resize_mode == "squash":
+            s = max(size / pw, size / ph)  # both sides end up `size` (either rotation)
+        else:
+            s = size / (max(pw, ph) if cfg.resize_mode == "letterbox" else min(pw, ph))
+        need = (math.ceil(w * s), math.ceil(h * s))
+        extent = (0.0, 0.0, float(w), float(h))
         if need[0] < w and need[1] < h:
             res = img.draft("RGB", need)
             if res is not None:
-                return res[1]  # the photo's extent in the smaller decoded image
-        return (0.0, 0.0, float(w), float(h))
+                extent = res[1]  # the photo's extent in the smaller decoded image
+        kx, ky = (extent[2] - extent[0]) / w, (extent[3] - extent[1]) / h
+        return (extent[0] + part[0] * kx, extent[1] + part[1] * ky, extent[0] + part[2] * kx, extent[1] + part[3] * ky)
 
-    rgb, orientation, box, (w, h) = _decode(src, name, cfg.max_pixels, draft)
-    upright_w, upright_h = (h, w) if orientation in _SWAPS_AXES else (w, h)
-    return _place(rgb, box, orientation, upright_w, upright_h, size, cfg.resize_mode, cfg.fill)
+    rgb, orientation, box, _ = _decode(src, name, cfg.max_pixels, draft)
+    return _place(rgb, box, orientation, upright[0], upright[1], size, cfg.resize_mode, cfg.fill)
+
+
+def _stored_box(
+    box: tuple[float, float, float, float], orientation: int, w: int, h: int
+) -> tuple[float, float, float, float]:
+    """A box in upright coordinates -> the box of the same pixels in the stored w x h image
+    (the inverse of the EXIF transpose, applied to two opposite corners)."""
+    stored = {  # upright (x, y) -> stored (x, y)
+        1: lambda x, y: (x, y),
+        2: lambda x, y: (w - x, y),  # mirrored left-right
+        3: lambda x, y: (w - x, h - y),  # turned 180
+        4: lambda x, y: (x, h - y),  # mirrored top-bottom
+        5: lambda x, y: (y, x),  # transposed
+        6: lambda x, y: (y, h - x),  # stored turned 90 anticlockwise
+        7: lambda x, y: (w - y, h - x),  # transverse
+        8: lambda x, y: (w - y, x),  # stored turned 90 clockwise
+    }[orientation]
+    (ax, ay), (bx, by) = stored(box[0], box[1]), stored(box[2], box[3])
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
 
 
 def preprocess(src: ImageSource, cfg: Preprocess, *, name: str | None = None) -> np.ndarray:
