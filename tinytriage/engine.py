@@ -114,13 +114,24 @@ class NumpyEngine:
             return nn.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         raise TinyTriageError(f"unknown optimizer {o.name!r} (known: sgd, adamw)")
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Inference: the model with each conv-BatchNorm-ReLU folded into one convolution
+    def _fused(self) -> nn.Module:
+        """The model with each conv-BatchNorm-ReLU folded into one convolution
         (``tinytriage.nn.fuse``; it reads the live weights, so it is never stale)."""
         self.model.eval()
         if self._inference_model is None or self._inference_model[0] is not self.model:
             self._inference_model = (self.model, nn.fuse_for_inference(self.model))
-        return self._inference_model[1](x)
+        return self._inference_model[1]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Inference, on the fused model."""
+        return self._fused()(x)
+
+    def logits_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inference, also returning the last conv stage's map (N, C, h, w), for the
+        class activation maps of ``tinytriage.second_look``. CNN only."""
+        fused = self._fused()
+        features = fused.features(x)
+        return fused.head(features), features
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Forward and backward in training mode, no optimizer step (used by ``compare``)."""

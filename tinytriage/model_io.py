@@ -54,6 +54,7 @@ class ModelFile:
     threshold: float = 0.5  # below this calibrated confidence -> human review
     temperature: float = 1.0  # logits / T before softmax (temperature scaling)
     ood: dict[str, Any] = field(default_factory=dict)  # open-set score calibration
+    second_look: dict[str, Any] = field(default_factory=dict)  # tinytriage.second_look.SecondLook; {}: none
     training: dict[str, Any] = field(default_factory=dict)  # seed, args, per-epoch metrics
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of these weights
     tinytriage_version: str = __version__
@@ -71,6 +72,7 @@ class ModelFile:
             "threshold": self.threshold,
             "temperature": self.temperature,
             "ood": self.ood,
+            "second_look": self.second_look,
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -225,6 +227,7 @@ def read_model(path: str | os.PathLike) -> ModelFile:
             threshold=float(meta.get("threshold", 0.5)),
             temperature=float(meta.get("temperature", 1.0)),
             ood=dict(meta.get("ood") or {}),
+            second_look=dict(meta.get("second_look") or {}),
             training=dict(meta.get("training") or {}),
             metrics=dict(meta.get("metrics") or {}),
             tinytriage_version=str(meta.get("tinytriage_version", "?")),
@@ -233,8 +236,26 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: tinytriage metadata is missing or malformed: {err}") from None
     check_tensors(mf, path)
+    _check_second_look(mf, path)
     mf.config = full_config(mf.arch, mf.config)  # a file from before a config field existed
     return mf
+
+
+def _check_second_look(mf: ModelFile, path: Path) -> None:
+    """A second-look setting must parse, name classes of the model, and sit on a CNN."""
+    if not mf.second_look:
+        return
+    from tinytriage.second_look import SecondLook
+
+    try:
+        look = SecondLook.from_dict(mf.second_look)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: malformed second_look metadata: {err}") from None
+    unknown = [c for c in look.classes if c not in mf.classes]
+    if unknown:
+        raise ModelFileError(f"{path}: second_look names class(es) {', '.join(unknown)} that the model does not have")
+    if mf.arch != "cnn":
+        raise ModelFileError(f"{path}: second_look needs a CNN (its class activation maps); this is a {mf.arch}")
 
 
 def expected_tensors(arch: str, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

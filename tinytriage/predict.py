@@ -3,7 +3,8 @@
 For each photo: the class, its calibrated confidence, the top-3 probabilities and the
 queue. A photo goes to ``human_review`` when the model is unsure (confidence below the
 threshold stored in the model, chosen on validation data) or when it is none of the
-ticket classes (the ``other`` class, whose route is human review).
+ticket classes (the ``other`` class, whose route is human review). A model file may ask
+for a second, closer look at the devices it is unsure about (``tinytriage.second_look``).
 
 Photos stream through: paths are expanded lazily (files, folders, globs, stdin), decoded
 by a thread pool a few batches ahead of the network (Pillow releases the GIL while it
@@ -27,6 +28,7 @@ import numpy as np
 from tinytriage.calibrate import softmax
 from tinytriage.errors import ImageError, TinyTriageError
 from tinytriage.model_io import ModelFile, read_model_or_bundled
+from tinytriage.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
 from tinytriage.routing import HUMAN_REVIEW
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -46,6 +48,7 @@ class Prediction:
     review_reason: str | None  # "low confidence", "not a ticket photo", or None
     backend: str
     model: str
+    second_look: bool = False  # probabilities are the mean of the whole photo's and a closer look's
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,7 @@ class Prediction:
             "review_reason": self.review_reason,
             "backend": self.backend,
             "model": self.model,
+            "second_look": self.second_look,
         }
 
 
@@ -83,6 +87,7 @@ class Predictor:
     backend: str
     threshold: float
     routes: dict[str, str] = field(default_factory=dict)
+    second_look: SecondLook | None = None  # from the model file, unless switched off
 
     @classmethod
     def load(
@@ -94,9 +99,11 @@ class Predictor:
         threshold: float | None = None,
         routes: dict[str, str] | None = None,
         arch: str | None = None,
+        second_look: bool = True,
     ) -> Predictor:
         """``model``: a model file, or None for the bundled model of ``arch`` (default cnn).
-        The file records its architecture; ``arch`` only checks it."""
+        The file records its architecture; ``arch`` only checks it. ``second_look=False``
+        ignores the file's second-look setting (first look only)."""
         from tinytriage.engine import load_engine
 
         mf, path = read_model_or_bundled(model, arch)
@@ -112,7 +119,8 @@ class Predictor:
         t = mf.threshold if threshold is None else threshold
         if not 0.0 <= t <= 1.0:
             raise TinyTriageError(f"--threshold must be between 0 and 1, got {t}")
-        return cls(mf, path, engine, backend, t, merged)
+        look = SecondLook.from_dict(mf.second_look) if second_look and mf.second_look else None
+        return cls(mf, path, engine, backend, t, merged, look)
 
     @property
     def preprocess_config(self):
@@ -122,7 +130,10 @@ class Predictor:
 
     def decide(self, path: str, logits: np.ndarray) -> Prediction:
         """Logits of one photo -> calibrated probabilities -> class, route, review flag."""
-        probs = softmax(logits[None], self.model_file.temperature)[0]
+        return self.decide_probs(path, softmax(logits[None], self.model_file.temperature)[0])
+
+    def decide_probs(self, path: str, probs: np.ndarray, second_look: bool = False) -> Prediction:
+        """Calibrated probabilities of one photo (K,) -> class, route, review flag."""
         classes = self.model_file.classes
         order = np.argsort(-probs)
         label, confidence = classes[order[0]], float(probs[order[0]])
@@ -143,19 +154,20 @@ class Predictor:
             review_reason=reason,
             backend=self.backend,
             model=self.model_path.name,
+            second_look=second_look,
         )
 
     def predict_paths(
         self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int = 2
     ) -> Iterator[Prediction | PhotoFailure]:
         """Results in input order; decoding runs ahead of inference in a thread pool."""
-        from tinytriage.preprocess import preprocess
+        from tinytriage.preprocess import preprocess_with_geometry
 
         cfg = self.preprocess_config
 
         def load(p: str):
             try:
-                return preprocess(p, cfg)
+                return preprocess_with_geometry(p, cfg)  # (x (1, 3, S, S), where the photo sits in x)
             except ImageError as err:
                 return PhotoFailure(p, str(err))
             except MemoryError:
@@ -169,19 +181,64 @@ class Predictor:
                 else:
                     pending.append((item, pool.submit(load, item)))
                 if len(pending) >= batch_size * 2:  # keep about two batches decoding ahead
-                    yield from self._run(pending[:batch_size])
+                    yield from self._run(pending[:batch_size], pool)
                     pending = pending[batch_size:]
             while pending:
-                yield from self._run(pending[:batch_size])
+                yield from self._run(pending[:batch_size], pool)
                 pending = pending[batch_size:]
 
-    def _run(self, chunk: list[tuple[str, Any]]) -> Iterator[Prediction | PhotoFailure]:
+    def _run(self, chunk: list[tuple[str, Any]], pool: ThreadPoolExecutor) -> Iterator[Prediction | PhotoFailure]:
         loaded = [(p, f if isinstance(f, PhotoFailure) else f.result()) for p, f in chunk]
-        good = [(i, x) for i, (_, x) in enumerate(loaded) if not isinstance(x, PhotoFailure)]
-        logits = self.engine.logits(np.concatenate([x for _, x in good])) if good else None
-        by_index = {i: logits[j] for j, (i, _) in enumerate(good)}
+        good = [i for i, (_, x) in enumerate(loaded) if not isinstance(x, PhotoFailure)]
+        probs: dict[int, np.ndarray] = {}
+        looked: set[int] = set()
+        if good:
+            x = np.concatenate([loaded[i][1][0] for i in good])  # (B, 3, S, S)
+            if self.second_look is None:
+                first = softmax(self.engine.logits(x), self.model_file.temperature)
+            else:
+                logits, features = self.engine.logits_and_features(x)
+                first = softmax(logits, self.model_file.temperature)
+                geoms = [loaded[i][1][1] for i in good]
+                closer = self._look_again([loaded[i][0] for i in good], first, features, geoms, pool)
+                for j, p2 in closer.items():
+                    first[j] = combine(first[j], p2)
+                    looked.add(good[j])
+            probs = {i: first[j] for j, i in enumerate(good)}
         for i, (p, x) in enumerate(loaded):
-            yield x if isinstance(x, PhotoFailure) else self.decide(p, by_index[i])
+            yield x if isinstance(x, PhotoFailure) else self.decide_probs(p, probs[i], i in looked)
+
+    def _look_again(
+        self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
+    ) -> dict[int, np.ndarray]:
+        """Second-look probabilities {row: (K,)} for the rows of ``first`` the gate picks.
+        first: (B, K) calibrated; features: (B, C, h, w) the first look's last conv map."""
+        from tinytriage.preprocess import load_fitted, normalize
+
+        look, mf, cfg = self.second_look, self.model_file, self.preprocess_config
+        idx = [mf.classes.index(c) for c in look.classes]
+        rows = np.nonzero(gate(first, idx, look.below))[0]
+        if not len(rows):
+            return {}
+        cams = class_activation_maps(features[rows], head_weight(mf), idx)  # (G, h, w)
+        regions = {
+            int(r): region
+            for r, cam in zip(rows, cams, strict=True)
+            if (region := cam_region(cam, geoms[r], cfg.input_size, look.cam_frac, look.margin)) is not None
+        }
+
+        def crop(r: int) -> np.ndarray | None:
+            try:
+                return np.asarray(load_fitted(paths[r], cfg, region=regions[r])[0])
+            except (ImageError, MemoryError):  # read once already; if it fails now, keep the first look
+                return None
+
+        crops = dict(zip(regions, pool.map(crop, list(regions)), strict=True))
+        crops = {r: c for r, c in crops.items() if c is not None}
+        if not crops:
+            return {}
+        second = softmax(self.engine.logits(normalize(np.stack(list(crops.values())), cfg)), mf.temperature)
+        return dict(zip(crops, second, strict=True))
 
 
 # -- inputs: files, folders, globs, stdin ---------------------------------------------

@@ -115,6 +115,13 @@ class TorchEngine:
         self.model.eval()
         return self.model(self._tensor(x)).float().cpu().numpy()
 
+    @torch.no_grad()
+    def logits_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inference, also returning the last conv stage's map (N, C, h, w). CNN only."""
+        self.model.eval()
+        features = self.model.features(self._tensor(x))
+        return self.model.head(features).float().cpu().numpy(), features.float().cpu().numpy()
+
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray):
         self.model.train()
         self.model.zero_grad(set_to_none=True)
