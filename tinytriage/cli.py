@@ -106,6 +106,10 @@ BackendOpt = typer.Option(
 )
 DeviceOpt = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: the bundled model of --arch.")
+SecondLookOpt = typer.Option(
+    True, "--second-look/--no-second-look",
+    help="Look again, closer, at the devices the model is unsure about (when the model file says how).",
+)  # fmt: skip
 ArchOpt = typer.Option(
     None, "--arch", help="Model: cnn or vit; picks the bundled model (a model file knows its own). Default: cnn."
 )
@@ -137,6 +141,7 @@ def predict(
     routes: Path | None = typer.Option(None, "--routes", help="TOML file mapping class = queue."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
+    second_look: bool = SecondLookOpt,
 ) -> None:
     """Route each photo to a queue: class, confidence, top 3 and route."""
     from tinytriage.predict import Predictor, expand_inputs, load_routes
@@ -145,7 +150,7 @@ def predict(
     backend, arch = _engine(backend, arch)
     predictor = Predictor.load(
         model, backend=backend, arch=arch, device=device, threshold=threshold,
-        routes=load_routes(routes) if routes else None,
+        routes=load_routes(routes) if routes else None, second_look=second_look,
     )  # fmt: skip
     results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
     _ok, failed = print_predictions(results, as_json=as_json)
@@ -285,6 +290,7 @@ def evaluate(
     explain: bool = typer.Option(
         False, "--explain", help="Also the pointing game: is the heatmap's peak inside each screen_damage box?"
     ),
+    second_look: bool = SecondLookOpt,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     from tinytriage.evaluate import evaluate as run_evaluation
@@ -292,7 +298,7 @@ def evaluate(
     from tinytriage.render import print_eval
 
     backend, arch = _engine(backend, arch)
-    predictor = Predictor.load(model, backend=backend, arch=arch, device=device)
+    predictor = Predictor.load(model, backend=backend, arch=arch, device=device, second_look=second_look)
     result = run_evaluation(str(data_dir), predictor, batch_size)
     pointing = None
     if explain:
@@ -300,6 +306,30 @@ def evaluate(
 
         pointing = pointing_game(str(data_dir), predictor, batch_size=min(batch_size, 32))
     print_eval(result, as_json=as_json, pointing=pointing)
+
+
+@app.command()
+def calibrate(
+    data_dir: Path = typer.Argument(..., help="Labelled photos the model was not trained on: one subfolder per class."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the calibrated model file."),
+    model: Path | None = ModelOpt,
+    target_precision: float = typer.Option(
+        0.99, "--target-precision", min=0.0, max=1.0, help="Auto-routed photos must be this often right."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the fitted values as one JSON object."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
+) -> None:
+    """Fit a CNN's temperature, second look and review threshold on labelled photos; write a new model file."""
+    from tinytriage.model_io import save_model
+    from tinytriage.render import print_calibration
+    from tinytriage.second_look import calibrate_folder
+
+    result = calibrate_folder(
+        model, str(data_dir), target_precision=target_precision, batch_size=batch_size, workers=workers
+    )
+    save_model(result.model_file, out)
+    print_calibration(result, out, as_json=as_json)
 
 
 @app.command()

@@ -201,8 +201,8 @@ class Predictor:
                 first = softmax(logits, self.model_file.temperature)
                 geoms = [loaded[i][1][1] for i in good]
                 closer = self._look_again([loaded[i][0] for i in good], first, features, geoms, pool)
-                for j, p2 in closer.items():
-                    first[j] = combine(first[j], p2)
+                for j, l2 in closer.items():
+                    first[j] = combine(first[j], softmax(l2[None], self.model_file.temperature)[0])
                     looked.add(good[j])
             probs = {i: first[j] for j, i in enumerate(good)}
         for i, (p, x) in enumerate(loaded):
@@ -211,7 +211,8 @@ class Predictor:
     def _look_again(
         self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
     ) -> dict[int, np.ndarray]:
-        """Second-look probabilities {row: (K,)} for the rows of ``first`` the gate picks.
+        """Second-look logits {row: (K,)} for the rows of ``first`` the gate picks (a row
+        whose region is empty or whose photo no longer decodes keeps its first look).
         first: (B, K) calibrated; features: (B, C, h, w) the first look's last conv map."""
         from tinytriage.preprocess import load_fitted, normalize
 
@@ -237,7 +238,7 @@ class Predictor:
         crops = {r: c for r, c in crops.items() if c is not None}
         if not crops:
             return {}
-        second = softmax(self.engine.logits(normalize(np.stack(list(crops.values())), cfg)), mf.temperature)
+        second = self.engine.logits(normalize(np.stack(list(crops.values())), cfg))  # (G', K)
         return dict(zip(crops, second, strict=True))
 
 

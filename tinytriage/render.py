@@ -179,6 +179,27 @@ def print_train_result(r, *, as_json: bool) -> None:
 # -- evaluate -----------------------------------------------------------------------------
 
 
+def print_calibration(c, path, *, as_json: bool) -> None:
+    """What ``tinytriage calibrate`` fitted (a ``second_look.Calibration``) and where it went."""
+    if as_json:
+        write_json_line({**c.to_json(), "model": str(path)})
+        return
+    for p, why in c.failures:
+        error_line(why if p in why else f"{p}: {why}")
+    t = Table(title=f"second look on {c.n} validation photos (the chosen row in bold)")
+    for col in ("look again below", "photos looked at again", "accuracy"):
+        t.add_column(col, justify="right")
+    for row in c.rows:
+        style = "bold" if row["below"] == c.below else None
+        t.add_row(f"{row['below']:.2f}", f"{row['looked']:.1%}", f"{row['accuracy']:.4f}", style=style)
+    out.print(t)
+    out.print(
+        f"temperature {c.temperature:.4f}   ECE {c.ece_before:.4f} -> {c.ece_after:.4f}   "
+        f"review below {c.threshold:.4f}   accuracy {c.accuracy_first:.4f} -> {c.accuracy:.4f}"
+    )
+    out.print(f"wrote {path}")
+
+
 def print_eval(r, *, as_json: bool, pointing=None) -> None:
     """The evaluation; ``pointing``: an ``explain.PointingResult`` from ``evaluate --explain``."""
     if as_json:
