@@ -82,18 +82,21 @@ def gate(probs: np.ndarray, class_idx: list[int], below: float) -> np.ndarray:
     return np.isin(top, class_idx) & (probs.max(axis=1) < below)
 
 
-def class_activation_maps(features: np.ndarray, weight: np.ndarray, class_idx: list[int]) -> np.ndarray:
-    """CAM of the classes in ``class_idx`` together, rectified.
+def class_activation_maps(
+    features: np.ndarray, weight: np.ndarray, class_idx: list[int], rectify: bool = True
+) -> np.ndarray:
+    """CAM of the classes in ``class_idx`` together, rectified unless ``rectify=False``.
 
     features: (N, C, h, w), the last conv stage; weight: (K, C) the linear head's weight,
     or (K, 2C) for an average-and-max head (both halves read the same cells).
-    Returns (N, h, w): max(0, sum_k w_k . f(cell))."""
+    Returns (N, h, w): max(0, sum_k w_k . f(cell)). With an average-pooling head, the
+    unrectified map's mean over the cells plus the bias is the logit itself."""
     N, C, h, w = features.shape
     wk = weight[class_idx].sum(axis=0)  # (C,) or (2C,)
     if wk.shape[0] == 2 * C:
         wk = wk[:C] + wk[C:]
     cam = np.einsum("c,nchw->nhw", wk.astype(np.float32), features)  # (N, h, w)
-    return np.maximum(cam, 0.0)
+    return np.maximum(cam, 0.0) if rectify else cam
 
 
 def cam_region(
