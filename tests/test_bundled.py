@@ -17,6 +17,9 @@ def test_bundled_model_is_valid_and_small():
     assert mf.arch == "cnn" and mf.classes == sorted(mf.classes)
     assert mf.training["backend"] == "numpy"  # trained by our own engine
     assert 0.5 <= mf.threshold <= 1.0 and mf.temperature > 0
+    # calibrated by `tinytriage calibrate` (README): a second look at unsure devices
+    assert mf.second_look["classes"] == ["intact_device", "screen_damage"]
+    assert mf.second_look["below"] == mf.metrics["calibration"]["below"]
 
 
 def test_bundled_cnn_is_the_default_recipe():

@@ -17,7 +17,7 @@ Every number is computed here and printed by ``render.print_explain``:
    cell falls in and which cell won it (``maxpool2d_reference``'s winners).
 4. **Where the evidence is**: Grad-CAM (``tinytriage.gradcam``) for a CNN, attention rollout
    (``tinytriage.rollout``) for a ViT, mapped back to the photo's own pixels.
-5. **The decision**: probabilities, route, review flag (``Predictor.decide``).
+5. **The decision**: probabilities, route, review flag, as ``predict`` gives them.
 
 ``pointing_game`` scores the heatmaps against the damage boxes of a labelled folder.
 """
@@ -533,11 +533,11 @@ def explain_photo(
     ``save_dir`` writes the feature-map grid and the heatmap overlay as PNGs. ``model`` None
     means the bundled model of ``arch`` (default cnn)."""
     from tinytriage.model_io import atomic_write_bytes
-    from tinytriage.predict import Predictor
+    from tinytriage.predict import PhotoFailure, Predictor
     from tinytriage.preprocess import load_image, preprocess_with_geometry
 
     predictor = Predictor.load(model, backend=backend, arch=arch, device=device)
-    mf, engine = predictor.model_file, predictor.engine
+    mf = predictor.model_file
     x, geom = preprocess_with_geometry(photo, predictor.preprocess_config)  # (1, 3, S, S)
     S = x.shape[-1]
     notes: list[str] = []
@@ -558,8 +558,14 @@ def explain_photo(
     elif class_name is not None:
         notes.append("attention rollout does not depend on the class: --class only affects Grad-CAM (CNN models)")
 
-    logits = engine.logits(x)  # (1, classes)
-    decision = predictor.decide(str(photo), logits[0])
+    # the decision exactly as `predict` makes it, with its second look when the model has one
+    (decision,) = predictor.predict_paths([str(photo)], batch_size=1, workers=1)
+    if isinstance(decision, PhotoFailure):  # it decoded a moment ago: changed on disk since
+        raise ImageError(decision.reason)
+    if decision.second_look:
+        notes.append(
+            "unsure at first, the model looked again closer at the device: the probabilities are the two looks' mean"
+        )
     hm = heat_maps(predictor, x, class_index)
     where = localize(hm["cams"][0], geom, S)
     ci = None if hm["class_index"] is None else int(hm["class_index"][0])

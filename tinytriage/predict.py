@@ -28,8 +28,8 @@ import numpy as np
 from tinytriage.calibrate import softmax
 from tinytriage.errors import ImageError, TinyTriageError
 from tinytriage.model_io import ModelFile, read_model_or_bundled
-from tinytriage.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
 from tinytriage.routing import HUMAN_REVIEW
+from tinytriage.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 

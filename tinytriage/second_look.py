@@ -154,7 +154,9 @@ def tune_below(
 
 def head_weight(model_file: Any) -> np.ndarray:
     """The CNN's linear head weight (K, C) from a ``ModelFile``: the classifier's rows."""
-    (name,) = [k for k, v in model_file.tensors.items() if k.startswith("head.") and k.endswith(".weight") and v.ndim == 2]
+    (name,) = [
+        k for k, v in model_file.tensors.items() if k.startswith("head.") and k.endswith(".weight") and v.ndim == 2
+    ]
     return model_file.tensors[name]
 
 
@@ -209,7 +211,9 @@ def calibrate_folder(
     predictor = Predictor.load(model, second_look=False)
     mf = predictor.model_file
     if mf.arch != "cnn":
-        raise TinyTriageError(f"calibrate: the second look needs a CNN (class activation maps); this model is a {mf.arch}")
+        raise TinyTriageError(
+            f"calibrate: the second look needs a CNN (class activation maps); this model is a {mf.arch}"
+        )
     missing = [c for c in classes if c not in mf.classes]
     if missing:
         raise TinyTriageError(f"calibrate: the model has no class {', '.join(missing)}")
@@ -239,7 +243,9 @@ def calibrate_folder(
                 continue
             logits, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
             # the gate at below > 1 depends only on the top class, so the temperature can wait
-            closer = predictor._look_again([p for (p, _), _ in ok], softmax(logits), features, [r[1] for _, r in ok], pool)
+            closer = predictor._look_again(
+                [p for (p, _), _ in ok], softmax(logits), features, [r[1] for _, r in ok], pool
+            )
             paths += [p for (p, _), _ in ok]
             labels += [y for (_, y), _ in ok]
             first_logits.append(logits)
