@@ -209,3 +209,27 @@ def test_calibrate_refuses_a_vit_and_a_folder_of_unknown_classes(tmp_path, tiny_
         r = run_cli("calibrate", str(data), "--model", str(model), "--out", str(tmp_path / "x.safetensors"))
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_second_looks_gathered_across_batches_keep_input_order_and_values(tmp_path, tiny_model_file, photos):
+    """Close-ups wait for half a batch of them, so results must come back reordered into
+    input order, the bad photo in place, and equal to one-photo-at-a-time results."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths = [photos[0], photos[1], str(bad), *photos[2:], photos[0]]
+    first = Predictor.load(_looking_model(tmp_path, tiny_model_file), second_look=False)
+    confidences = [r.confidence for r in first.predict_paths(photos)]  # look again at the less sure half
+    p = Predictor.load(_looking_model(tmp_path, tiny_model_file, below=float(np.mean(sorted(confidences)[2:4]))))
+    for batch_size in (1, 2, 4, 64):
+        got = list(p.predict_paths(paths, batch_size=batch_size))
+        assert [r.path for r in got] == paths
+        assert type(got[2]).__name__ == "PhotoFailure"
+        if batch_size == 1:
+            one = got
+            continue
+        for a, b in zip(got, one, strict=True):
+            if a is not got[2]:
+                assert a.second_look == b.second_look and a.label == b.label
+                assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
+    assert any(r.second_look for r in one if hasattr(r, "second_look"))
+    assert not all(r.second_look for r in one if hasattr(r, "second_look"))  # the gate let some through

@@ -17,8 +17,9 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -175,71 +176,125 @@ class Predictor:
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: list[tuple[str, Any]] = []
+            queue: deque[Prediction | PhotoFailure | _Waiting] = deque()  # results, in input order
             for item in paths:
                 if isinstance(item, PhotoFailure):
                     pending.append((item.path, item))
                 else:
                     pending.append((item, pool.submit(load, item)))
                 if len(pending) >= batch_size * 2:  # keep about two batches decoding ahead
-                    yield from self._run(pending[:batch_size], pool)
+                    queue.extend(self._run(pending[:batch_size], pool))
                     pending = pending[batch_size:]
+                    yield from self._ready(queue, batch_size)
             while pending:
-                yield from self._run(pending[:batch_size], pool)
+                queue.extend(self._run(pending[:batch_size], pool))
                 pending = pending[batch_size:]
+            yield from self._ready(queue, batch_size, final=True)
 
-    def _run(self, chunk: list[tuple[str, Any]], pool: ThreadPoolExecutor) -> Iterator[Prediction | PhotoFailure]:
+    def _run(
+        self, chunk: list[tuple[str, Any]], pool: ThreadPoolExecutor
+    ) -> list[Prediction | PhotoFailure | _Waiting]:
+        """The first look at a batch; a photo the gate picks waits for its close-up, which
+        starts decoding on ``pool`` at once."""
         loaded = [(p, f if isinstance(f, PhotoFailure) else f.result()) for p, f in chunk]
         good = [i for i, (_, x) in enumerate(loaded) if not isinstance(x, PhotoFailure)]
-        probs: dict[int, np.ndarray] = {}
-        looked: set[int] = set()
-        if good:
-            x = np.concatenate([loaded[i][1][0] for i in good])  # (B, 3, S, S)
-            if self.second_look is None:
-                first = softmax(self.engine.logits(x), self.model_file.temperature)
+        out: list[Prediction | PhotoFailure | _Waiting] = [x for _, x in loaded]  # failures stay as they are
+        if not good:
+            return out
+        x = np.concatenate([loaded[i][1][0] for i in good])  # (B, 3, S, S)
+        if self.second_look is None:
+            first, regions = softmax(self.engine.logits(x), self.model_file.temperature), {}
+        else:
+            logits, features = self.engine.logits_and_features(x)
+            first = softmax(logits, self.model_file.temperature)
+            regions = self._regions(first, features, [loaded[i][1][1] for i in good])
+        for j, i in enumerate(good):
+            path = loaded[i][0]
+            if j in regions:
+                out[i] = _Waiting(path, first[j], pool.submit(self._close_up, path, regions[j]))
             else:
-                logits, features = self.engine.logits_and_features(x)
-                first = softmax(logits, self.model_file.temperature)
-                geoms = [loaded[i][1][1] for i in good]
-                closer = self._look_again([loaded[i][0] for i in good], first, features, geoms, pool)
-                for j, l2 in closer.items():
-                    first[j] = combine(first[j], softmax(l2[None], self.model_file.temperature)[0])
-                    looked.add(good[j])
-            probs = {i: first[j] for j, i in enumerate(good)}
-        for i, (p, x) in enumerate(loaded):
-            yield x if isinstance(x, PhotoFailure) else self.decide_probs(p, probs[i], i in looked)
+                out[i] = self.decide_probs(path, first[j])
+        return out
 
-    def _look_again(
-        self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
-    ) -> dict[int, np.ndarray]:
-        """Second-look logits {row: (K,)} for the rows of ``first`` the gate picks (a row
-        whose region is empty or whose photo no longer decodes keeps its first look).
-        first: (B, K) calibrated; features: (B, C, h, w) the first look's last conv map."""
-        from tinytriage.preprocess import load_fitted, normalize
+    def _ready(self, queue: deque, batch_size: int, final: bool = False) -> Iterator[Prediction | PhotoFailure]:
+        """Yield the results at the front of ``queue`` that are decided. Second looks run
+        together, once half a batch of them waits (small batches cost the network up to
+        twice as much per photo), or when the queue gets long, or at the end."""
+        waiting = [r for r in queue if isinstance(r, _Waiting) and r.result is None]
+        if waiting and (final or len(waiting) >= max(1, batch_size // 2) or len(queue) >= 8 * batch_size):
+            arrays = [w.close_up.result() for w in waiting]
+            shown = [(w, a) for w, a in zip(waiting, arrays, strict=True) if a is not None]
+            second = self._close_up_probs([a for _, a in shown]) if shown else []
+            for (w, _), p2 in zip(shown, second, strict=True):
+                w.result = self.decide_probs(w.path, combine(w.first, p2), second_look=True)
+            for w, a in zip(waiting, arrays, strict=True):
+                if a is None:  # read once already; if it fails now, the first look decides
+                    w.result = self.decide_probs(w.path, w.first)
+        while queue and not (isinstance(queue[0], _Waiting) and queue[0].result is None):
+            r = queue.popleft()
+            yield r.result if isinstance(r, _Waiting) else r
 
-        look, mf, cfg = self.second_look, self.model_file, self.preprocess_config
+    # -- the second look's pieces (tinytriage.second_look explains the method) -----------
+
+    def _regions(self, first: np.ndarray, features: np.ndarray, geoms: list) -> dict[int, tuple]:
+        """{row: region in the photo} for the rows of ``first`` that the gate picks and
+        whose class activation map points somewhere. first: (B, K) calibrated;
+        features: (B, C, h, w), the first look's last conv map."""
+        look, mf, S = self.second_look, self.model_file, self.preprocess_config.input_size
         idx = [mf.classes.index(c) for c in look.classes]
         rows = np.nonzero(gate(first, idx, look.below))[0]
         if not len(rows):
             return {}
         cams = class_activation_maps(features[rows], head_weight(mf), idx)  # (G, h, w)
-        regions = {
+        return {
             int(r): region
             for r, cam in zip(rows, cams, strict=True)
-            if (region := cam_region(cam, geoms[r], cfg.input_size, look.cam_frac, look.margin)) is not None
+            if (region := cam_region(cam, geoms[r], S, look.cam_frac, look.margin)) is not None
         }
 
-        def crop(r: int) -> np.ndarray | None:
-            try:
-                return np.asarray(load_fitted(paths[r], cfg, region=regions[r])[0])
-            except (ImageError, MemoryError):  # read once already; if it fails now, keep the first look
-                return None
+    def _close_up(self, path: str, region: tuple) -> np.ndarray | None:
+        """The region, decoded at the resolution it needs: uint8 (S, S, 3); None if the
+        photo no longer decodes."""
+        from tinytriage.preprocess import load_fitted
 
-        crops = dict(zip(regions, pool.map(crop, list(regions)), strict=True))
-        crops = {r: c for r, c in crops.items() if c is not None}
-        if not crops:
+        try:
+            return np.asarray(load_fitted(path, self.preprocess_config, region=region)[0])
+        except (ImageError, MemoryError):
+            return None
+
+    def _close_up_probs(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Calibrated probabilities (G, K) of close-ups, uint8 (S, S, 3) each."""
+        from tinytriage.preprocess import normalize
+
+        logits = self.engine.logits(normalize(np.stack(arrays), self.preprocess_config))
+        return softmax(logits, self.model_file.temperature)
+
+    def _look_again(
+        self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
+    ) -> dict[int, np.ndarray]:
+        """All of a batch's second looks at once, as logits {row: (K,)} (for
+        ``second_look.calibrate_folder``, which needs them at every temperature)."""
+        from tinytriage.preprocess import normalize
+
+        regions = self._regions(first, features, geoms)
+        arrays = dict(
+            zip(regions, pool.map(lambda r: self._close_up(paths[r], regions[r]), list(regions)), strict=True)
+        )
+        arrays = {r: a for r, a in arrays.items() if a is not None}
+        if not arrays:
             return {}
-        second = self.engine.logits(normalize(np.stack(list(crops.values())), cfg))  # (G', K)
-        return dict(zip(crops, second, strict=True))
+        logits = self.engine.logits(normalize(np.stack(list(arrays.values())), self.preprocess_config))
+        return dict(zip(arrays, logits, strict=True))
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A photo whose close-up is decoding: its first look, and the result once decided."""
+
+    path: str
+    first: np.ndarray  # (K,) calibrated probabilities of the first look
+    close_up: Future  # -> uint8 (S, S, 3), or None if the photo no longer decodes
+    result: Prediction | None = None
 
 
 # -- inputs: files, folders, globs, stdin ---------------------------------------------
