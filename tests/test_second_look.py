@@ -233,3 +233,17 @@ def test_second_looks_gathered_across_batches_keep_input_order_and_values(tmp_pa
                 assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
     assert any(r.second_look for r in one if hasattr(r, "second_look"))
     assert not all(r.second_look for r in one if hasattr(r, "second_look"))  # the gate let some through
+
+
+def test_the_torch_engine_takes_the_same_second_look(tmp_path, tiny_model_file, photos):
+    pytest.importorskip("torch")
+    path = _looking_model(tmp_path, tiny_model_file)
+    x = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    by = {b: Predictor.load(path, backend=b) for b in ("numpy", "torch")}
+    (ln, fn), (lt, ft) = (by[b].engine.logits_and_features(x) for b in ("numpy", "torch"))
+    np.testing.assert_allclose(fn, ft, rtol=1e-4, atol=1e-5)  # the map the CAM is read from
+    np.testing.assert_allclose(ln, lt, rtol=1e-4, atol=1e-5)
+    numpy_results, torch_results = (list(by[b].predict_paths(photos)) for b in ("numpy", "torch"))
+    for a, b in zip(numpy_results, torch_results, strict=True):
+        assert a.second_look and b.second_look and a.label == b.label
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
