@@ -247,3 +247,31 @@ def test_the_torch_engine_takes_the_same_second_look(tmp_path, tiny_model_file, 
     for a, b in zip(numpy_results, torch_results, strict=True):
         assert a.second_look and b.second_look and a.label == b.label
         assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+
+
+def test_close_ups_are_the_regions_a_second_look_sees(tmp_path, tiny_model_path):
+    from tinytriage.model_io import read_model
+
+    data = make_toy_dataset(tmp_path / "data", per_class=3, classes=("document", *DEVICES))
+    (data / "screen_damage" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "out"
+    r = run_cli("close-ups", str(data), "--model", str(tiny_model_path), "--out", str(out), "--link-originals",
+                "--max-side", "40")  # fmt: skip
+    assert r.returncode == 1 and "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    assert "wrote 6 close-ups, linked 9 photos" in r.stderr
+    assert sorted(p.name for p in (out / "document").iterdir()) == sorted(p.name for p in (data / "document").iterdir())
+    close_ups = sorted((out / "intact_device").glob("closeup_*.jpg"))
+    assert len(close_ups) == 3 and not list((out / "document").glob("closeup_*"))
+    # one of them, recomputed from the public pieces
+    original = data / "intact_device" / close_ups[0].name.removeprefix("closeup_").replace(".jpg", ".png")
+    p = Predictor.load(tiny_model_path)
+    x, geom = preprocess_with_geometry(str(original), p.preprocess_config)
+    _, features = p.engine.logits_and_features(x)
+    mf = read_model(tiny_model_path)
+    idx = [mf.classes.index(c) for c in DEVICES]
+    region = cam_region(class_activation_maps(features, head_weight(mf), idx)[0], geom, 32, 0.1, 0.25)
+    want = Image.open(original).convert("RGB").crop(tuple(int(round(v)) for v in region))
+    want.thumbnail((40, 40))
+    got = Image.open(close_ups[0])
+    assert got.size == want.size and max(got.size) <= 40
+    assert np.abs(np.asarray(got, dtype=np.int16) - np.asarray(want, dtype=np.int16)).mean() < 8  # JPEG

@@ -332,6 +332,31 @@ def calibrate(
     print_calibration(result, out, as_json=as_json)
 
 
+@app.command("close-ups")
+def close_ups(
+    data_dir: Path = typer.Argument(..., help="Labelled photos: one subfolder per class."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write OUT/<class>/closeup_<name>.jpg into."),
+    model: Path | None = ModelOpt,
+    link_originals: bool = typer.Option(
+        False, "--link-originals", help="Also link every photo of DATA_DIR into OUT (a training folder by itself)."
+    ),
+    max_side: int = typer.Option(320, "--max-side", min=32, help="Longest side of a close-up, pixels."),
+    workers: int = typer.Option(2, "--workers", "-j", min=1, help="Decoding threads."),
+) -> None:
+    """Write the close-ups a second look would see of every device photo (to fine-tune on)."""
+    from tinytriage.render import error_line
+    from tinytriage.second_look import write_close_ups
+
+    r = write_close_ups(
+        model, str(data_dir), str(out), link_originals=link_originals, max_side=max_side, workers=workers
+    )
+    for path, why in r.skipped:
+        error_line(why if path in why else f"{path}: {why}")
+    print(f"wrote {r.written} close-ups, linked {r.linked} photos, into {out} in {r.seconds:.1f} s", file=sys.stderr)
+    if r.skipped:
+        raise typer.Exit(1)
+
+
 @app.command()
 def compare(
     backends: str = typer.Option("numpy,torch", "--backends", help="Two engines, comma-separated."),

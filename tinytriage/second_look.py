@@ -35,6 +35,7 @@ from tinytriage.preprocess import LetterboxGeometry
 
 # CAM box and gate: chosen on a tuning set generated with --seed 3 (neither the training
 # seed nor the README's test seed) and kept fixed; only ``below`` is tuned per model.
+DEVICE_CLASSES = ("intact_device", "screen_damage")  # where a closer look can tell damage apart
 DEFAULT_CAM_FRAC = 0.1
 DEFAULT_MARGIN = 0.25
 BELOW_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
@@ -187,7 +188,7 @@ def calibrate_folder(
     model: Any,
     data_dir: str,
     *,
-    classes: tuple[str, ...] = ("intact_device", "screen_damage"),
+    classes: tuple[str, ...] = DEVICE_CLASSES,
     target_precision: float = 0.99,
     batch_size: int = 64,
     workers: int = 2,
@@ -278,3 +279,109 @@ def calibrate_folder(
     )
     mf.metrics = {**mf.metrics, "calibration": result.to_json() | {"failures": len(failures)}}
     return result
+
+
+# -- close-ups to train on -------------------------------------------------------------
+
+
+@dataclass
+class CloseUps:
+    """What ``write_close_ups`` wrote."""
+
+    written: int  # close-up photos
+    linked: int  # links to the original photos (with link_originals)
+    skipped: list[tuple[str, str]]  # (path, why): unreadable, or a map pointing nowhere
+    seconds: float
+
+
+def write_close_ups(
+    model: Any,
+    data_dir: str,
+    out_dir: str,
+    *,
+    classes: tuple[str, ...] = DEVICE_CLASSES,
+    max_side: int = 320,
+    link_originals: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> CloseUps:
+    """For each photo of ``classes`` in ``data_dir``, the region its second look would see
+    (the model's CAM box, whatever the photo's confidence), saved as
+    ``out_dir/<class>/closeup_<name>.jpg`` (long side at most ``max_side``, JPEG quality
+    95), so that a model can be fine-tuned on close-ups as well as whole photos.
+    ``link_originals`` also links every photo of ``data_dir`` into ``out_dir``, which then
+    is a training folder by itself."""
+    import io
+    import os
+    import time
+    from pathlib import Path
+
+    from tinytriage.data import scan_folder
+    from tinytriage.errors import TinyTriageError
+    from tinytriage.model_io import atomic_write_bytes
+    from tinytriage.predict import Predictor
+    from tinytriage.preprocess import load_image, map_threads, preprocess_with_geometry
+
+    t0 = time.perf_counter()
+    predictor = Predictor.load(model, second_look=False)
+    mf, cfg = predictor.model_file, predictor.preprocess_config
+    if mf.arch != "cnn":
+        raise TinyTriageError(f"close-ups need a CNN (class activation maps); this model is a {mf.arch}")
+    idx = [mf.classes.index(c) for c in classes if c in mf.classes]
+    if len(idx) != len(classes):
+        raise TinyTriageError(f"close-ups: the model lacks class(es) of {', '.join(classes)}")
+    dataset = scan_folder(data_dir)
+    out = Path(out_dir)
+    skipped = [(str(p), str(why)) for p, why in dataset.unreadable]
+    linked = 0
+    for c in dataset.classes:
+        (out / c).mkdir(parents=True, exist_ok=True)
+    if link_originals:
+        for path, y in dataset.samples:
+            link = out / dataset.classes[y] / Path(path).name
+            if not link.exists():
+                os.symlink(Path(path).resolve(), link)
+                linked += 1
+    todo = [(str(p), dataset.classes[y]) for p, y in dataset.samples if dataset.classes[y] in classes]
+
+    def close_up(job: tuple[str, str, tuple]) -> tuple[str, str] | None:
+        path, name, region = job
+        try:
+            img = load_image(path, max_pixels=cfg.max_pixels).crop(tuple(int(round(v)) for v in region))
+        except Exception as err:  # ImageError, MemoryError: skipped, the rest carry on
+            return (path, str(err))
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95)
+        atomic_write_bytes(out / name / f"closeup_{Path(path).stem}.jpg", buf.getvalue())
+        return None
+
+    written = 0
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        loaded = map_threads(lambda job: _try(preprocess_with_geometry, job[0], cfg), chunk, workers)
+        ok = [(job, r) for job, r in zip(chunk, loaded, strict=True) if not isinstance(r, BaseException)]
+        skipped += [(job[0], str(r)) for job, r in zip(chunk, loaded, strict=True) if isinstance(r, BaseException)]
+        if not ok:
+            continue
+        _, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
+        cams = class_activation_maps(features, head_weight(mf), idx)  # (B, h, w)
+        jobs = []
+        for (job, (_, geom)), cam in zip(ok, cams, strict=True):
+            region = cam_region(cam, geom, cfg.input_size, DEFAULT_CAM_FRAC, DEFAULT_MARGIN)
+            if region is None:
+                skipped.append((job[0], "its class activation map is zero everywhere"))
+            else:
+                jobs.append((job[0], job[1], region))
+        failed = [r for r in map_threads(close_up, jobs, workers) if r is not None]
+        skipped += failed
+        written += len(jobs) - len(failed)
+    return CloseUps(written, linked, skipped, time.perf_counter() - t0)
+
+
+def _try(fn, *args):
+    """fn(*args), or the exception it raised (for map_threads over photos that may fail)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        return err
