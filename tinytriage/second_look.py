@@ -22,6 +22,7 @@ matters, look again, closer:
 
 ``tinytriage calibrate`` picks ``below`` on validation photos (``tune_below``) and stores
 the whole setting in the model file, where ``predict`` and ``evaluate`` find it.
+``tinytriage close-ups`` writes the regions a second look would see, to train on.
 """
 
 from __future__ import annotations
