@@ -129,10 +129,6 @@ class Predictor:
 
         return Preprocess.from_dict(self.model_file.preprocess)
 
-    def decide(self, path: str, logits: np.ndarray) -> Prediction:
-        """Logits of one photo -> calibrated probabilities -> class, route, review flag."""
-        return self.decide_probs(path, softmax(logits[None], self.model_file.temperature)[0])
-
     def decide_probs(self, path: str, probs: np.ndarray, second_look: bool = False) -> Prediction:
         """Calibrated probabilities of one photo (K,) -> class, route, review flag."""
         classes = self.model_file.classes
@@ -224,7 +220,7 @@ class Predictor:
         if waiting and (final or len(waiting) >= max(1, batch_size // 2) or len(queue) >= 8 * batch_size):
             arrays = [w.close_up.result() for w in waiting]
             shown = [(w, a) for w, a in zip(waiting, arrays, strict=True) if a is not None]
-            second = self._close_up_probs([a for _, a in shown]) if shown else []
+            second = softmax(self._close_up_logits([a for _, a in shown]), self.model_file.temperature) if shown else []
             for (w, _), p2 in zip(shown, second, strict=True):
                 w.result = self.decide_probs(w.path, combine(w.first, p2), second_look=True)
             for w, a in zip(waiting, arrays, strict=True):
@@ -262,20 +258,17 @@ class Predictor:
         except (ImageError, MemoryError):
             return None
 
-    def _close_up_probs(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """Calibrated probabilities (G, K) of close-ups, uint8 (S, S, 3) each."""
+    def _close_up_logits(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Logits (G, K) of close-ups, uint8 (S, S, 3) each."""
         from tinytriage.preprocess import normalize
 
-        logits = self.engine.logits(normalize(np.stack(arrays), self.preprocess_config))
-        return softmax(logits, self.model_file.temperature)
+        return self.engine.logits(normalize(np.stack(arrays), self.preprocess_config))
 
     def _look_again(
         self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
     ) -> dict[int, np.ndarray]:
         """All of a batch's second looks at once, as logits {row: (K,)} (for
         ``second_look.calibrate_folder``, which needs them at every temperature)."""
-        from tinytriage.preprocess import normalize
-
         regions = self._regions(first, features, geoms)
         arrays = dict(
             zip(regions, pool.map(lambda r: self._close_up(paths[r], regions[r]), list(regions)), strict=True)
@@ -283,8 +276,7 @@ class Predictor:
         arrays = {r: a for r, a in arrays.items() if a is not None}
         if not arrays:
             return {}
-        logits = self.engine.logits(normalize(np.stack(list(arrays.values())), self.preprocess_config))
-        return dict(zip(arrays, logits, strict=True))
+        return dict(zip(arrays, self._close_up_logits(list(arrays.values())), strict=True))
 
 
 @dataclass(eq=False)

@@ -27,12 +27,15 @@ the whole setting in the model file, where ``predict`` and ``evaluate`` find it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytriage.preprocess import LetterboxGeometry
+if TYPE_CHECKING:
+    from tinytriage.predict import Predictor
+    from tinytriage.preprocess import LetterboxGeometry
 
 # CAM box and gate: chosen on a tuning set generated with --seed 3 (neither the training
 # seed nor the README's test seed) and kept fixed; only ``below`` is tuned per model.
@@ -206,50 +209,23 @@ def calibrate_folder(
 
     from tinytriage.calibrate import expected_calibration_error, fit_temperature, pick_threshold, softmax
     from tinytriage.data import scan_folder
-    from tinytriage.errors import DatasetError, TinyTriageError
-    from tinytriage.predict import Predictor
-    from tinytriage.preprocess import map_threads, preprocess_with_geometry
+    from tinytriage.errors import DatasetError
 
-    predictor = Predictor.load(model, second_look=False)
+    predictor, idx = _cnn_predictor(model, classes, "calibrate")
     mf = predictor.model_file
-    if mf.arch != "cnn":
-        raise TinyTriageError(
-            f"calibrate: the second look needs a CNN (class activation maps); this model is a {mf.arch}"
-        )
-    missing = [c for c in classes if c not in mf.classes]
-    if missing:
-        raise TinyTriageError(f"calibrate: the model has no class {', '.join(missing)}")
     dataset = scan_folder(data_dir)
     unknown = [c for c in dataset.classes if c not in mf.classes]
     if unknown:
         raise DatasetError(f"{data_dir}: class folder(s) {', '.join(unknown)} are not classes of this model")
-    cfg, idx = predictor.preprocess_config, [mf.classes.index(c) for c in classes]
     predictor.second_look = SecondLook(classes, below=1.01)  # look again at every device, for tuning
-    paths, labels, first_logits, second_logits = [], [], [], []
+    labels, first_logits, second_logits = [], [], []
     failures = [(str(p), str(why)) for p, why in dataset.unreadable]
-
-    def load(path: str):
-        try:
-            return preprocess_with_geometry(path, cfg)
-        except Exception as err:  # ImageError, MemoryError: recorded, the rest carry on
-            return err
-
     samples = [(str(p), mf.classes.index(dataset.classes[y])) for p, y in dataset.samples]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            loaded = map_threads(load, [p for p, _ in chunk], workers)
-            ok = [(s, r) for s, r in zip(chunk, loaded, strict=True) if not isinstance(r, BaseException)]
-            failures += [(p, str(r)) for (p, _), r in zip(chunk, loaded, strict=True) if isinstance(r, BaseException)]
-            if not ok:
-                continue
-            logits, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
+        for ok, logits, features, geoms in _first_looks(predictor, samples, failures, batch_size, workers):
             # the gate at below > 1 depends only on the top class, so the temperature can wait
-            closer = predictor._look_again(
-                [p for (p, _), _ in ok], softmax(logits), features, [r[1] for _, r in ok], pool
-            )
-            paths += [p for (p, _), _ in ok]
-            labels += [y for (_, y), _ in ok]
+            closer = predictor._look_again([p for p, _ in ok], softmax(logits), features, geoms, pool)
+            labels += [y for _, y in ok]
             first_logits.append(logits)
             second_logits.append(np.stack([closer.get(j, logits[j]) for j in range(len(ok))]))
     if not labels:
@@ -318,19 +294,12 @@ def write_close_ups(
     from pathlib import Path
 
     from tinytriage.data import scan_folder
-    from tinytriage.errors import TinyTriageError
     from tinytriage.model_io import atomic_write_bytes
-    from tinytriage.predict import Predictor
-    from tinytriage.preprocess import load_image, map_threads, preprocess_with_geometry
+    from tinytriage.preprocess import load_image, map_threads
 
     t0 = time.perf_counter()
-    predictor = Predictor.load(model, second_look=False)
+    predictor, idx = _cnn_predictor(model, classes, "close-ups")
     mf, cfg = predictor.model_file, predictor.preprocess_config
-    if mf.arch != "cnn":
-        raise TinyTriageError(f"close-ups need a CNN (class activation maps); this model is a {mf.arch}")
-    idx = [mf.classes.index(c) for c in classes if c in mf.classes]
-    if len(idx) != len(classes):
-        raise TinyTriageError(f"close-ups: the model lacks class(es) of {', '.join(classes)}")
     dataset = scan_folder(data_dir)
     out = Path(out_dir)
     skipped = [(str(p), str(why)) for p, why in dataset.unreadable]
@@ -358,31 +327,61 @@ def write_close_ups(
         return None
 
     written = 0
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        loaded = map_threads(lambda job: _try(preprocess_with_geometry, job[0], cfg), chunk, workers)
-        ok = [(job, r) for job, r in zip(chunk, loaded, strict=True) if not isinstance(r, BaseException)]
-        skipped += [(job[0], str(r)) for job, r in zip(chunk, loaded, strict=True) if isinstance(r, BaseException)]
-        if not ok:
-            continue
-        _, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
+    for ok, _, features, geoms in _first_looks(predictor, todo, skipped, batch_size, workers):
         cams = class_activation_maps(features, head_weight(mf), idx)  # (B, h, w)
         jobs = []
-        for (job, (_, geom)), cam in zip(ok, cams, strict=True):
+        for (path, name), geom, cam in zip(ok, geoms, cams, strict=True):
             region = cam_region(cam, geom, cfg.input_size, DEFAULT_CAM_FRAC, DEFAULT_MARGIN)
             if region is None:
-                skipped.append((job[0], "its class activation map is zero everywhere"))
+                skipped.append((path, "its class activation map is zero everywhere"))
             else:
-                jobs.append((job[0], job[1], region))
+                jobs.append((path, name, region))
         failed = [r for r in map_threads(close_up, jobs, workers) if r is not None]
         skipped += failed
         written += len(jobs) - len(failed)
     return CloseUps(written, linked, skipped, time.perf_counter() - t0)
 
 
-def _try(fn, *args):
-    """fn(*args), or the exception it raised (for map_threads over photos that may fail)."""
-    try:
-        return fn(*args)
-    except Exception as err:
-        return err
+# -- shared by calibrate_folder and write_close_ups --------------------------------------
+
+
+def _cnn_predictor(model: Any, classes: tuple[str, ...], what: str) -> tuple[Predictor, list[int]]:
+    """The model, first look only, and the indices of ``classes``; a CNN with those classes
+    or a clear error (class activation maps need the CNN's head)."""
+    from tinytriage.errors import TinyTriageError
+    from tinytriage.predict import Predictor
+
+    predictor = Predictor.load(model, second_look=False)
+    mf = predictor.model_file
+    if mf.arch != "cnn":
+        raise TinyTriageError(f"{what}: the second look needs a CNN (class activation maps); this model is a {mf.arch}")
+    missing = [c for c in classes if c not in mf.classes]
+    if missing:
+        raise TinyTriageError(f"{what}: the model has no class {', '.join(missing)}")
+    return predictor, [mf.classes.index(c) for c in classes]
+
+
+def _first_looks(
+    predictor: Predictor, items: list[tuple[str, Any]], failures: list[tuple[str, str]], batch_size: int, workers: int
+) -> Iterator[tuple[list[tuple[str, Any]], np.ndarray, np.ndarray, list[LetterboxGeometry]]]:
+    """First looks at ``items`` ((path, anything) pairs), a batch at a time: yields (the
+    batch's items that decoded, logits (B, K), features (B, C, h, w), geometries). A photo
+    that does not decode is appended to ``failures`` as (path, why); the rest carry on."""
+    from tinytriage.preprocess import map_threads, preprocess_with_geometry
+
+    cfg = predictor.preprocess_config
+
+    def load(path: str):
+        try:
+            return preprocess_with_geometry(path, cfg)
+        except Exception as err:  # ImageError, MemoryError: recorded, the rest carry on
+            return err
+
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        loaded = map_threads(load, [path for path, _ in chunk], workers)
+        failures += [(item[0], str(r)) for item, r in zip(chunk, loaded, strict=True) if isinstance(r, BaseException)]
+        ok = [(item, r) for item, r in zip(chunk, loaded, strict=True) if not isinstance(r, BaseException)]
+        if ok:
+            logits, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
+            yield [item for item, _ in ok], logits, features, [r[1] for _, r in ok]
