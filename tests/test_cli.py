@@ -99,7 +99,7 @@ def test_predict_stdin_and_head_quiet(tmp_path, tiny_model_path):
         paths.append(str(p))
     cmd = f"{sys.executable} -m tinytriage predict - --json --model {tiny_model_path} | head -1"
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], input="\n".join(paths), capture_output=True, text=True)
-    assert r.stderr == "", r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr
     assert json.loads(r.stdout)["path"] == paths[0]
 
 

@@ -140,7 +140,14 @@ def predict(
     ),
     routes: Path | None = typer.Option(None, "--routes", help="TOML file mapping class = queue."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        min=1,
+        help="Photos worked on at once: processes on Linux (more than one batch), else decoding threads. "
+        "Default: one per core.",
+    ),  # fmt: skip
     second_look: bool = SecondLookOpt,
 ) -> None:
     """Route each photo to a queue: class, confidence, top 3 and route."""
@@ -153,7 +160,10 @@ def predict(
         routes=load_routes(routes) if routes else None, second_look=second_look,
     )  # fmt: skip
     results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
-    _ok, failed = print_predictions(results, as_json=as_json)
+    try:
+        _ok, failed = print_predictions(results, as_json=as_json)
+    except BrokenPipeError:
+        raise _ReaderLeft from None  # not an OSError: click would make that exit code 1
     if failed:
         raise typer.Exit(1)
 
@@ -486,6 +496,10 @@ def samples(
     )
 
 
+class _ReaderLeft(Exception):
+    """stdout's reader went away (``| head -1``): the command ends quietly, exit code 0."""
+
+
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:
@@ -508,7 +522,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("tinytriage: interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderLeft):
         # `tinytriage predict ... | head -1`: the reader left; end quietly.
         _silence_stdout()
         sys.exit(0)

@@ -6,15 +6,18 @@ threshold stored in the model, chosen on validation data) or when it is none of 
 ticket classes (the ``other`` class, whose route is human review). A model file may ask
 for a second, closer look at the devices it is unsure about (``tinytriage.second_look``).
 
-Photos stream through: paths are expanded lazily (files, folders, globs, stdin), decoded
-by a thread pool a few batches ahead of the network (Pillow releases the GIL while it
-decodes, so decoding overlaps with inference), and results come back in input order. A
-photo that fails gives a ``PhotoFailure`` and the rest carry on.
+Photos stream through: paths are expanded lazily (files, folders, globs, stdin) and
+results come back in input order. Many photos on Linux go a batch at a time to forked
+worker processes ("lanes", one per core), each decoding and predicting its batch on a
+single thread; otherwise a thread pool decodes a few batches ahead of the network
+(Pillow releases the GIL while it decodes, so decoding overlaps with inference). A photo
+that fails gives a ``PhotoFailure`` and the rest carry on.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import sys
 from collections import deque
@@ -155,9 +158,84 @@ class Predictor:
         )
 
     def predict_paths(
-        self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int = 2
+        self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int | None = None
     ) -> Iterator[Prediction | PhotoFailure]:
-        """Results in input order; decoding runs ahead of inference in a thread pool."""
+        """Results in input order.
+
+        More than one batch of photos, on Linux with the NumPy engine: the batches are
+        shared out over ``workers`` forked processes (*lanes*; default one per core, as
+        ``nn.parallel.default_num_threads``), each decoding and predicting its own batch on one thread.
+        Otherwise (or ``workers=1``) in this process: ``workers`` threads decode ahead of
+        the network."""
+        if workers is None:
+            from tinytriage.nn.parallel import default_num_threads
+
+            workers = default_num_threads()
+        items = iter(paths)
+        head = list(itertools.islice(items, batch_size + 1))
+        rest = itertools.chain(head, items)
+        if workers > 1 and len(head) > batch_size and self._lanes_possible():
+            yield from self._in_lanes(rest, batch_size, workers)
+            return
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            yield from self._pipeline(rest, batch_size, pool)
+
+    def _lanes_possible(self) -> bool:
+        """Forking is cheap and safe here: Linux (macOS's system libraries do not survive a
+        fork), NumPy (torch keeps thread pools and devices that a fork does not copy)."""
+        return sys.platform.startswith("linux") and self.backend == "numpy"
+
+    def _in_lanes(
+        self, paths: Iterator[str | PhotoFailure], batch_size: int, workers: int
+    ) -> Iterator[Prediction | PhotoFailure]:
+        """Each batch to the next free lane, results in input order. A lane runs
+        ``_pipeline`` with no threads of its own, so the machine's cores each run one
+        stream of work (no two threads of one process taking turns at its lock). Should
+        a lane die (killed, or a decoder crashing), the batches it held and all after
+        them run here instead: nothing is lost."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        global _LANE
+        sys.stdout.flush()  # a forked child flushes its copy of these buffers when it exits
+        sys.stderr.flush()
+        _LANE = (self, batch_size)  # what the forked lanes find (nothing is pickled but paths and results)
+        lanes = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_lane_start)
+        flying: deque[tuple[list, Future]] = deque()  # (batch, its results), in input order
+        leftover: list = []  # batches to run here, once the lanes are gone
+        try:
+            for batch in _batches(paths, batch_size):
+                if leftover:
+                    leftover.append(batch)
+                    continue
+                flying.append((batch, lanes.submit(_lane_run, batch)))
+                while flying and (flying[0][1].done() or len(flying) > 2 * workers):
+                    batch0, done = flying.popleft()
+                    try:
+                        yield from done.result()
+                    except BrokenProcessPool:
+                        leftover = [batch0, *(b for b, _ in flying)]
+                        flying.clear()
+            while flying:
+                batch0, done = flying.popleft()
+                try:
+                    yield from done.result()
+                except BrokenProcessPool:
+                    leftover = [batch0, *(b for b, _ in flying)]
+                    flying.clear()
+        finally:
+            lanes.shutdown(wait=True, cancel_futures=True)
+            _LANE = None
+        if leftover:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                yield from self._pipeline(itertools.chain.from_iterable(leftover), batch_size, pool)
+
+    def _pipeline(
+        self, paths: Iterable[str | PhotoFailure], batch_size: int, pool: Any
+    ) -> Iterator[Prediction | PhotoFailure]:
+        """Decode on ``pool`` (a thread pool, or ``_Inline``) about two batches ahead of the
+        network; first looks a batch at a time; second looks gathered (``_ready``)."""
         from tinytriage.preprocess import preprocess_with_geometry
 
         cfg = self.preprocess_config
@@ -170,26 +248,23 @@ class Predictor:
             except MemoryError:
                 return PhotoFailure(p, f"{p}: out of memory while decoding")
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending: list[tuple[str, Any]] = []
-            queue: deque[Prediction | PhotoFailure | _Waiting] = deque()  # results, in input order
-            for item in paths:
-                if isinstance(item, PhotoFailure):
-                    pending.append((item.path, item))
-                else:
-                    pending.append((item, pool.submit(load, item)))
-                if len(pending) >= batch_size * 2:  # keep about two batches decoding ahead
-                    queue.extend(self._run(pending[:batch_size], pool))
-                    pending = pending[batch_size:]
-                    yield from self._ready(queue, batch_size)
-            while pending:
+        pending: list[tuple[str, Any]] = []
+        queue: deque[Prediction | PhotoFailure | _Waiting] = deque()  # results, in input order
+        for item in paths:
+            if isinstance(item, PhotoFailure):
+                pending.append((item.path, item))
+            else:
+                pending.append((item, pool.submit(load, item)))
+            if len(pending) >= batch_size * 2:  # keep about two batches decoding ahead
                 queue.extend(self._run(pending[:batch_size], pool))
                 pending = pending[batch_size:]
-            yield from self._ready(queue, batch_size, final=True)
+                yield from self._ready(queue, batch_size)
+        while pending:
+            queue.extend(self._run(pending[:batch_size], pool))
+            pending = pending[batch_size:]
+        yield from self._ready(queue, batch_size, final=True)
 
-    def _run(
-        self, chunk: list[tuple[str, Any]], pool: ThreadPoolExecutor
-    ) -> list[Prediction | PhotoFailure | _Waiting]:
+    def _run(self, chunk: list[tuple[str, Any]], pool: Any) -> list[Prediction | PhotoFailure | _Waiting]:
         """The first look at a batch; a photo the gate picks waits for its close-up, which
         starts decoding on ``pool`` at once."""
         loaded = [(p, f if isinstance(f, PhotoFailure) else f.result()) for p, f in chunk]
@@ -287,6 +362,43 @@ class _Waiting:
     first: np.ndarray  # (K,) calibrated probabilities of the first look
     close_up: Future  # -> uint8 (S, S, 3), or None if the photo no longer decodes
     result: Prediction | None = None
+
+
+class _Inline:
+    """An executor that runs each task at once, on the calling thread (a lane's)."""
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+
+_LANE: tuple[Predictor, int] | None = None  # (predictor, batch size), inherited by forked lanes
+
+
+def _lane_start() -> None:
+    """In a new lane: one thread (the cores are shared out by lanes), and Ctrl-C is the
+    parent's to handle (it stops the lanes)."""
+    import signal
+
+    from tinytriage import nn
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nn.set_num_threads(1)
+
+
+def _lane_run(batch: list[str | PhotoFailure]) -> list[Prediction | PhotoFailure]:
+    predictor, batch_size = _LANE
+    return list(predictor._pipeline(batch, batch_size, _Inline()))
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 # -- inputs: files, folders, globs, stdin ---------------------------------------------

@@ -47,7 +47,8 @@ _pool: ThreadPoolExecutor | None = None
 _blas: Any = None  # a ThreadpoolController, made on first use
 
 
-def _default_threads() -> int:
+def default_num_threads() -> int:
+    """``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) if set, else the cores this process may use."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
             return int(os.environ[var])
@@ -66,7 +67,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     if _threads is None:
-        set_num_threads(_default_threads())
+        set_num_threads(default_num_threads())
     return _threads
 
 
