@@ -8,9 +8,11 @@
 2. Throughput: a folder of --photos 1280x960 JPEGs (made here, deterministic) predicted
    by one process, photos/s end to end (decoding overlapped with inference), and a
    check that the batched results equal one-photo-at-a-time results.
-3. Profile of that folder, in this process: decode + letterbox per photo on one thread,
-   the forward pass per photo at batch 32 on the engine's threads, the pipeline's own
-   photos/s once started, and what the two stages' CPU time allows on this many cores.
+3. Profile of that folder, in this process: decode + letterbox per photo and the forward
+   pass per photo at batch 32, each on one thread (as a lane runs them), the pipeline's
+   own photos/s once started, and what those two allow with one lane per core.
+4. The machine's float32 matrix multiply (GFLOP/s, 1 and 2 threads): shared machines
+   run slower on some days than others; this says how fast this one ran.
 
 Measure a regular install (`pip install .`, as the README's first command does): an
 editable install adds its import hook to every start. The timed processes start in a
@@ -69,26 +71,50 @@ def profile_pipeline(photos: list[Path], workers: int, model: str | None = None)
         decode.append(time.perf_counter() - t0)
     x = np.concatenate(inputs[:256])  # the forward pass reuses the decoded photos
     threads = nn.get_num_threads()
+    nn.set_num_threads(1)  # as in a lane: one thread per process
     forward = []
     for _ in range(3):
         for i in range(0, len(x), 32):
             t0 = time.perf_counter()
             predictor.engine.logits(x[i : i + 32])
             forward.append((time.perf_counter() - t0) / len(x[i : i + 32]))
+    nn.set_num_threads(threads)
     t0 = time.perf_counter()
     n = sum(1 for _ in predictor.predict_paths(paths, 32, workers))
     pipeline = n / (time.perf_counter() - t0)
     decode_ms, forward_ms = 1e3 * statistics.median(decode), 1e3 * statistics.median(forward)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # the forward pass keeps `threads` cores busy for forward_ms per photo (an upper bound on its CPU time)
-    cpu_ms = decode_ms + forward_ms * threads
     return {
         "profile_decode_ms_per_photo_1_thread": decode_ms,
-        "profile_forward_ms_per_photo_batch32": forward_ms,
-        "profile_engine_threads": threads,
+        "profile_forward_ms_per_photo_batch32_1_thread": forward_ms,
         "profile_pipeline_photos_per_s_after_start": pipeline,
-        "profile_cpu_bound_photos_per_s": 1e3 * cores / cpu_ms,
+        # each core decoding and predicting photos one after another, nothing else running
+        "profile_cpu_bound_photos_per_s": 1e3 * min(cores, workers) / (decode_ms + forward_ms),
     }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def matmul_gflops(threads: int) -> float:
+    """This machine's float32 matrix multiply today (1024^3, median of 20): how fast the
+    machine is running, to read the other figures against."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        a @ a
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+    return 2 * 1024**3 / statistics.median(times) / 1e9
 
 
 def main() -> None:
@@ -158,7 +184,8 @@ def main() -> None:
         prof = profile_pipeline(photos, args.workers, args.model)
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}",
+        "machine": f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"NumPy {np.__version__}",
         "model": args.model or "bundled",
         "latency_median_s": statistics.median(times["table"]),
         "latency_min_s": min(times["table"]),
@@ -171,6 +198,8 @@ def main() -> None:
         "batched_equals_one_at_a_time": identical,
         "max_probability_diff_batched_vs_single": max_prob_diff,
         **prof,
+        "matmul_gflops_1_thread": matmul_gflops(1),
+        "matmul_gflops_2_threads": matmul_gflops(2),
     }
     if args.json:
         print(json.dumps(result, indent=2))
