@@ -203,33 +203,29 @@ class Predictor:
         _LANE = (self, batch_size)  # what the forked lanes find (nothing is pickled but paths and results)
         lanes = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_lane_start)
         flying: deque[tuple[list, Future]] = deque()  # (batch, its results), in input order
-        leftover: list = []  # batches to run here, once the lanes are gone
+        batches = itertools.chain(_batches(paths, batch_size), [None])  # None: the input has ended
+        lost: list[list] = []  # the batches the lanes held when one died
         try:
-            for batch in _batches(paths, batch_size):
-                if leftover:
-                    leftover.append(batch)
-                    continue
-                flying.append((batch, lanes.submit(_lane_run, batch)))
-                while flying and (flying[0][1].done() or len(flying) > 2 * workers):
-                    batch0, done = flying.popleft()
+            for batch in batches:
+                if batch is not None:
+                    flying.append((batch, lanes.submit(_lane_run, batch)))
+                # hand on the front batch once it is done, or when too many are in flight, or at the end
+                while flying and (batch is None or flying[0][1].done() or len(flying) > 2 * workers):
+                    front, done = flying.popleft()
                     try:
                         yield from done.result()
                     except BrokenProcessPool:
-                        leftover = [batch0, *(b for b, _ in flying)]
-                        flying.clear()
-            while flying:
-                batch0, done = flying.popleft()
-                try:
-                    yield from done.result()
-                except BrokenProcessPool:
-                    leftover = [batch0, *(b for b, _ in flying)]
-                    flying.clear()
+                        lost = [front, *(b for b, _ in flying)]
+                        break
+                if lost:
+                    break
         finally:
             lanes.shutdown(wait=True, cancel_futures=True)
             _LANE = None
-        if leftover:
+        if lost:  # the rest runs here: what the lanes held, then the input not yet read
+            rest = itertools.chain.from_iterable(itertools.chain(lost, (b for b in batches if b is not None)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                yield from self._pipeline(itertools.chain.from_iterable(leftover), batch_size, pool)
+                yield from self._pipeline(rest, batch_size, pool)
 
     def _pipeline(
         self, paths: Iterable[str | PhotoFailure], batch_size: int, pool: Any
