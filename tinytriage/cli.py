@@ -145,7 +145,7 @@ def predict(
         "--workers",
         "-j",
         min=1,
-        help="Photos worked on at once: processes on Linux (more than one batch), else decoding threads. "
+        help="Worker processes, a batch each (Linux, more than one batch of photos), else decoding threads. "
         "Default: one per core.",
     ),  # fmt: skip
     second_look: bool = SecondLookOpt,
