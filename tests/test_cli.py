@@ -17,6 +17,22 @@ def test_import_cli_never_imports_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_path):
+    """The one-photo path: torch costs ~1 s to import, numpy.random 15-20 ms."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
+    code = (
+        "import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2]]\n"
+        "try: main()\nexcept SystemExit: pass\n"
+        "print('LOADED', 'torch' in sys.modules, 'numpy.random' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png"), str(tiny_model_path)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "p.png" in r.stdout, r.stderr
+    assert r.stdout.strip().endswith("LOADED False False")
+
+
 def test_version_and_help():
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("tinytriage ")

@@ -213,3 +213,18 @@ except KeyboardInterrupt:
     assert "interrupted after save" in rest
     assert target.read_bytes() == b"n" * 1_000_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("arch", ["cnn", "vit"])
+def test_a_model_built_for_loading_has_the_same_tensors_all_zero(tiny_model_file, arch):
+    from tinytriage import nn
+    from tinytriage.model_io import build_numpy_model
+
+    config = tiny_model_file.config if arch == "cnn" else {"num_classes": 5, "img_size": 32, "patch_size": 8,
+                                                            "embed_dim": 16, "depth": 1, "num_heads": 2}  # fmt: skip
+    drawn, empty = (build_numpy_model(arch, config, seed=3, init=i).state_dict() for i in (True, False))
+    assert {k: (v.shape, v.dtype) for k, v in drawn.items()} == {k: (v.shape, v.dtype) for k, v in empty.items()}
+    weights = [k for k, v in drawn.items() if v.ndim >= 2]  # conv and linear kernels, the ViT's embeddings
+    assert weights and all(np.any(drawn[k]) and not np.any(empty[k]) for k in weights)
+    # what is drawn later (Dropout's masks) comes from a real generator with that seed
+    np.testing.assert_array_equal(nn.NoInit(3).random(4), np.random.default_rng(3).random(4))

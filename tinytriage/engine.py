@@ -201,15 +201,23 @@ def torch_available() -> bool:
 
 
 def make_engine(
-    backend: str, arch: str, config: dict, *, optim: OptimConfig | None = None, device: str = "cpu", seed: int = 0
+    backend: str,
+    arch: str,
+    config: dict,
+    *,
+    optim: OptimConfig | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    init: bool = True,
 ):
-    """A fresh engine with freshly initialised weights for ``arch``/``config``."""
+    """A fresh engine with freshly initialised weights for ``arch``/``config``
+    (``init=False``, NumPy: zeros, for weights about to be loaded)."""
     from tinytriage.model_io import build_numpy_model
 
     if backend == "numpy":
         if device != "cpu":
             raise TinyTriageError("the numpy backend runs on the CPU only (drop --device or use --backend torch)")
-        model = build_numpy_model(arch, config, seed=seed)
+        model = build_numpy_model(arch, config, seed=seed, init=init)
         return NumpyEngine(model, optim)
     if backend == "torch":
         if not torch_available():
@@ -225,6 +233,6 @@ def make_engine(
 
 def load_engine(backend: str, model_file, *, device: str = "cpu"):
     """An engine running the weights of a loaded ``ModelFile``."""
-    engine = make_engine(backend, model_file.arch, model_file.config, device=device)
+    engine = make_engine(backend, model_file.arch, model_file.config, device=device, init=False)
     engine.load_state_dict(model_file.tensors)
     return engine

@@ -260,7 +260,7 @@ def _check_second_look(mf: ModelFile, path: Path) -> None:
 
 def expected_tensors(arch: str, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Name -> (shape, dtype) that the architecture needs, from a freshly built NumPy model."""
-    model = build_numpy_model(arch, config)
+    model = build_numpy_model(arch, config, init=False)
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
@@ -313,9 +313,13 @@ def full_config(arch: str, config: dict) -> dict:
     raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
 
 
-def build_numpy_model(arch: str, config: dict, seed: int = 0):
-    """The NumPy engine's model for an architecture name and its config dict."""
-    rng = np.random.default_rng(seed)
+def build_numpy_model(arch: str, config: dict, seed: int = 0, init: bool = True):
+    """The NumPy engine's model for an architecture name and its config dict, its weights
+    drawn from ``seed``; ``init=False``: all zeros, for weights about to be loaded
+    (``nn.NoInit``)."""
+    from tinytriage import nn
+
+    rng = np.random.default_rng(seed) if init else nn.NoInit(seed)
     if arch == "cnn":
         from tinytriage.cnn import CNNConfig, TriageCNN
 

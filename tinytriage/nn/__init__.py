@@ -20,7 +20,7 @@ from tinytriage.nn.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
-from tinytriage.nn.module import Module, Sequential
+from tinytriage.nn.module import Module, NoInit, Sequential
 from tinytriage.nn.norm import (
     BatchNorm2d,
     batch_norm_backward,
@@ -62,6 +62,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse_for_inference",
     "Module",
+    "NoInit",
     "Sequential",
     "Conv2d",
     "MaxPool2d",
