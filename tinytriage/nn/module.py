@@ -25,7 +25,7 @@ DEFAULT_DTYPE = np.float32
 class NoInit:
     """Stands in for a ``np.random.Generator`` when a model is built only to receive saved
     weights (``load_state_dict`` right after): every initial draw is zeros. Building then
-    draws no random numbers and never imports ``numpy.random`` (15-20 ms of a one-photo
+    draws no random numbers and never imports ``numpy.random`` (about 20 ms of a one-photo
     ``predict``). Anything drawn later (Dropout's masks, in training mode) comes from a
     real generator seeded with ``seed``, made on first use."""
 
