@@ -18,7 +18,7 @@ def test_import_cli_never_imports_torch():
 
 
 def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_path):
-    """The one-photo path: torch costs ~1 s to import, numpy.random 15-20 ms."""
+    """The one-photo path: torch costs ~1 s to import, numpy.random about 20 ms."""
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
