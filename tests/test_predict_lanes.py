@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -88,11 +89,24 @@ def test_few_photos_stay_in_this_process(tiny_model_path, many, monkeypatch):
     assert calls == []
 
 
-def test_a_lane_that_dies_loses_nothing(tiny_model_path, many, monkeypatch):
+@pytest.mark.parametrize("slow_input", [False, True])
+def test_a_lane_that_dies_loses_nothing(tiny_model_path, many, monkeypatch, slow_input):
+    """Found dead when its results are asked for, or (paths arriving slowly, as from
+    ``find | tinytriage predict -``) already when the next batch is handed out."""
+    if slow_input:
+        die = next(p for p in many if p.endswith("die.png"))
+        many = [die, *(p for p in many if p != die)]
+
+    def paths():
+        for i, path in enumerate(many):
+            if slow_input and i == 3:
+                time.sleep(1.0)  # the first batch's lane is dead by now
+            yield path
+
     p = Predictor.load(tiny_model_path)
     want = list(p.predict_paths(many, batch_size=2, workers=1))
     monkeypatch.setattr(predict, "_lane_run", _dies_on_marker)
-    got = list(p.predict_paths(many, batch_size=2, workers=2))
+    got = list(p.predict_paths(paths(), batch_size=2, workers=2))
     _same(got, want)
     assert multiprocessing.active_children() == []
 

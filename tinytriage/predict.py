@@ -208,7 +208,11 @@ class Predictor:
         try:
             for batch in batches:
                 if batch is not None:
-                    flying.append((batch, lanes.submit(_lane_run, batch)))
+                    try:
+                        flying.append((batch, lanes.submit(_lane_run, batch)))
+                    except BrokenProcessPool:  # a lane died before its results were asked for
+                        lost = [*(b for b, _ in flying), batch]
+                        break
                 # hand on the front batch once it is done, or when too many are in flight, or at the end
                 while flying and (batch is None or flying[0][1].done() or len(flying) > 2 * workers):
                     front, done = flying.popleft()
