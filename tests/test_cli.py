@@ -119,6 +119,14 @@ def test_predict_stdin_and_head_quiet(tmp_path, tiny_model_path):
     assert json.loads(r.stdout)["path"] == paths[0]
 
 
+@pytest.mark.parametrize("command", ["explain --demo --json", "explain --demo", "--version"])
+def test_every_command_ends_quietly_when_its_reader_is_gone(command):
+    """`| true` reads nothing and is gone before the command writes: a broken pipe."""
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m tinytriage {command} | true"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 def test_predict_table_into_a_pipe_keeps_each_photo_on_one_line(tmp_path, tiny_model_path):
     from PIL import Image
 

@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 a photo/model/dataset error (or any photo in a batch fa
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,10 @@ _DEBUG = False
 
 def _version(value: bool) -> None:
     if value:
-        print(f"tinytriage {__version__}")
+        try:  # a broken pipe ends here, not in click, which makes it exit code 1
+            print(f"tinytriage {__version__}", flush=True)
+        except BrokenPipeError:
+            raise _ReaderLeft from None
         raise typer.Exit()
 
 
@@ -160,10 +164,7 @@ def predict(
         routes=load_routes(routes) if routes else None, second_look=second_look,
     )  # fmt: skip
     results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
-    try:
-        _ok, failed = print_predictions(results, as_json=as_json)
-    except BrokenPipeError:
-        raise _ReaderLeft from None  # not an OSError: click would make that exit code 1
+    _ok, failed = print_predictions(results, as_json=as_json)
     if failed:
         raise typer.Exit(1)
 
@@ -500,6 +501,24 @@ class _ReaderLeft(Exception):
     """stdout's reader went away (``| head -1``): the command ends quietly, exit code 0."""
 
 
+def _reader_may_leave(command):
+    """A broken pipe inside ``command`` becomes ``_ReaderLeft``: as an OSError it would
+    reach click, which makes it exit code 1."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise _ReaderLeft from None
+
+    return run
+
+
+for _command in app.registered_commands:
+    _command.callback = _reader_may_leave(_command.callback)
+
+
 def main() -> None:
     """Entry point: run the app, turn library errors into one line on stderr."""
     try:
@@ -515,6 +534,7 @@ def main() -> None:
         sys.exit(1)
     except (typer.Exit, SystemExit) as err:
         code = getattr(err, "exit_code", getattr(err, "code", 0))
+        _flush_stdout()  # now, so that a reader gone away (| head) ends it quietly
         sys.exit(code if code is not None else 0)
     except typer.Abort:
         print("tinytriage: aborted", file=sys.stderr)

@@ -17,8 +17,17 @@ from rich.table import Table
 
 from tinytriage.model_io import finite_json as clean_json
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """rich's Console, except that a broken pipe (``| head -1``) stays a BrokenPipeError
+    for the CLI to end on quietly with exit code 0; rich itself would exit with 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+out = _Console(soft_wrap=True, highlight=False)
+err = _Console(stderr=True, highlight=False)
 
 
 def dumps(obj: Any, **kw) -> str:
@@ -74,7 +83,7 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
             from rich.measure import Measurement
 
             natural = Measurement.get(out, out.options.update_width(10**6), table).maximum
-            Console(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
+            _Console(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
     return ok, failed
 
 
