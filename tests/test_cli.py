@@ -17,20 +17,23 @@ def test_import_cli_never_imports_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_path):
-    """The one-photo path: torch costs ~1 s to import, numpy.random about 20 ms."""
+@pytest.mark.parametrize("as_json", [False, True])
+def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_path, as_json):
+    """The one-photo path: torch costs ~1 s to import, numpy.random about 20 ms; with
+    --json, rich (about 30 ms) is not needed either."""
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
+    extra = ", '--json'" if as_json else ""
     code = (
-        "import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2]]\n"
+        f"import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2]{extra}]\n"
         "try: main()\nexcept SystemExit: pass\n"
-        "print('LOADED', 'torch' in sys.modules, 'numpy.random' in sys.modules)"
+        "print('LOADED', 'torch' in sys.modules, 'numpy.random' in sys.modules, 'rich' in sys.modules)"
     )
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png"), str(tiny_model_path)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0 and "p.png" in r.stdout, r.stderr
-    assert r.stdout.strip().endswith("LOADED False False")
+    assert r.stdout.strip().endswith(f"LOADED False False {not as_json}")
 
 
 def test_version_and_help():

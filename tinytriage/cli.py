@@ -156,7 +156,6 @@ def predict(
 ) -> None:
     """Route each photo to a queue: class, confidence, top 3 and route."""
     from tinytriage.predict import Predictor, expand_inputs, load_routes
-    from tinytriage.render import print_predictions
 
     backend, arch = _engine(backend, arch)
     predictor = Predictor.load(
@@ -164,7 +163,14 @@ def predict(
         routes=load_routes(routes) if routes else None, second_look=second_look,
     )  # fmt: skip
     results = predictor.predict_paths(expand_inputs(paths, recursive=recursive, null=null), batch_size, workers)
-    _ok, failed = print_predictions(results, as_json=as_json)
+    if as_json:  # lines for scripts: rich is never imported
+        from tinytriage.lines import print_prediction_lines
+
+        _ok, failed = print_prediction_lines(results)
+    else:
+        from tinytriage.render import print_predictions
+
+        _ok, failed = print_predictions(results, as_json=False)
     if failed:
         raise typer.Exit(1)
 

@@ -6,16 +6,13 @@ piped into `jq` untouched. JSON never contains NaN or Infinity (they become null
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Iterable
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from tinytriage.model_io import finite_json as clean_json
+from tinytriage.lines import dumps, error_line, print_prediction_lines, write_json_line  # noqa: F401 (re-exported)
 
 
 class _Console(Console):
@@ -30,21 +27,6 @@ out = _Console(soft_wrap=True, highlight=False)
 err = _Console(stderr=True, highlight=False)
 
 
-def dumps(obj: Any, **kw) -> str:
-    return json.dumps(clean_json(obj), allow_nan=False, ensure_ascii=False, **kw)
-
-
-def write_json_line(obj: Any) -> None:
-    sys.stdout.write(dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def error_line(message: str) -> None:
-    err.print(
-        f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True
-    ) if err.is_terminal else print(f"tinytriage: error: {message}", file=sys.stderr)
-
-
 # -- predict ----------------------------------------------------------------------------
 
 
@@ -52,6 +34,8 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
     """Print each result as it arrives (JSON) or as one table (terminal). Returns (ok, failed)."""
     from tinytriage.predict import PhotoFailure
 
+    if as_json:
+        return print_prediction_lines(results)
     ok = failed = 0
     rows = []
     for r in results:
@@ -60,11 +44,8 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
             error_line(r.reason)
             continue
         ok += 1
-        if as_json:
-            write_json_line(r.to_json())
-        else:
-            rows.append(r)
-    if not as_json and rows:
+        rows.append(r)
+    if rows:
         # On a terminal a long path folds inside its column; class and route never wrap.
         # Into a file or a pipe, every row is one line, however long its path.
         table = Table(show_lines=False)
