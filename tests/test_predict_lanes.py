@@ -61,7 +61,7 @@ def _same(got, want):
         if isinstance(a, PhotoFailure):
             assert a.reason == b.reason
         else:
-            assert (a.label, a.route, a.second_look) == (b.label, b.route, b.second_look)
+            assert (a.label, a.route, a.review_reason, a.second_look) == (b.label, b.route, b.review_reason, b.second_look)
             np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-6)
 
 
@@ -125,3 +125,23 @@ def test_head_ends_a_forked_run_quietly(tmp_path, tiny_model_path, many):
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.count("\n") == 1 and '"path"' in r.stdout
+
+
+def test_two_folders_in_lanes_at_once_keep_their_own_predictor(tiny_model_path, many):
+    """Each run's lanes predict with their own run's predictor (handed to them when they
+    are forked), even while another run's lanes are busy: thresholds 0 and 1 route every
+    photo differently."""
+    routes = {"other": "order_support"}  # the tiny model calls these photos "other": route them somewhere
+    loose, strict = (Predictor.load(tiny_model_path, threshold=t, routes=routes) for t in (0.0, 1.0))
+    want = [list(p.predict_paths(many, batch_size=2, workers=1)) for p in (loose, strict)]
+    runs = [p.predict_paths(many, batch_size=2, workers=2) for p in (loose, strict)]
+    got: list[list] = [[], []]
+    for pair in zip(*runs, strict=True):  # one result from each run in turn
+        for i, r in enumerate(pair):
+            got[i].append(r)
+    for g, w in zip(got, want, strict=True):
+        _same(g, w)
+    reasons = [{r.review_reason for r in g if not isinstance(r, PhotoFailure)} for g in got]
+    assert reasons == [{None}, {"low confidence"}]
+    assert predict._LANE is None  # the parent keeps none
+    assert multiprocessing.active_children() == []

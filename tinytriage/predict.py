@@ -197,11 +197,15 @@ class Predictor:
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        global _LANE
         sys.stdout.flush()  # a forked child flushes its copy of these buffers when it exits
         sys.stderr.flush()
-        _LANE = (self, batch_size)  # what the forked lanes find (nothing is pickled but paths and results)
-        lanes = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_lane_start)
+        # a forked lane inherits its initializer's arguments: nothing is pickled but paths and results
+        lanes = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_lane_start,
+            initargs=(self, batch_size),
+        )
         flying: deque[tuple[list, Future]] = deque()  # (batch, its results), in input order
         batches = itertools.chain(_batches(paths, batch_size), [None])  # None: the input has ended
         lost: list[list] = []  # the batches the lanes held when one died
@@ -225,7 +229,6 @@ class Predictor:
                     break
         finally:
             lanes.shutdown(wait=True, cancel_futures=True)
-            _LANE = None
         if lost:  # the rest runs here: what the lanes held, then the input not yet read
             rest = itertools.chain.from_iterable(itertools.chain(lost, (b for b in batches if b is not None)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -376,16 +379,19 @@ class _Inline:
         return map(fn, items)
 
 
-_LANE: tuple[Predictor, int] | None = None  # (predictor, batch size), inherited by forked lanes
+_LANE: tuple[Predictor, int] | None = None  # (predictor, batch size), in a lane only
 
 
-def _lane_start() -> None:
-    """In a new lane: one thread (the cores are shared out by lanes), and Ctrl-C is the
-    parent's to handle (it stops the lanes)."""
+def _lane_start(predictor: Predictor, batch_size: int) -> None:
+    """In a new lane: what it predicts with, one thread (the cores are shared out by
+    lanes), and Ctrl-C is the parent's to handle (it stops the lanes). The parent keeps no
+    global of its own, so two folders in lanes at once (two threads) never mix."""
     import signal
 
     from tinytriage import nn
 
+    global _LANE
+    _LANE = (predictor, batch_size)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nn.set_num_threads(1)
 
