@@ -61,7 +61,8 @@ def _same(got, want):
         if isinstance(a, PhotoFailure):
             assert a.reason == b.reason
         else:
-            assert (a.label, a.route, a.review_reason, a.second_look) == (b.label, b.route, b.review_reason, b.second_look)
+            fields = ("label", "route", "review_reason", "second_look")
+            assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
             np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-6)
 
 
