@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -120,6 +123,32 @@ def test_predict_stdin_and_head_quiet(tmp_path, tiny_model_path):
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], input="\n".join(paths), capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert json.loads(r.stdout)["path"] == paths[0]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_in_a_command_says_interrupted(tmp_path, tiny_model_path):
+    """A real SIGINT to `predict -` waiting for paths on stdin: one line, exit code 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytriage", "predict", "-", "--json", "--model", str(tiny_model_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # started, and now idle, blocked reading stdin: its CPU time stops growing
+        deadline, last = time.time() + 60, -1.0
+        while time.time() < deadline and (used := _cpu_seconds(proc.pid)) != last:
+            last = used
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and out == ""
+    assert err == "tinytriage: interrupted\n"
 
 
 @pytest.mark.parametrize("command", ["explain --demo --json", "explain --demo", "--version"])

@@ -507,9 +507,14 @@ class _ReaderLeft(Exception):
     """stdout's reader went away (``| head -1``): the command ends quietly, exit code 0."""
 
 
-def _reader_may_leave(command):
-    """A broken pipe inside ``command`` becomes ``_ReaderLeft``: as an OSError it would
-    reach click, which makes it exit code 1."""
+class _Interrupted(Exception):
+    """Ctrl-C inside a command: ``main`` says so on stderr, exit code 130."""
+
+
+def _ends_cleanly(command):
+    """A broken pipe inside ``command`` becomes ``_ReaderLeft`` (as an OSError it would
+    reach click, which makes it exit code 1) and Ctrl-C ``_Interrupted`` (typer would turn
+    it into a silent exit code 130)."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -517,12 +522,14 @@ def _reader_may_leave(command):
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise _ReaderLeft from None
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
     return run
 
 
 for _command in app.registered_commands:
-    _command.callback = _reader_may_leave(_command.callback)
+    _command.callback = _ends_cleanly(_command.callback)
 
 
 def main() -> None:
@@ -545,7 +552,7 @@ def main() -> None:
     except typer.Abort:
         print("tinytriage: aborted", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         print("tinytriage: interrupted", file=sys.stderr)
         sys.exit(130)
     except (BrokenPipeError, _ReaderLeft):
