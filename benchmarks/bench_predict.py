@@ -12,8 +12,9 @@
 3. Profile of that folder, in this process: decode + letterbox per photo and the forward
    pass per photo at batch 32, each on one thread (as a lane runs them), the pipeline's
    own photos/s once started, and what those two allow with one lane per core.
-4. The machine's float32 matrix multiply (GFLOP/s, 1 and 2 threads): shared machines
-   run slower on some days than others; this says how fast this one ran.
+4. The machine's float32 matrix multiply (GFLOP/s, 1 and 2 threads) and its vector units
+   (AVX-512 or not, OpenBLAS's kernel): shared machines run slower on some days than
+   others; this says how fast this one ran.
 
 Measure a regular install (`pip install .`, as the README's first command does): an
 editable install adds its import hook to every start. The timed processes start in a
@@ -100,6 +101,24 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
+
+
+def vector_units() -> str:
+    """What the CPU offers the matrix multiply: whether it shows AVX-512 (the same kind of
+    virtual machine shows it on some days and not on others) and the kernel OpenBLAS
+    picked for it (SkylakeX with AVX-512, Haswell with AVX2 alone)."""
+    from threadpoolctl import threadpool_info
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2" if flags else "unknown"
+    blas = [
+        f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info() if i.get("user_api") == "blas"
+    ]
+    return f"{isa}, BLAS kernel {', '.join(blas) or 'unknown'}"
 
 
 def matmul_gflops(threads: int) -> float:
@@ -192,6 +211,7 @@ def main() -> None:
     result = {
         "machine": f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"NumPy {np.__version__}",
+        "vector_units": vector_units(),
         "model": args.model or "bundled",
         "latency_median_s": statistics.median(times["table"]),
         "latency_min_s": min(times["table"]),
