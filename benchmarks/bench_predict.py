@@ -174,8 +174,8 @@ def main() -> None:
         torch_imported = "TORCH_IMPORTED" in probe.stderr
         package = next((line[5:] for line in probe.stderr.splitlines() if line.startswith("FROM ")), "?")
 
-        # 2. throughput over the folder, one process, median of --folder-runs (one run
-        # against the next differs by 10% on this shared machine)
+        # 2. throughput over the folder, one process, median of --folder-runs (a single
+        # run moves with whatever else this shared machine is doing)
         folder_seconds = []
         for _ in range(args.folder_runs):
             t0 = time.perf_counter()
