@@ -11,7 +11,8 @@ The convolution before it is linear, z = W * x + b, so the two are one convoluti
 
 with each output channel's kernel scaled by its s. The ReLU and the max pooling after it
 (when there are) are applied to each chunk of the convolution's output while that chunk
-is still in cache. What disappears is three full passes over every feature map
+is still in cache. A 3x3 convolution with 32 or more input channels runs as Winograd's
+F(2x2, 3x3) (``tinytriage.nn.winograd``), its 2x2 output tiles the pool's windows. What disappears is three full passes over every feature map
 (BatchNorm's, ReLU's and the pool's), and the full-size map itself: only the pooled one
 is written out. PyTorch folds BatchNorm the same way in
 ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
@@ -29,6 +30,7 @@ import copy
 
 import numpy as np
 
+from tinytriage.nn import winograd
 from tinytriage.nn.activation import ReLU
 from tinytriage.nn.conv import Conv2d, conv2d_forward
 from tinytriage.nn.module import Module, Sequential
@@ -58,15 +60,26 @@ class ConvBNReLU(Module):
         super().__init__()
         self.conv, self.bn, self.relu, self.pool = conv, bn, relu, pool  # shared with the unfused model
         self.training = False
+        self._winograd: tuple[np.ndarray, np.ndarray] | None = None  # (folded kernels, their transform)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         c, p = self.conv, self.pool
         w, b = fold_batchnorm(c._params["weight"], c._params.get("bias"), self.bn)
         pool = None if p is None else (p.kernel_size, p.stride)
+        if winograd.fits(x.shape, w.shape, c.stride, c.padding, c.dilation, c.groups, pool):
+            u = self._transformed(w)
+            return winograd.winograd_conv3x3(x, w, b, self.relu, pool is not None, c._workspace, u)
         out, _ = conv2d_forward(
             x, w, b, c.stride, c.padding, c.dilation, c.groups, c._workspace, relu=self.relu, pool=pool
         )
         return out
+
+    def _transformed(self, w: np.ndarray) -> np.ndarray:
+        """Winograd's transform of the folded kernels ``w``, made again only when they
+        changed (comparing them costs far less than transforming them)."""
+        if self._winograd is None or not np.array_equal(self._winograd[0], w):
+            self._winograd = (w, winograd.kernel_transform(w))
+        return self._winograd[1]
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         raise RuntimeError("ConvBNReLU is for inference only: train the unfused model")
