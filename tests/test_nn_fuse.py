@@ -46,6 +46,9 @@ FUSE_CASES = [
     pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 2), (3, 3, 7, 9), id="relu-pool2-odd"),
     pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, bias=False), {}, False, (3, 2), (2, 4, 9, 8), id="groups-pool3s2-no-relu"),
     pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), {}, True, (2, 1), (2, 3, 4, 5), id="k1-pool2s1"),
+    # 32+ input channels, 3x3, padding 1, even map: Winograd (tinytriage.nn.winograd)
+    pytest.param(dict(in_channels=32, out_channels=6, kernel_size=3, padding=1, bias=False), {}, True, (2, 2), (3, 32, 6, 8), id="winograd-relu-pool2"),
+    pytest.param(dict(in_channels=36, out_channels=5, kernel_size=3, padding=1), {}, False, None, (2, 36, 4, 4), id="winograd-no-relu"),
 ]  # fmt: skip
 
 
@@ -142,10 +145,12 @@ def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool, depths):
         assert_close("fused vs torch", fused, twin(torch.from_numpy(x)), rtol=1e-4, atol=1e-5)
 
 
-def test_engine_logits_follow_training_steps():
-    """The fused twin reads the live weights and statistics: never stale after an update."""
+@pytest.mark.parametrize("widths", [(4, 8), (8, 32, 32)], ids=["im2col", "winograd-last"])
+def test_engine_logits_follow_training_steps(widths):
+    """The fused twin reads the live weights and statistics: never stale after an update
+    (nor is Winograd's kept transform of the kernels)."""
     rng = np.random.default_rng(3)
-    model = TriageCNN(CNNConfig(widths=(4, 8), input_size=16, num_classes=3), rng=rng)
+    model = TriageCNN(CNNConfig(widths=widths, input_size=16, num_classes=3), rng=rng)
     engine = NumpyEngine(model, OptimConfig(lr=0.1))
     x = rng.standard_normal((6, 3, 16, 16)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
@@ -157,6 +162,8 @@ def test_engine_logits_follow_training_steps():
         got = engine.logits(x)
         assert_close("engine logits vs eval model", got, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(before, got)
+    kept = [m._winograd is not None for m in engine._fused().features]
+    assert kept == [False] * (len(widths) - 1) + [len(widths) == 3]
 
 
 def test_fused_layers_refuse_backward_and_non_conv_models_pass_through():
