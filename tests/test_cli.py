@@ -39,6 +39,29 @@ def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_pat
     assert r.stdout.strip().endswith(f"LOADED False False {not as_json}")
 
 
+@pytest.mark.parametrize("user_value", [None, "2"])
+def test_predict_runs_openblas_without_threads_of_its_own_unless_told(tmp_path, tiny_model_path, user_value):
+    """The engine multiplies on its own threads, BLAS on one inside each: predict starts
+    OpenBLAS with one thread (its idle workers cost a 2-core machine CPU time); a count
+    the user set stays."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
+    code = (
+        "import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2], '--json']\n"
+        "try: main()\nexcept SystemExit: pass\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print('BLAS', [i['num_threads'] for i in threadpool_info() if i['internal_api'] == 'openblas'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_value:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.png"), str(tiny_model_path)],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0 and "p.png" in r.stdout, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"BLAS [{user_value or 1}]"
+
+
 def test_version_and_help():
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("tinytriage ")

@@ -58,3 +58,15 @@ def test_split_depends_on_sizes_only():
     assert parallel.split(3, 100, task_bytes=4) == [slice(0, 1), slice(1, 2), slice(2, 3)]
     with pytest.raises(ValueError):
         set_num_threads(0)
+
+
+def test_the_thread_count_follows_omp_num_threads_not_blas_own(monkeypatch):
+    """OPENBLAS_NUM_THREADS is BLAS's own count (predict sets it to 1): the engine's threads,
+    and predict's lanes, still take every core."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert parallel.default_num_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert parallel.default_num_threads() == 3

@@ -80,6 +80,7 @@ def explain(
     activation) and checked against the engine, Grad-CAM (attention rollout for a ViT) mapped
     onto the photo, and the routing decision. --at ROW,COL is a cell of the conv's output.
     """
+    _blas_threads_off()
     if demo:
         from tinytriage.demo import run_demo
         from tinytriage.render import print_demo
@@ -121,6 +122,17 @@ ArchOpt = typer.Option(
 )
 
 
+def _blas_threads_off() -> None:
+    """OpenBLAS without threads of its own, unless the environment sets
+    ``OPENBLAS_NUM_THREADS``; only before NumPy loads (OpenBLAS reads it once, at load).
+    The NumPy engine multiplies on its own threads (``tinytriage.nn.parallel``), with BLAS
+    on one thread inside each, so OpenBLAS's workers only wait; on the 2-core machine their
+    waiting took CPU from the rest (a one-photo ``predict``: 292 ms against 249 ms, median
+    of 20 runs each, interleaved; README "Speed")."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def _engine(backend: str, arch: str | None) -> tuple[str, str | None]:
     """--backend and --arch -> (engine, arch), expanding the vit shorthand; a clash is a usage error."""
     from tinytriage.engine import resolve_backend
@@ -157,6 +169,7 @@ def predict(
     second_look: bool = SecondLookOpt,
 ) -> None:
     """Route each photo to a queue: class, confidence, top 3 and route."""
+    _blas_threads_off()
     from tinytriage.predict import Predictor, expand_inputs, load_routes
 
     backend, arch = _engine(backend, arch)
@@ -312,6 +325,7 @@ def evaluate(
     second_look: bool = SecondLookOpt,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
+    _blas_threads_off()
     from tinytriage.evaluate import evaluate as run_evaluation
     from tinytriage.predict import Predictor
     from tinytriage.render import print_eval

@@ -7,7 +7,9 @@ operations at the same time. The fast layers cut their work into tasks (a few im
 convolution, a band of rows of a BatchNorm pass) and share them out over
 ``get_num_threads()`` threads; ``set_num_threads(n)`` changes that number, as
 ``torch.set_num_threads`` does for PyTorch. The default follows the same rule as PyTorch's:
-``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) if set, else the cores this process may use.
+``OMP_NUM_THREADS`` if set, else the cores this process may use. (``OPENBLAS_NUM_THREADS``
+is BLAS's own count, which these threads do not use: ``tinytriage predict`` sets it to 1
+when it is unset.)
 
 Inside those threads BLAS runs single-threaded: n workers each calling an n-thread BLAS
 would ask for n*n threads, and BLAS threads wait for each other at the end of every call,
@@ -48,10 +50,10 @@ _blas: Any = None  # a ThreadpoolController, made on first use
 
 
 def default_num_threads() -> int:
-    """``OMP_NUM_THREADS`` (or ``OPENBLAS_NUM_THREADS``) if set, else the cores this process may use."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
+    """``OMP_NUM_THREADS`` if set, else the cores this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
