@@ -62,6 +62,36 @@ def test_predict_runs_openblas_without_threads_of_its_own_unless_told(tmp_path, 
     assert r.stdout.strip().splitlines()[-1] == f"BLAS [{user_value or 1}]"
 
 
+@pytest.mark.parametrize("command", ["predict", "--version"])
+def test_predict_leaves_the_process_at_once_with_its_output_and_exit_code(tmp_path, tiny_model_path, command):
+    """predict ends by os._exit once stdout and stderr are flushed (Python's own finalizing
+    takes 30-50 ms): no exit handler runs, every line is out, the exit code is kept (1: a
+    photo failed). Other commands end as usual: their exit handlers run."""
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (200, 10, 10 * i)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    args = ["predict", str(tmp_path), "-m", str(tiny_model_path), "--json"] if command == "predict" else [command]
+    code = (
+        "import atexit, sys; from tinytriage.cli import entry\n"
+        "atexit.register(lambda: print('EXIT HANDLER RAN', flush=True))\n"
+        f"sys.argv = ['tinytriage', *{args!r}]\nentry()"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if command == "predict":
+        assert r.returncode == 1, r.stderr  # bad.jpg failed, the rest carried on
+        assert "EXIT HANDLER RAN" not in r.stdout
+        assert [json.loads(line)["path"].rsplit("/", 1)[-1] for line in r.stdout.splitlines()] == [
+            "p0.png",
+            "p1.png",
+            "p2.png",
+        ]
+        assert "bad.jpg" in r.stderr
+    else:
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "EXIT HANDLER RAN", r.stdout
+
+
 def test_version_and_help():
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("tinytriage ")

@@ -1,6 +1,6 @@
 """`python -m tinytriage` (also what `torchrun -m tinytriage` runs)."""
 
-from tinytriage.cli import main
+from tinytriage.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()
