@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict import cpu_name, make_photos, vector_units  # noqa: E402
+from bench_predict import cpu_name, make_photos, one_photo_latency, vector_units  # noqa: E402
 
 
 def main() -> None:
@@ -33,17 +31,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with_model = [] if args.model is None else ["--model", str(Path(args.model).resolve())]
-    kinds = (("table", []), ("json", ["--json"]))
-    times = {(py, kind): [] for py in args.pythons for kind, _ in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         photo = make_photos(Path(tmp), 1)[0]
-        for _ in range(args.runs):
-            for py in args.pythons:
-                for kind, extra in kinds:
-                    cmd = [py, "-m", "tinytriage", "predict", str(photo), *with_model, *extra]
-                    t0 = time.perf_counter()
-                    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp)
-                    times[py, kind].append(time.perf_counter() - t0)
+        times = one_photo_latency(args.pythons, photo, with_model, args.runs)
     result = {
         "machine": cpu_name(),
         "vector_units": vector_units(),
@@ -51,8 +41,8 @@ def main() -> None:
         "installs": [
             {
                 "python": py,
-                **{f"{kind}_median_s": round(statistics.median(times[py, kind]), 4) for kind, _ in kinds},
-                **{f"{kind}_min_s": round(min(times[py, kind]), 4) for kind, _ in kinds},
+                **{f"{kind}_median_s": round(statistics.median(times[py, kind]), 4) for kind in ("table", "json")},
+                **{f"{kind}_min_s": round(min(times[py, kind]), 4) for kind in ("table", "json")},
             }
             for py in args.pythons
         ],

@@ -121,6 +121,23 @@ def vector_units() -> str:
     return f"{isa}, BLAS kernel {', '.join(blas) or 'unknown'}"
 
 
+def one_photo_latency(pythons: list[str], photo: Path, with_model: list[str], runs: int) -> dict:
+    """Seconds of each whole ``PYTHON -m tinytriage predict PHOTO`` process, with a table and
+    with --json: {(python, "table" | "json"): [runs times]}. Every round runs each install
+    once each way, so a slow minute of the shared machine slows all of them alike. The
+    processes start in the photo's folder, their stdout a pipe."""
+    kinds = (("table", []), ("json", ["--json"]))
+    times: dict[tuple[str, str], list[float]] = {(py, kind): [] for py in pythons for kind, _ in kinds}
+    for _ in range(runs):
+        for py in pythons:
+            for kind, extra in kinds:
+                cmd = [py, "-m", "tinytriage", "predict", str(photo), *with_model, *extra]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, cwd=photo.parent)
+                times[py, kind].append(time.perf_counter() - t0)
+    return times
+
+
 def matmul_gflops(threads: int) -> float:
     """This machine's float32 matrix multiply today (1024^3, median of 20): how fast the
     machine is running, to read the other figures against."""
@@ -155,14 +172,9 @@ def main() -> None:
             os.sync()  # the new photos reach the disk now, not while a timed run reads them
 
         # 1. latency of one whole process
-        times: dict[str, list[float]] = {"table": [], "json": []}
-        for _ in range(args.runs):
-            for kind, extra in (("table", []), ("json", ["--json"])):
-                t0 = time.perf_counter()
-                subprocess.run(
-                    [*exe, "predict", str(photos[0]), *with_model, *extra], check=True, capture_output=True, cwd=tmp
-                )
-                times[kind].append(time.perf_counter() - t0)
+        times = {
+            kind: t for (_, kind), t in one_photo_latency([sys.executable], photos[0], with_model, args.runs).items()
+        }
         probe = subprocess.run(
             [sys.executable, "-c",
              "import sys, runpy; sys.argv=['tinytriage','predict',*sys.argv[1:],'--json'];"
