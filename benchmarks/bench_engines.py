@@ -49,9 +49,9 @@ import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tinytriage.cnn import CNNConfig, feature_layers, layer_names  # noqa: E402
-from tinytriage.engine import load_engine, make_engine  # noqa: E402
-from tinytriage.model_io import bundled_model_path, read_model  # noqa: E402
+from tinytriage.models.cnn import CNNConfig, feature_layers, layer_names  # noqa: E402
+from tinytriage.engines.numpy_engine import load_engine, make_engine  # noqa: E402
+from tinytriage.models.file import bundled_model_path, read_model  # noqa: E402
 
 
 def machine() -> str:

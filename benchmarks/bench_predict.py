@@ -58,8 +58,8 @@ def make_photos(folder: Path, n: int) -> list[Path]:
 def profile_pipeline(photos: list[Path], workers: int, model: str | None = None) -> dict:
     """Where a folder's time goes, stage by stage, in this process (after imports)."""
     from tinytriage import nn
-    from tinytriage.predict import Predictor
-    from tinytriage.preprocess import preprocess
+    from tinytriage.inference.predict import Predictor
+    from tinytriage.data.preprocess import preprocess
 
     predictor = Predictor.load(model)
     cfg = predictor.preprocess_config
@@ -178,7 +178,7 @@ def main() -> None:
         probe = subprocess.run(
             [sys.executable, "-c",
              "import sys, runpy; sys.argv=['tinytriage','predict',*sys.argv[1:],'--json'];"
-             "from tinytriage.cli import app\ntry: app()\nexcept SystemExit: pass\n"
+             "from tinytriage.cli.app import app\ntry: app()\nexcept SystemExit: pass\n"
              "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
              "print('FROM', sys.modules['tinytriage'].__file__, file=sys.stderr)", str(photos[0]), *with_model],
             capture_output=True, text=True, cwd=tmp,

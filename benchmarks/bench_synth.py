@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tinytriage.synth import CLASSES, encode_photo, generate_dataset, photo_rng, render_photo, textures  # noqa: E402
+from tinytriage.data.synth import CLASSES, encode_photo, generate_dataset, photo_rng, render_photo, textures  # noqa: E402
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tinytriage.data import read_damage_box
-from tinytriage.predict import PhotoFailure, Predictor
+from tinytriage.data.datasets import read_damage_box
+from tinytriage.inference.predict import PhotoFailure, Predictor
 
 
 def main() -> None:

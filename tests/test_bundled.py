@@ -6,8 +6,8 @@ import json
 
 from conftest import REPO, run_cli
 
-from tinytriage.cnn import CNNConfig
-from tinytriage.model_io import bundled_model_path, read_model
+from tinytriage.models.cnn import CNNConfig
+from tinytriage.models.file import bundled_model_path, read_model
 
 
 def test_bundled_model_is_valid_and_small():

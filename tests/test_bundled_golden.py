@@ -34,7 +34,7 @@ def _blas_kernel() -> str:
 
 
 def _predict(arch: str, second_look: bool) -> dict[str, list[float]]:
-    from tinytriage.predict import Predictor
+    from tinytriage.inference.predict import Predictor
 
     photos = sorted(str(p.relative_to(REPO)) for p in (REPO / "samples").rglob("*.jpg"))
     predictor = Predictor.load(None, arch=arch, second_look=second_look)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tinytriage.calibrate import expected_calibration_error, fit_temperature, nll, pick_threshold, softmax
-from tinytriage.schedule import lr_at
+from tinytriage.training.calibration import expected_calibration_error, fit_temperature, nll, pick_threshold, softmax
+from tinytriage.training.schedule import lr_at
 
 
 def _overconfident(n=2000, k=4, seed=0):

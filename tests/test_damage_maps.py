@@ -11,14 +11,14 @@ from PIL import Image
 from test_train import cfg_for, make_toy_dataset
 
 from tinytriage import nn
-from tinytriage.augment import Augment, augment_batch
-from tinytriage.cnn import CNNConfig, TriageCNN, feature_map_size
-from tinytriage.damage_maps import boxes_in_cache, cell_coverage
-from tinytriage.engine import NumpyEngine
+from tinytriage.data.augment import Augment, augment_batch
+from tinytriage.models.cnn import CNNConfig, TriageCNN, feature_map_size
+from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage
+from tinytriage.engines.numpy_engine import NumpyEngine
 from tinytriage.errors import TrainingError
-from tinytriage.model_io import read_model
-from tinytriage.preprocess import Preprocess, load_fitted
-from tinytriage.train import train
+from tinytriage.models.file import read_model
+from tinytriage.data.preprocess import Preprocess, load_fitted
+from tinytriage.training.loop import train
 
 
 def test_coverage_without_a_map_is_the_share_of_each_cell_in_the_box():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytriage.augment import Augment, augment_batch, augment_image
-from tinytriage.data import (
+from tinytriage.data.augment import Augment, augment_batch, augment_image
+from tinytriage.data.datasets import (
     Dataset,
     cache_resized,
     cache_size,
@@ -23,7 +23,7 @@ from tinytriage.data import (
     stratified_split,
 )
 from tinytriage.errors import DatasetError
-from tinytriage.preprocess import Preprocess, preprocess
+from tinytriage.data.preprocess import Preprocess, preprocess
 
 CFG = Preprocess(input_size=24)
 
@@ -277,6 +277,6 @@ def test_unlistable_subfolder_is_reported(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr("tinytriage.data.os.scandir", scandir)
+    monkeypatch.setattr("tinytriage.data.datasets.os.scandir", scandir)
     ds = scan_folder(root)
     assert ds.unreadable == [(locked, "cannot list folder (Permission denied)")] and len(ds) == 4

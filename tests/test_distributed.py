@@ -56,7 +56,7 @@ if _out and _log and _rank is not None:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from tinytriage.synth import generate_dataset
+    from tinytriage.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("ddp") / "data"
     generate_dataset(root, 12, 0, size_range=(160, 240))  # 60 photos: 51 train (6 batches of 8), 9 val
@@ -76,7 +76,7 @@ def torchrun(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_train_what_one_process_trains(photos, tmp_path):
-    from tinytriage.model_io import read_model
+    from tinytriage.models.file import read_model
 
     spy_dir = tmp_path / "spy"
     spy_dir.mkdir()
@@ -133,8 +133,8 @@ def test_refuses_clearly_before_any_rank_waits(photos, tmp_path, args, message):
 
 
 def test_shard_and_augment_rows(monkeypatch):
-    from tinytriage import distributed
-    from tinytriage.augment import Augment, augment_batch
+    from tinytriage.engines import distributed
+    from tinytriage.data.augment import Augment, augment_batch
 
     images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
     whole = augment_batch(images, 32, Augment(), np.random.default_rng(1))
@@ -150,6 +150,6 @@ def test_shard_and_augment_rows(monkeypatch):
 
 
 def test_no_torch_import_for_rank_helpers():
-    code = "import sys, tinytriage.cli, tinytriage.train, tinytriage.distributed; print('torch' in sys.modules)"
+    code = "import sys, tinytriage.cli.app, tinytriage.training.loop, tinytriage.engines.distributed; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -8,9 +8,9 @@ from test_train import cfg_for, make_toy_dataset
 
 pytest.importorskip("torch")
 
-from tinytriage.compare import compare  # noqa: E402
-from tinytriage.predict import PhotoFailure, Predictor  # noqa: E402
-from tinytriage.train import train  # noqa: E402
+from tinytriage.explain.compare import compare  # noqa: E402
+from tinytriage.inference.predict import PhotoFailure, Predictor  # noqa: E402
+from tinytriage.training.loop import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_compare_on_a_cnn_is_within_tolerance(toy, tmp_path):
     res = compare(["numpy", "torch"], str(model), str(toy), batch=8, steps=3, repeats=1, cold_start=False)
     assert res.ok, res.flags
     assert res.forward["labels_agree"] == res.forward["n"] == 8
-    from tinytriage.model_io import build_numpy_model, read_model
+    from tinytriage.models.file import build_numpy_model, read_model
 
     mf = read_model(model)
     assert set(res.backward["grads"]) == set(build_numpy_model(mf.arch, mf.config).params)  # every parameter

@@ -12,12 +12,12 @@ from conftest import run_cli
 from PIL import Image
 from test_gradcam import CLASSES, model_file, photo_with_spot, random_cnn
 
-from tinytriage.cnn import CNNConfig, TriageCNN, count_macs
+from tinytriage.models.cnn import CNNConfig, TriageCNN, count_macs
 from tinytriage.errors import TinyTriageError
-from tinytriage.explain import _cnn_geometry, cell_input_window, explain_photo, model_summary, pointing_game
-from tinytriage.model_io import ModelFile, save_model
-from tinytriage.predict import Predictor
-from tinytriage.routing import DEFAULT_ROUTES
+from tinytriage.explain.photo import _cnn_geometry, cell_input_window, explain_photo, model_summary, pointing_game
+from tinytriage.models.file import ModelFile, save_model
+from tinytriage.inference.predict import Predictor
+from tinytriage.data.routes import DEFAULT_ROUTES
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_cell_input_window_is_the_receptive_field():
 
 
 def test_summary_of_a_vit_counts_its_parameters():
-    from tinytriage.vit import ViTConfig, build_vit
+    from tinytriage.models.vit import ViTConfig, build_vit
 
     cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
     s = model_summary("vit", cfg.to_dict())
@@ -243,7 +243,7 @@ def test_cli_json_and_save(wide_photo, tmp_path):
 def test_half_block_pictures_on_a_colour_terminal(cnn_path, wide_photo, monkeypatch):
     from rich.console import Console
 
-    from tinytriage import render
+    from tinytriage.cli.app import render
 
     buf = io.StringIO()
     monkeypatch.setattr(
@@ -256,7 +256,7 @@ def test_half_block_pictures_on_a_colour_terminal(cnn_path, wide_photo, monkeypa
 
 
 def test_vit_is_explained_by_attention_rollout(tmp_path, wide_photo):
-    from tinytriage.vit import ViTConfig, build_vit
+    from tinytriage.models.vit import ViTConfig, build_vit
 
     cfg = ViTConfig(num_classes=len(CLASSES), img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
     mf = ModelFile(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tinytriage.errors import ImageError
-from tinytriage.preprocess import Preprocess, check_image, load_image, preprocess
+from tinytriage.data.preprocess import Preprocess, check_image, load_image, preprocess
 
 # Pillow warns about some damaged metadata ("Corrupt EXIF data"); expected for this input.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytriage.cnn import CNNConfig, TriageCNN
-from tinytriage.engine import NumpyEngine
-from tinytriage.gradcam import grad_cam, heat_on_photo, localize, upsample_bilinear
-from tinytriage.model_io import ModelFile, save_model
-from tinytriage.preprocess import LetterboxGeometry, Preprocess, load_image, preprocess_with_geometry
-from tinytriage.routing import DEFAULT_ROUTES
+from tinytriage.models.cnn import CNNConfig, TriageCNN
+from tinytriage.engines.numpy_engine import NumpyEngine
+from tinytriage.explain.gradcam import grad_cam, heat_on_photo, localize, upsample_bilinear
+from tinytriage.models.file import ModelFile, save_model
+from tinytriage.data.preprocess import LetterboxGeometry, Preprocess, load_image, preprocess_with_geometry
+from tinytriage.data.routes import DEFAULT_ROUTES
 
 CLASSES = list(DEFAULT_ROUTES)
 
@@ -66,7 +66,7 @@ def photo_with_spot(w: int, h: int, spot: tuple[int, int], r: int = 6) -> Image.
 @pytest.mark.parametrize("pool, depths", [("avg", None), ("avgmax", None), ("avg", (2, 1, 2))])
 def test_numpy_and_torch_grad_cam_agree(pool, depths):
     pytest.importorskip("torch")
-    from tinytriage.torch_backend import TorchEngine
+    from tinytriage.engines.torch_engine import TorchEngine
 
     model = random_cnn(1, widths=(4, 8, 8), pool=pool, depths=depths)
     x = np.random.default_rng(2).normal(0, 1, (3, 3, 32, 32)).astype(np.float32)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from tinytriage.cnn import CNNConfig, TriageCNN
-from tinytriage.lesson import LessonConfig, photo_set, shift_right, translation_test
-from tinytriage.vit import ViTConfig, build_vit
+from tinytriage.models.cnn import CNNConfig, TriageCNN
+from tinytriage.explain.lesson import LessonConfig, photo_set, shift_right, translation_test
+from tinytriage.models.vit import ViTConfig, build_vit
 
 
 def test_shift_right_moves_columns_and_fills_the_gap():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tinytriage.errors import ModelFileError
-from tinytriage.model_io import FORMAT_VERSION, METADATA_KEY, atomic_write_bytes, read_model, save_model
+from tinytriage.models.file import FORMAT_VERSION, METADATA_KEY, atomic_write_bytes, read_model, save_model
 
 
 def test_round_trip(tiny_model_file, tmp_path):
@@ -122,7 +122,7 @@ def test_head_pool_is_checked_against_the_linear_layer(tiny_model_file, tmp_path
 
 
 def test_stage_depths_are_stored_and_checked(tiny_model_file, tmp_path):
-    from tinytriage.cnn import CNNConfig, TriageCNN
+    from tinytriage.models.cnn import CNNConfig, TriageCNN
 
     assert "depths" not in tiny_model_file.config  # the plain network's files are as before
     cfg = CNNConfig(num_classes=5, input_size=32, widths=(4, 8), depths=(2, 1))
@@ -165,7 +165,7 @@ def test_killed_during_save_leaves_previous_file(tmp_path):
     target.write_bytes(b"previous")
     code = f"""
 import os, time
-from tinytriage import model_io
+from tinytriage.models import file as model_io
 real = os.fsync
 def slow(fd):
     print("writing", flush=True); time.sleep(30); real(fd)
@@ -195,7 +195,7 @@ def test_second_ctrl_c_during_save_does_not_corrupt(tmp_path):
     target.write_bytes(b"previous")
     code = f"""
 import os, time
-from tinytriage import model_io
+from tinytriage.models import file as model_io
 real = os.fsync
 def slow(fd):
     print("writing", flush=True); time.sleep(1.5); real(fd)
@@ -218,7 +218,7 @@ except KeyboardInterrupt:
 @pytest.mark.parametrize("arch", ["cnn", "vit"])
 def test_a_model_built_for_loading_has_the_same_tensors_all_zero(tiny_model_file, arch):
     from tinytriage import nn
-    from tinytriage.model_io import build_numpy_model
+    from tinytriage.models.file import build_numpy_model
 
     config = tiny_model_file.config if arch == "cnn" else {"num_classes": 5, "img_size": 32, "patch_size": 8,
                                                             "embed_dim": 16, "depth": 1, "num_heads": 2}  # fmt: skip

@@ -14,10 +14,10 @@ tnn = torch.nn
 from parity import assert_close  # noqa: E402
 
 from tinytriage import nn  # noqa: E402
-from tinytriage.cnn import CNNConfig, TriageCNN  # noqa: E402
-from tinytriage.engine import NumpyEngine, OptimConfig  # noqa: E402
+from tinytriage.models.cnn import CNNConfig, TriageCNN  # noqa: E402
+from tinytriage.engines.numpy_engine import NumpyEngine, OptimConfig  # noqa: E402
 from tinytriage.nn.conv import conv2d_forward  # noqa: E402
-from tinytriage.torch_backend import build_torch_model  # noqa: E402
+from tinytriage.engines.torch_engine import build_torch_model  # noqa: E402
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}

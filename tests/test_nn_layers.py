@@ -14,7 +14,7 @@ tnn = torch.nn
 
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
-from tinytriage import torch_vit  # noqa: E402
+from tinytriage.models import torch_vit  # noqa: E402
 from tinytriage.errors import ShapeError  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
@@ -52,7 +52,7 @@ from tinytriage.nn import (  # noqa: E402
     maxpool2d_reference,
 )
 from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
-from tinytriage.torch_backend import TorchGlobalAvgMaxPool2d  # noqa: E402
+from tinytriage.engines.torch_engine import TorchGlobalAvgMaxPool2d  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
@@ -181,7 +181,7 @@ LAYERS = [
     # -- composition: names such as "0.weight" and "4.bias" must line up
     case("sequential-cnn",          (lambda: small_cnn(Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential),
                                      lambda: small_cnn(tnn.Conv2d, tnn.ReLU, tnn.MaxPool2d, tnn.Flatten, tnn.Linear, tnn.Sequential)), (2, 2, 8, 8)),
-    # -- transformer layers: twins in tinytriage.torch_vit, timm's names (whole ViT: test_vit.py)
+    # -- transformer layers: twins in tinytriage.models.torch_vit, timm's names (whole ViT: test_vit.py)
     case("layernorm",               twins(LayerNorm, tnn.LayerNorm, 8),                                     (2, 5, 8)),
     case("layernorm-2d-eps",        twins(LayerNorm, tnn.LayerNorm, 6, eps=1e-6),                           (4, 6)),
     case("layernorm-last-2-axes",   twins(LayerNorm, tnn.LayerNorm, (3, 4)),                                (2, 3, 4)),

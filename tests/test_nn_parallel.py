@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinytriage.cnn import CNNConfig, TriageCNN
-from tinytriage.engine import NumpyEngine
+from tinytriage.models.cnn import CNNConfig, TriageCNN
+from tinytriage.engines.numpy_engine import NumpyEngine
 from tinytriage.nn import conv, get_num_threads, norm, parallel, set_num_threads
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from tinytriage.predict import PhotoFailure, expand_inputs, load_routes
+from tinytriage.inference.predict import PhotoFailure, expand_inputs, load_routes
 
 
 def _touch(p):

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from test_second_look import _looking_model
 
-import tinytriage.predict as predict
-from tinytriage.predict import PhotoFailure, Predictor, expand_inputs
+import tinytriage.inference.predict as predict
+from tinytriage.inference.predict import PhotoFailure, Predictor, expand_inputs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lanes are forked: Linux only")
 

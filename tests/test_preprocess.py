@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from tinytriage.errors import ImageError
-from tinytriage.preprocess import (
+from tinytriage.data.preprocess import (
     ALLOWED_FORMATS,
     LetterboxGeometry,
     Preprocess,

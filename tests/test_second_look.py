@@ -10,12 +10,12 @@ from conftest import run_cli
 from PIL import Image
 from test_train import make_toy_dataset
 
-from tinytriage.calibrate import softmax
+from tinytriage.training.calibration import softmax
 from tinytriage.errors import ModelFileError
-from tinytriage.model_io import read_model, save_model
-from tinytriage.predict import Predictor
-from tinytriage.preprocess import LetterboxGeometry, load_fitted, preprocess_with_geometry, to_array
-from tinytriage.second_look import (
+from tinytriage.models.file import read_model, save_model
+from tinytriage.inference.predict import Predictor
+from tinytriage.data.preprocess import LetterboxGeometry, load_fitted, preprocess_with_geometry, to_array
+from tinytriage.inference.second_look import (
     BELOW_GRID,
     SecondLook,
     cam_region,
@@ -191,9 +191,9 @@ def test_calibrate_writes_a_model_with_its_fitted_values(tmp_path, tiny_model_pa
 
 
 def test_calibrate_refuses_a_vit_and_a_folder_of_unknown_classes(tmp_path, tiny_model_path):
-    from tinytriage.model_io import ModelFile
-    from tinytriage.routing import DEFAULT_ROUTES
-    from tinytriage.vit import ViTConfig, build_vit
+    from tinytriage.models.file import ModelFile
+    from tinytriage.data.routes import DEFAULT_ROUTES
+    from tinytriage.models.vit import ViTConfig, build_vit
 
     cfg = ViTConfig(num_classes=len(DEFAULT_ROUTES), img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
     vit = save_model(
@@ -250,7 +250,7 @@ def test_the_torch_engine_takes_the_same_second_look(tmp_path, tiny_model_file, 
 
 
 def test_close_ups_are_the_regions_a_second_look_sees(tmp_path, tiny_model_path):
-    from tinytriage.model_io import read_model
+    from tinytriage.models.file import read_model
 
     data = make_toy_dataset(tmp_path / "data", per_class=3, classes=("document", *DEVICES))
     (data / "screen_damage" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")

@@ -13,8 +13,8 @@ from conftest import run_cli
 from PIL import Image, ImageOps
 
 from tinytriage.errors import DatasetError
-from tinytriage.routing import DEFAULT_ROUTES
-from tinytriage.synth import CLASSES, camera, encode_photo, generate_dataset, is_twin, photo_rng, render_photo
+from tinytriage.data.routes import DEFAULT_ROUTES
+from tinytriage.data.synth import CLASSES, camera, encode_photo, generate_dataset, is_twin, photo_rng, render_photo
 
 SMALL = (200, 400)  # long-side range that keeps these tests fast
 

@@ -16,8 +16,8 @@ from conftest import run_cli
 from PIL import Image, ImageDraw
 
 from tinytriage.errors import DatasetError, TrainingError
-from tinytriage.model_io import read_model
-from tinytriage.train import TrainConfig, train
+from tinytriage.models.file import read_model
+from tinytriage.training.loop import TrainConfig, train
 
 CLASSES = ("document", "parcel", "screen_damage")
 
@@ -79,7 +79,7 @@ def test_deterministic_for_a_seed(toy, tmp_path):
 def test_interrupt_then_resume_equals_uninterrupted(toy, tmp_path, monkeypatch):
     full = read_model(train(cfg_for(toy, tmp_path / "full")).run_dir / "last.safetensors").tensors
 
-    from tinytriage import engine as engine_mod
+    from tinytriage.engines import numpy_engine as engine_mod
 
     real_step = engine_mod.NumpyEngine.train_step
     calls = {"n": 0}
@@ -102,7 +102,7 @@ def test_interrupt_then_resume_equals_uninterrupted(toy, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_clear_message(toy, tmp_path, monkeypatch):
-    from tinytriage import engine as engine_mod
+    from tinytriage.engines import numpy_engine as engine_mod
 
     real_step = engine_mod.NumpyEngine.train_step
     calls = {"n": 0}
@@ -179,8 +179,8 @@ def test_init_at_another_input_size_carries_every_cnn_weight_over(toy, tmp_path)
 
 
 def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_path):
-    from tinytriage.model_io import build_numpy_model
-    from tinytriage.train import _init_weights
+    from tinytriage.models.file import build_numpy_model
+    from tinytriage.training.loop import _init_weights
 
     first_path = train(cfg_for(toy, tmp_path / "first", epochs=2)).model_path
     first = read_model(first_path)
@@ -229,7 +229,7 @@ def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
 
 def test_a_model_file_from_before_the_pool_option_reads_as_avg(toy, tmp_path):
     """Files written before CNNConfig.pool existed have no "pool" key: --init and --resume take them."""
-    from tinytriage.model_io import save_model
+    from tinytriage.models.file import save_model
 
     mf = read_model(train(cfg_for(toy, tmp_path / "run", epochs=1)).model_path)
     old = {k: v for k, v in mf.config.items() if k != "pool"}

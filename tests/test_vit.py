@@ -15,9 +15,9 @@ F = torch.nn.functional
 
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
-from tinytriage import torch_vit  # noqa: E402
+from tinytriage.models import torch_vit  # noqa: E402
 from tinytriage.errors import ShapeError  # noqa: E402
-from tinytriage.model_io import build_numpy_model  # noqa: E402
+from tinytriage.models.file import build_numpy_model  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     GELU,
     Attention,
@@ -29,9 +29,9 @@ from tinytriage.nn import (  # noqa: E402
     erf,
     gradcheck,
 )
-from tinytriage.rollout import attention_rollout, cls_attention_maps, rollout  # noqa: E402
-from tinytriage.torch_backend import TorchEngine, build_torch_model  # noqa: E402
-from tinytriage.vit import ViTConfig, build_vit, count_macs, forward_with_attention  # noqa: E402
+from tinytriage.explain.rollout import attention_rollout, cls_attention_maps, rollout  # noqa: E402
+from tinytriage.engines.torch_engine import TorchEngine, build_torch_model  # noqa: E402
+from tinytriage.models.vit import ViTConfig, build_vit, count_macs, forward_with_attention  # noqa: E402
 
 # the layer table's tolerances (measured: ~1e-15 of the largest value in float64, ~1e-6 in float32)
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -212,7 +212,7 @@ def test_state_dict_round_trips_through_torch_engine():
 
 
 def test_both_engines_train_the_vit_alike():
-    from tinytriage.engine import OptimConfig, make_engine
+    from tinytriage.engines.numpy_engine import OptimConfig, make_engine
 
     optim = OptimConfig(name="adamw", lr=3e-3, weight_decay=0.05)
     engines = [make_engine(b, "vit", TINY.to_dict(), optim=optim, seed=1) for b in ("numpy", "torch")]

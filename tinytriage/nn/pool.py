@@ -334,7 +334,7 @@ class GlobalAvgMaxPool2d(Module):
         dx[n, c, i, j] = dmean[n, c] / (H*W) + dmax[n, c] * [(i, j) is the first maximum]
 
     (row-major first maximum on ties, NaN always wins: ``torch.nn.AdaptiveMaxPool2d(1)``
-    on the CPU). Its PyTorch twin is ``tinytriage.torch_backend.TorchGlobalAvgMaxPool2d``.
+    on the CPU). Its PyTorch twin is ``tinytriage.engines.torch_engine.TorchGlobalAvgMaxPool2d``.
     """
 
     def __init__(self) -> None:

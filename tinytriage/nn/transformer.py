@@ -10,7 +10,7 @@ classify from the class token. Bottom-up, as in nanoGPT's model.py:
 
 Class names, arguments and parameter keys follow PyTorch and timm's VisionTransformer
 (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.0.attn.qkv``, ``norm``,
-``head``), so weights move by name between this file, ``tinytriage.torch_vit`` and any
+``head``), so weights move by name between this file, ``tinytriage.models.torch_vit`` and any
 timm-structured PyTorch model. Shapes: N images, T tokens, D = embed_dim features,
 H heads of hd = D / H features each.
 """
@@ -345,7 +345,7 @@ class VisionTransformer(Module):
 
     ``forward_features``: patch tokens, class token prepended, position embeddings added,
     ``depth`` blocks, final LayerNorm -> (N, 1 + T, D); ``forward_head``: ``head`` on the
-    class token -> (N, num_classes). Defaults are timm's ViT-B/16; ``tinytriage.vit.ViTConfig``
+    class token -> (N, num_classes). Defaults are timm's ViT-B/16; ``tinytriage.models.vit.ViTConfig``
     holds the small model tinytriage trains."""
 
     def __init__(

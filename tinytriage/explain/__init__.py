@@ -1,0 +1,1 @@
+"""tinytriage.explain.photo."""

@@ -1,0 +1,243 @@
+"""`tinytriage compare`: the same weights and inputs through two engines, side by side.
+
+Four checks, each against a stated tolerance (float32 arithmetic in both engines, so
+differences come from summation order only and sit near float32's 1e-7 relative epsilon,
+amplified a little by depth):
+
+* forward:  logits and calibrated probabilities, and whether the predicted labels agree
+* backward: the loss and every parameter's gradient on one batch (training mode)
+* training: N optimizer steps from the same weights on the same batches: both loss
+            curves, and the largest weight difference at the end
+* speed:    forward and training-step time per batch, images/s, and cold start (a fresh
+            process that imports the engine, loads the model and predicts one photo)
+
+Dropout is switched off for the gradient and training checks (its random masks are the
+one thing the two engines cannot share); everything else runs as in training.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinytriage.training.calibration import softmax
+from tinytriage.engines.numpy_engine import load_engine, make_engine
+from tinytriage.errors import TinyTriageError
+from tinytriage.models.file import ModelFile, read_model_or_bundled
+
+TOLERANCES = {
+    "forward_logits_rel": 1e-4,  # max |a - b| / max |b|
+    "forward_probs_abs": 1e-5,
+    "loss_rel": 1e-5,
+    "grad_rel": 1e-3,  # per parameter: max |a - b| / max |b|
+    "train_loss_rel": 1e-3,  # every step of the loss curve
+    "train_weight_rel": 1e-3,  # per parameter after N steps
+}
+
+
+@dataclass
+class CompareResult:
+    backends: list[str]
+    model: str
+    batch: int
+    tolerances: dict[str, float]
+    forward: dict[str, Any] = field(default_factory=dict)
+    backward: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, float] | None = None
+    flags: list[str] = field(default_factory=list)  # every tolerance that was exceeded
+
+    @property
+    def ok(self) -> bool:
+        return not self.flags
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["ok"] = self.ok
+        return d
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    return float(np.max(np.abs(a - b)) / max(scale, 1e-12)) if a.size else 0.0
+
+
+def abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def sample_batch(
+    mf: ModelFile, data_dir: str | None, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Real photos: from ``data_dir`` (labels from folders) or the bundled samples/ folder,
+    else freshly generated ones. Returns (x, labels, paths)."""
+    from tinytriage.data.datasets import scan_folder
+    from tinytriage.data.preprocess import Preprocess, preprocess
+
+    cfg = Preprocess.from_dict(mf.preprocess)
+    root = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "samples"
+    if root.is_dir():
+        ds = scan_folder(root)
+        rng = np.random.default_rng(seed)
+        pick = rng.permutation(len(ds.samples))[:n]
+        paths = [str(ds.samples[i][0]) for i in pick]
+        index = {c: i for i, c in enumerate(mf.classes)}
+        labels = np.array([index.get(ds.classes[ds.samples[i][1]], 0) for i in pick])
+        return np.concatenate([preprocess(p, cfg) for p in paths]), labels, paths
+    raise TinyTriageError(f"no photos to compare on: {root} is not a folder (pass --data DIR)")
+
+
+def _without_dropout(mf: ModelFile) -> dict:
+    return {**mf.config, "dropout": 0.0} if "dropout" in mf.config else dict(mf.config)
+
+
+def compare(
+    backends: list[str],
+    model: str | None = None,
+    data_dir: str | None = None,
+    *,
+    batch: int = 16,
+    steps: int = 5,
+    lr: float = 0.01,
+    repeats: int = 5,
+    cold_start: bool = True,
+    arch: str | None = None,
+) -> CompareResult:
+    """Run every check for two engines on one model file (default: the bundled model of
+    ``arch``, cnn unless given). Any architecture: the CNN and the ViT run alike."""
+    if len(backends) != 2 or len(set(backends)) != 2:
+        raise TinyTriageError("--backends takes two different engines, e.g. numpy,torch")
+    mf, path = read_model_or_bundled(model, arch)
+    res = CompareResult(backends, str(path), batch, dict(TOLERANCES))
+    x, y, _paths = sample_batch(mf, data_dir, batch)
+    a_name, b_name = backends
+
+    # forward, eval mode, calibrated probabilities
+    ea, eb = load_engine(a_name, mf), load_engine(b_name, mf)
+    la, lb = ea.logits(x), eb.logits(x)
+    pa, pb = softmax(la, mf.temperature), softmax(lb, mf.temperature)
+    res.forward = {
+        "logits_max_abs": abs_diff(la, lb),
+        "logits_max_rel": rel_diff(la, lb),
+        "probs_max_abs": abs_diff(pa, pb),
+        "probs_max_rel": rel_diff(pa, pb),
+        "labels_agree": int((pa.argmax(1) == pb.argmax(1)).sum()),
+        "n": len(x),
+    }
+    _flag(res, "forward logits", res.forward["logits_max_rel"], "forward_logits_rel")
+    _flag(res, "forward probabilities", res.forward["probs_max_abs"], "forward_probs_abs")
+    if res.forward["labels_agree"] != len(x):
+        res.flags.append(f"predicted labels differ on {len(x) - res.forward['labels_agree']} photo(s)")
+
+    # backward: one batch in training mode, dropout off
+    cfg = _without_dropout(mf)
+    ga, gb = _fresh(a_name, mf, cfg), _fresh(b_name, mf, cfg)
+    loss_a, _, grads_a = ga.loss_and_grads(x, y)
+    loss_b, _, grads_b = gb.loss_and_grads(x, y)
+    per_param = {
+        k: {"max_abs": abs_diff(grads_a[k], grads_b[k]), "max_rel": rel_diff(grads_a[k], grads_b[k])} for k in grads_b
+    }
+    res.backward = {
+        "loss": [loss_a, loss_b],
+        "loss_rel": abs(loss_a - loss_b) / max(abs(loss_b), 1e-12),
+        "grads": per_param,
+    }
+    _flag(res, "loss", res.backward["loss_rel"], "loss_rel")
+    for k, d in per_param.items():
+        _flag(res, f"gradient of {k}", d["max_rel"], "grad_rel")
+
+    # training: same N steps, same batches
+    ta, tb = _fresh(a_name, mf, cfg), _fresh(b_name, mf, cfg)
+    rng = np.random.default_rng(0)
+    curve_a, curve_b = [], []
+    for _ in range(steps):
+        idx = rng.integers(0, len(x), size=len(x))
+        curve_a.append(ta.train_step(x[idx], y[idx], lr)[0])
+        curve_b.append(tb.train_step(x[idx], y[idx], lr)[0])
+    wa, wb = ta.state_dict(), tb.state_dict()
+    weight_rel = {
+        k: rel_diff(wa[k].astype(np.float64), wb[k].astype(np.float64))
+        for k in wb
+        if np.issubdtype(wb[k].dtype, np.floating)
+    }
+    res.training = {
+        "steps": steps,
+        "lr": lr,
+        "loss": {a_name: curve_a, b_name: curve_b},
+        "loss_max_rel": max(abs(p - q) / max(abs(q), 1e-12) for p, q in zip(curve_a, curve_b, strict=True)),
+        "weight_max_rel": max(weight_rel.values()),
+        "worst_weight": max(weight_rel, key=weight_rel.get),
+    }
+    _flag(res, "training loss curve", res.training["loss_max_rel"], "train_loss_rel")
+    _flag(res, "weights after training", res.training["weight_max_rel"], "train_weight_rel")
+
+    # speed
+    res.speed = {name: _speed(name, mf, cfg, x, y, repeats, cold_start, path) for name in backends}
+    fa, fb = res.speed[a_name]["forward_s"], res.speed[b_name]["forward_s"]
+    sa, sb = res.speed[a_name]["train_step_s"], res.speed[b_name]["train_step_s"]
+    res.speed["ratio"] = {"forward": fa / fb, "train_step": sa / sb, "of": f"{a_name}/{b_name}"}
+
+    if data_dir:
+        from tinytriage.training.loop import evaluate_arrays
+
+        xs, ys, _ = sample_batch(mf, data_dir, 10**9)
+        res.accuracy = {n: evaluate_arrays(e, xs, ys)[1] for n, e in ((a_name, ea), (b_name, eb))}
+    return res
+
+
+def _fresh(backend: str, mf: ModelFile, config: dict):
+    engine = make_engine(backend, mf.arch, config)
+    engine.load_state_dict(mf.tensors)
+    return engine
+
+
+def _flag(res: CompareResult, what: str, value: float, key: str) -> None:
+    if not value <= TOLERANCES[key]:  # also catches NaN
+        res.flags.append(f"{what}: {value:.2e} exceeds tolerance {TOLERANCES[key]:.0e}")
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call allocations, thread pools
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _speed(name, mf, cfg, x, y, repeats, cold_start, path) -> dict[str, float]:
+    e = _fresh(name, mf, cfg)
+    fwd = _median_time(lambda: e.logits(x), repeats)
+    step = _median_time(lambda: e.train_step(x, y, 1e-3), repeats)
+    d = {
+        "forward_s": fwd,
+        "train_step_s": step,
+        "forward_images_per_s": len(x) / fwd,
+        "train_images_per_s": len(x) / step,
+    }
+    if cold_start:
+        d["cold_start_s"] = cold_start_seconds(name, path)
+    return d
+
+
+def cold_start_seconds(backend: str, model_path: Path) -> float:
+    """Wall time of a fresh process: import the engine, load the model, one forward pass."""
+    code = (
+        "import numpy as np;from tinytriage.models.file import read_model;from tinytriage.engines.numpy_engine import load_engine;"
+        f"mf=read_model({str(model_path)!r});e=load_engine({backend!r},mf);"
+        "s=mf.preprocess['input_size'];e.logits(np.zeros((1,3,s,s),np.float32))"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise TinyTriageError(f"cold start of {backend} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - t0

@@ -1,0 +1,482 @@
+"""Predict: photos in, routing decisions out.
+
+For each photo: the class, its calibrated confidence, the top-3 probabilities and the
+queue. A photo goes to ``human_review`` when the model is unsure (confidence below the
+threshold stored in the model, chosen on validation data) or when it is none of the
+ticket classes (the ``other`` class, whose route is human review). A model file may ask
+for a second, closer look at the devices it is unsure about (``tinytriage.inference.second_look``).
+
+Photos stream through: paths are expanded lazily (files, folders, globs, stdin) and
+results come back in input order. Many photos on Linux go a batch at a time to forked
+worker processes ("lanes", one per core), each decoding and predicting its batch on a
+single thread; otherwise a thread pool decodes a few batches ahead of the network
+(Pillow releases the GIL while it decodes, so decoding overlaps with inference). A photo
+that fails gives a ``PhotoFailure`` and the rest carry on.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from tinytriage.training.calibration import softmax
+from tinytriage.errors import ImageError, TinyTriageError
+from tinytriage.models.file import ModelFile, read_model_or_bundled
+from tinytriage.data.routes import HUMAN_REVIEW
+from tinytriage.inference.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass
+class Prediction:
+    """One routing decision."""
+
+    path: str
+    label: str
+    confidence: float  # calibrated probability of ``label``
+    probabilities: dict[str, float]  # every class, calibrated
+    top3: list[tuple[str, float]]
+    route: str  # the queue the ticket goes to
+    needs_review: bool
+    review_reason: str | None  # "low confidence", "not a ticket photo", or None
+    backend: str
+    model: str
+    second_look: bool = False  # probabilities are the mean of the whole photo's and a closer look's
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "top3": [[k, round(v, 6)] for k, v in self.top3],
+            "route": self.route,
+            "needs_review": self.needs_review,
+            "review_reason": self.review_reason,
+            "backend": self.backend,
+            "model": self.model,
+            "second_look": self.second_look,
+        }
+
+
+@dataclass
+class PhotoFailure:
+    """A photo that could not be predicted, and why."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.reason}
+
+
+@dataclass
+class Predictor:
+    """A loaded model on an engine, ready to route photos."""
+
+    model_file: ModelFile
+    model_path: Path
+    engine: Any
+    backend: str
+    threshold: float
+    routes: dict[str, str] = field(default_factory=dict)
+    second_look: SecondLook | None = None  # from the model file, unless switched off
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        backend: str = "numpy",
+        device: str = "cpu",
+        threshold: float | None = None,
+        routes: dict[str, str] | None = None,
+        arch: str | None = None,
+        second_look: bool = True,
+    ) -> Predictor:
+        """``model``: a model file, or None for the bundled model of ``arch`` (default cnn).
+        The file records its architecture; ``arch`` only checks it. ``second_look=False``
+        ignores the file's second-look setting (first look only)."""
+        from tinytriage.engines.numpy_engine import load_engine
+
+        mf, path = read_model_or_bundled(model, arch)
+        engine = load_engine(backend, mf, device=device)
+        merged = dict(mf.routes)
+        if routes:
+            unknown = sorted(set(routes) - set(mf.classes))
+            if unknown:
+                raise TinyTriageError(
+                    f"routes: unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(mf.classes)}"
+                )
+            merged.update(routes)
+        t = mf.threshold if threshold is None else threshold
+        if not 0.0 <= t <= 1.0:
+            raise TinyTriageError(f"--threshold must be between 0 and 1, got {t}")
+        look = SecondLook.from_dict(mf.second_look) if second_look and mf.second_look else None
+        return cls(mf, path, engine, backend, t, merged, look)
+
+    @property
+    def preprocess_config(self):
+        from tinytriage.data.preprocess import Preprocess
+
+        return Preprocess.from_dict(self.model_file.preprocess)
+
+    def decide_probs(self, path: str, probs: np.ndarray, second_look: bool = False) -> Prediction:
+        """Calibrated probabilities of one photo (K,) -> class, route, review flag."""
+        classes = self.model_file.classes
+        order = np.argsort(-probs)
+        label, confidence = classes[order[0]], float(probs[order[0]])
+        route = self.routes.get(label, HUMAN_REVIEW)
+        reason = None
+        if route == HUMAN_REVIEW:
+            reason = "not a ticket photo"
+        elif confidence < self.threshold:
+            reason, route = "low confidence", HUMAN_REVIEW
+        return Prediction(
+            path=path,
+            label=label,
+            confidence=confidence,
+            probabilities={c: float(p) for c, p in zip(classes, probs, strict=True)},
+            top3=[(classes[i], float(probs[i])) for i in order[:3]],
+            route=route,
+            needs_review=reason is not None,
+            review_reason=reason,
+            backend=self.backend,
+            model=self.model_path.name,
+            second_look=second_look,
+        )
+
+    def predict_paths(
+        self, paths: Iterable[str | PhotoFailure], batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[Prediction | PhotoFailure]:
+        """Results in input order.
+
+        More than one batch of photos, on Linux with the NumPy engine: the batches are
+        shared out over ``workers`` forked processes (*lanes*; default one per core, as
+        ``nn.parallel.default_num_threads``), each decoding and predicting its own batch on one thread.
+        Otherwise (or ``workers=1``) in this process: ``workers`` threads decode ahead of
+        the network."""
+        if workers is None:
+            from tinytriage.nn.parallel import default_num_threads
+
+            workers = default_num_threads()
+        items = iter(paths)
+        head = list(itertools.islice(items, batch_size + 1))
+        rest = itertools.chain(head, items)
+        if workers > 1 and len(head) > batch_size and self._lanes_possible():
+            yield from self._in_lanes(rest, batch_size, workers)
+            return
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            yield from self._pipeline(rest, batch_size, pool)
+
+    def _lanes_possible(self) -> bool:
+        """Forking is cheap and safe here: Linux (macOS's system libraries do not survive a
+        fork), NumPy (torch keeps thread pools and devices that a fork does not copy)."""
+        return sys.platform.startswith("linux") and self.backend == "numpy"
+
+    def _in_lanes(
+        self, paths: Iterator[str | PhotoFailure], batch_size: int, workers: int
+    ) -> Iterator[Prediction | PhotoFailure]:
+        """Each batch to the next free lane, results in input order. A lane runs
+        ``_pipeline`` with no threads of its own, so the machine's cores each run one
+        stream of work (no two threads of one process taking turns at its lock). Should
+        a lane die (killed, or a decoder crashing), the batches it held and all after
+        them run here instead: nothing is lost."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        sys.stdout.flush()  # a forked child flushes its copy of these buffers when it exits
+        sys.stderr.flush()
+        # a forked lane inherits its initializer's arguments: nothing is pickled but paths and results
+        lanes = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_lane_start,
+            initargs=(self, batch_size),
+        )
+        flying: deque[tuple[list, Future]] = deque()  # (batch, its results), in input order
+        batches = itertools.chain(_batches(paths, batch_size), [None])  # None: the input has ended
+        lost: list[list] = []  # the batches the lanes held when one died
+        try:
+            for batch in batches:
+                if batch is not None:
+                    try:
+                        flying.append((batch, lanes.submit(_lane_run, batch)))
+                    except BrokenProcessPool:  # a lane died before its results were asked for
+                        lost = [*(b for b, _ in flying), batch]
+                        break
+                # hand on the front batch once it is done, or when too many are in flight, or at the end
+                while flying and (batch is None or flying[0][1].done() or len(flying) > 2 * workers):
+                    front, done = flying.popleft()
+                    try:
+                        yield from done.result()
+                    except BrokenProcessPool:
+                        lost = [front, *(b for b, _ in flying)]
+                        break
+                if lost:
+                    break
+        finally:
+            lanes.shutdown(wait=True, cancel_futures=True)
+        if lost:  # the rest runs here: what the lanes held, then the input not yet read
+            rest = itertools.chain.from_iterable(itertools.chain(lost, (b for b in batches if b is not None)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                yield from self._pipeline(rest, batch_size, pool)
+
+    def _pipeline(
+        self, paths: Iterable[str | PhotoFailure], batch_size: int, pool: Any
+    ) -> Iterator[Prediction | PhotoFailure]:
+        """Decode on ``pool`` (a thread pool, or ``_Inline``) about two batches ahead of the
+        network; first looks a batch at a time; second looks gathered (``_ready``)."""
+        from tinytriage.data.preprocess import preprocess_with_geometry
+
+        cfg = self.preprocess_config
+
+        def load(p: str):
+            try:
+                return preprocess_with_geometry(p, cfg)  # (x (1, 3, S, S), where the photo sits in x)
+            except ImageError as err:
+                return PhotoFailure(p, str(err))
+            except MemoryError:
+                return PhotoFailure(p, f"{p}: out of memory while decoding")
+
+        pending: list[tuple[str, Any]] = []
+        queue: deque[Prediction | PhotoFailure | _Waiting] = deque()  # results, in input order
+        for item in paths:
+            if isinstance(item, PhotoFailure):
+                pending.append((item.path, item))
+            else:
+                pending.append((item, pool.submit(load, item)))
+            if len(pending) >= batch_size * 2:  # keep about two batches decoding ahead
+                queue.extend(self._run(pending[:batch_size], pool))
+                pending = pending[batch_size:]
+                yield from self._ready(queue, batch_size)
+        while pending:
+            queue.extend(self._run(pending[:batch_size], pool))
+            pending = pending[batch_size:]
+        yield from self._ready(queue, batch_size, final=True)
+
+    def _run(self, chunk: list[tuple[str, Any]], pool: Any) -> list[Prediction | PhotoFailure | _Waiting]:
+        """The first look at a batch; a photo the gate picks waits for its close-up, which
+        starts decoding on ``pool`` at once."""
+        loaded = [(p, f if isinstance(f, PhotoFailure) else f.result()) for p, f in chunk]
+        good = [i for i, (_, x) in enumerate(loaded) if not isinstance(x, PhotoFailure)]
+        out: list[Prediction | PhotoFailure | _Waiting] = [x for _, x in loaded]  # failures stay as they are
+        if not good:
+            return out
+        x = np.concatenate([loaded[i][1][0] for i in good])  # (B, 3, S, S)
+        if self.second_look is None:
+            first, regions = softmax(self.engine.logits(x), self.model_file.temperature), {}
+        else:
+            logits, features = self.engine.logits_and_features(x)
+            first = softmax(logits, self.model_file.temperature)
+            regions = self._regions(first, features, [loaded[i][1][1] for i in good])
+        for j, i in enumerate(good):
+            path = loaded[i][0]
+            if j in regions:
+                out[i] = _Waiting(path, first[j], pool.submit(self._close_up, path, regions[j]))
+            else:
+                out[i] = self.decide_probs(path, first[j])
+        return out
+
+    def _ready(self, queue: deque, batch_size: int, final: bool = False) -> Iterator[Prediction | PhotoFailure]:
+        """Yield the results at the front of ``queue`` that are decided. Second looks run
+        together, once half a batch of them waits (small batches cost the network up to
+        twice as much per photo), or when the queue gets long, or at the end."""
+        waiting = [r for r in queue if isinstance(r, _Waiting) and r.result is None]
+        if waiting and (final or len(waiting) >= max(1, batch_size // 2) or len(queue) >= 8 * batch_size):
+            arrays = [w.close_up.result() for w in waiting]
+            shown = [(w, a) for w, a in zip(waiting, arrays, strict=True) if a is not None]
+            second = softmax(self._close_up_logits([a for _, a in shown]), self.model_file.temperature) if shown else []
+            for (w, _), p2 in zip(shown, second, strict=True):
+                w.result = self.decide_probs(w.path, combine(w.first, p2), second_look=True)
+            for w, a in zip(waiting, arrays, strict=True):
+                if a is None:  # read once already; if it fails now, the first look decides
+                    w.result = self.decide_probs(w.path, w.first)
+        while queue and not (isinstance(queue[0], _Waiting) and queue[0].result is None):
+            r = queue.popleft()
+            yield r.result if isinstance(r, _Waiting) else r
+
+    # -- the second look's pieces (tinytriage.inference.second_look explains the method) -----------
+
+    def _regions(self, first: np.ndarray, features: np.ndarray, geoms: list) -> dict[int, tuple]:
+        """{row: region in the photo} for the rows of ``first`` that the gate picks and
+        whose class activation map points somewhere. first: (B, K) calibrated;
+        features: (B, C, h, w), the first look's last conv map."""
+        look, mf, S = self.second_look, self.model_file, self.preprocess_config.input_size
+        idx = [mf.classes.index(c) for c in look.classes]
+        rows = np.nonzero(gate(first, idx, look.below))[0]
+        if not len(rows):
+            return {}
+        cams = class_activation_maps(features[rows], head_weight(mf), idx)  # (G, h, w)
+        return {
+            int(r): region
+            for r, cam in zip(rows, cams, strict=True)
+            if (region := cam_region(cam, geoms[r], S, look.cam_frac, look.margin)) is not None
+        }
+
+    def _close_up(self, path: str, region: tuple) -> np.ndarray | None:
+        """The region, decoded at the resolution it needs: uint8 (S, S, 3); None if the
+        photo no longer decodes."""
+        from tinytriage.data.preprocess import load_fitted
+
+        try:
+            return np.asarray(load_fitted(path, self.preprocess_config, region=region)[0])
+        except (ImageError, MemoryError):
+            return None
+
+    def _close_up_logits(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Logits (G, K) of close-ups, uint8 (S, S, 3) each."""
+        from tinytriage.data.preprocess import normalize
+
+        return self.engine.logits(normalize(np.stack(arrays), self.preprocess_config))
+
+    def _look_again(
+        self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
+    ) -> dict[int, np.ndarray]:
+        """All of a batch's second looks at once, as logits {row: (K,)} (for
+        ``second_look.calibrate_folder``, which needs them at every temperature)."""
+        regions = self._regions(first, features, geoms)
+        arrays = dict(
+            zip(regions, pool.map(lambda r: self._close_up(paths[r], regions[r]), list(regions)), strict=True)
+        )
+        arrays = {r: a for r, a in arrays.items() if a is not None}
+        if not arrays:
+            return {}
+        return dict(zip(arrays, self._close_up_logits(list(arrays.values())), strict=True))
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A photo whose close-up is decoding: its first look, and the result once decided."""
+
+    path: str
+    first: np.ndarray  # (K,) calibrated probabilities of the first look
+    close_up: Future  # -> uint8 (S, S, 3), or None if the photo no longer decodes
+    result: Prediction | None = None
+
+
+class _Inline:
+    """An executor that runs each task at once, on the calling thread (a lane's)."""
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+
+_LANE: tuple[Predictor, int] | None = None  # (predictor, batch size), in a lane only
+
+
+def _lane_start(predictor: Predictor, batch_size: int) -> None:
+    """In a new lane: what it predicts with, one thread (the cores are shared out by
+    lanes), and Ctrl-C is the parent's to handle (it stops the lanes). The parent keeps no
+    global of its own, so two folders in lanes at once (two threads) never mix."""
+    import signal
+
+    from tinytriage import nn
+
+    global _LANE
+    _LANE = (predictor, batch_size)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nn.set_num_threads(1)
+
+
+def _lane_run(batch: list[str | PhotoFailure]) -> list[Prediction | PhotoFailure]:
+    predictor, batch_size = _LANE
+    return list(predictor._pipeline(batch, batch_size, _Inline()))
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+# -- inputs: files, folders, globs, stdin ---------------------------------------------
+
+
+def expand_inputs(
+    args: list[str], *, recursive: bool = False, null: bool = False, stdin: TextIO | None = None
+) -> Iterator[str | PhotoFailure]:
+    """Each argument is a file, a folder (its images; ``recursive`` for subfolders), a glob,
+    or ``-`` for paths read from stdin (one per line, or NUL-separated with ``null``)."""
+    for arg in args:
+        if arg == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            yield from _read_paths(stream, null)
+            continue
+        p = Path(arg)
+        if p.is_dir():
+            yield from _walk(p, recursive)
+        elif p.exists() or p.is_symlink():
+            yield arg
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=recursive))
+            if not matches:
+                yield PhotoFailure(arg, f"{arg}: no file matches this pattern")
+            for m in matches:
+                if Path(m).is_dir():
+                    yield from _walk(Path(m), recursive)
+                else:
+                    yield m
+        else:
+            yield PhotoFailure(arg, f"{arg}: no such file")
+
+
+def _read_paths(stream: TextIO, null: bool) -> Iterator[str]:
+    if null:
+        data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        if isinstance(data, bytes):
+            data = os.fsdecode(data)
+        yield from (p for p in data.split("\0") if p)
+        return
+    for line in stream:
+        line = line.rstrip("\r\n")
+        if line:
+            yield line
+
+
+def _walk(root: Path, recursive: bool) -> Iterator[str]:
+    """Images under a folder, sorted; never follows folder symlinks (no symlink loops)."""
+    if not recursive:
+        for p in sorted(root.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+                yield str(p)
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                yield os.path.join(dirpath, name)
+
+
+def load_routes(path: str | os.PathLike) -> dict[str, str]:
+    """A routes TOML file: ``[routes]`` table (or top-level keys) mapping class -> queue."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise TinyTriageError(f"{path}: routes file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise TinyTriageError(f"{path}: not valid TOML ({err})") from None
+    table = data.get("routes", data)
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise TinyTriageError(f'{path}: expected a [routes] table of class = "queue" strings')
+    return {str(k): v for k, v in table.items()}

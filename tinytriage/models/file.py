@@ -1,0 +1,370 @@
+"""One model file for every engine: a single ``.safetensors`` file.
+
+safetensors stores raw little-endian tensors behind a JSON header, so loading never runs
+code (a pickle can: ``torch.load`` and ``np.load(allow_pickle=True)`` execute whatever the
+file says). Everything else tinytriage needs rides in the header's ``__metadata__`` under
+one key, ``tinytriage``, as JSON: architecture and its config, class names, routes, input
+size and normalisation, confidence threshold and temperature, training seed and metrics,
+the tinytriage version and the format version.
+
+Writes are atomic: a temporary file beside the target, flushed and fsynced, then renamed
+over it, so a crash, a full disk or a second Ctrl-C leaves the previous file intact and no
+partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinytriage import __version__
+from tinytriage.errors import ModelFileError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "tinytriage"
+MAX_HEADER_BYTES = 10 * 1024 * 1024  # a real header is a few KB; refuse absurd ones early
+
+_PICKLE_HINT = (
+    "it looks like a {kind}, which can run code when loaded; tinytriage only reads "
+    ".safetensors model files and never unpickles"
+)
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds: tensors by name plus the metadata describing them."""
+
+    arch: str  # "cnn" or "vit"
+    config: dict[str, Any]  # the architecture's config dataclass, as a dict
+    classes: list[str]  # class names, index = logit index
+    routes: dict[str, str]  # class -> queue
+    preprocess: dict[str, Any]  # input_size, mean, std, resize_mode
+    tensors: dict[str, np.ndarray]  # state_dict, PyTorch keys
+    threshold: float = 0.5  # below this calibrated confidence -> human review
+    temperature: float = 1.0  # logits / T before softmax (temperature scaling)
+    ood: dict[str, Any] = field(default_factory=dict)  # open-set score calibration
+    second_look: dict[str, Any] = field(default_factory=dict)  # tinytriage.inference.second_look.SecondLook; {}: none
+    training: dict[str, Any] = field(default_factory=dict)  # seed, args, per-epoch metrics
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of these weights
+    tinytriage_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "tinytriage_version": self.tinytriage_version,
+            "arch": self.arch,
+            "config": self.config,
+            "classes": self.classes,
+            "routes": self.routes,
+            "preprocess": self.preprocess,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "ood": self.ood,
+            "second_look": self.second_look,
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+
+
+# -- saving ---------------------------------------------------------------------------
+
+
+def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
+    """Write ``model_file`` atomically to ``path``. Refuses non-finite weights."""
+    from safetensors.numpy import save
+
+    bad = [k for k, v in model_file.tensors.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}")
+    meta = json.dumps(finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
+    tensors = {k: np.array(v, order="C", copy=None) for k, v in model_file.tensors.items()}
+    return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Temporary file in the same folder, write, flush, fsync, rename over ``path``.
+
+    SIGINT is held back while the write runs (a second Ctrl-C then stops the program only
+    after the file is whole); on any error the temporary file is removed and the previous
+    file at ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with _sigint_deferred():
+            # mkstemp makes the file private (0600); give it the usual mode for new files
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ModelFileError(
+            f"{path}: could not write ({err.strerror or err}); the previous file is unchanged"
+        ) from err
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT until the block ends, then deliver it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+def finite_json(obj: Any) -> Any:
+    """Strict-JSON-safe copy: NaN/Inf floats -> None, tuples -> lists, NumPy -> Python.
+
+    Used for model-file headers here and for every ``--json`` output (``tinytriage.cli.render``).
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy arrays and scalars
+        return finite_json(obj.tolist())
+    return obj
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def _sniff(path: Path, head: bytes, size: int) -> None:
+    """Recognise pickles and zip archives (.pt, .npz) before anything parses them."""
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="Python pickle"))
+    if head[:4] == b"PK\x03\x04":
+        raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="zip archive (a PyTorch .pt or NumPy .npz file)"))
+    if head[:6] == b"\x93NUMPY":
+        raise ModelFileError(f"{path}: " + _PICKLE_HINT.format(kind="NumPy .npy file"))
+    if size < 8:
+        raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
+        raise ModelFileError(f"{path}: not a safetensors file, or truncated (header length {n}, file size {size})")
+
+
+def read_model(path: str | os.PathLike) -> ModelFile:
+    """Read and check a model file. Raises ``ModelFileError`` saying exactly what is wrong."""
+    from safetensors.numpy import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a model file") from None
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    _sniff(path, data[:16], len(data))
+    (n,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8 : 8 + n])
+        tensors = load(data)
+    except Exception as err:  # safetensors raises its own SafetensorError, json ValueError
+        raise ModelFileError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ModelFileError(f"{path}: a safetensors file, but not a tinytriage model (no '{METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(raw)
+        version = int(meta["format_version"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelFileError(f"{path}: unreadable tinytriage metadata ({err})") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {version} is newer than this tinytriage knows "
+            f"({FORMAT_VERSION}); upgrade tinytriage (file written by {meta.get('tinytriage_version', '?')})"
+        )
+    try:
+        mf = ModelFile(
+            arch=str(meta["arch"]),
+            config=dict(meta["config"]),
+            classes=[str(c) for c in meta["classes"]],
+            routes={str(k): str(v) for k, v in dict(meta["routes"]).items()},
+            preprocess=dict(meta["preprocess"]),
+            tensors=tensors,
+            threshold=float(meta.get("threshold", 0.5)),
+            temperature=float(meta.get("temperature", 1.0)),
+            ood=dict(meta.get("ood") or {}),
+            second_look=dict(meta.get("second_look") or {}),
+            training=dict(meta.get("training") or {}),
+            metrics=dict(meta.get("metrics") or {}),
+            tinytriage_version=str(meta.get("tinytriage_version", "?")),
+            format_version=version,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: tinytriage metadata is missing or malformed: {err}") from None
+    check_tensors(mf, path)
+    _check_second_look(mf, path)
+    mf.config = full_config(mf.arch, mf.config)  # a file from before a config field existed
+    return mf
+
+
+def _check_second_look(mf: ModelFile, path: Path) -> None:
+    """A second-look setting must parse, name classes of the model, and sit on a CNN."""
+    if not mf.second_look:
+        return
+    from tinytriage.inference.second_look import SecondLook
+
+    try:
+        look = SecondLook.from_dict(mf.second_look)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: malformed second_look metadata: {err}") from None
+    unknown = [c for c in look.classes if c not in mf.classes]
+    if unknown:
+        raise ModelFileError(f"{path}: second_look names class(es) {', '.join(unknown)} that the model does not have")
+    if mf.arch != "cnn":
+        raise ModelFileError(f"{path}: second_look needs a CNN (its class activation maps); this is a {mf.arch}")
+
+
+def expected_tensors(arch: str, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) that the architecture needs, from a freshly built NumPy model."""
+    model = build_numpy_model(arch, config, init=False)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
+    """Every tensor present, with the right shape, dtype, and finite values; nothing extra."""
+    if len(mf.classes) != int(mf.config.get("num_classes", len(mf.classes))):
+        raise ModelFileError(
+            f"{path}: {len(mf.classes)} class names but the output layer has {mf.config.get('num_classes')} outputs"
+        )
+    if len(set(mf.classes)) != len(mf.classes) or not mf.classes:
+        raise ModelFileError(f"{path}: class names must be unique and non-empty")
+    try:
+        expected = expected_tensors(mf.arch, mf.config)
+    except ModelFileError:
+        raise
+    except Exception as err:
+        raise ModelFileError(f"{path}: cannot build architecture {mf.arch!r} from its config ({err})") from None
+    problems = []
+    for name, (shape, dtype) in expected.items():
+        if name not in mf.tensors:
+            problems.append(f"missing tensor {name}")
+            continue
+        t = mf.tensors[name]
+        if shape == () and tuple(t.shape) == (1,):  # safetensors' numpy API stores 0-d as (1,)
+            t = mf.tensors[name] = t.reshape(())
+        if tuple(t.shape) != shape:
+            problems.append(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+        elif np.issubdtype(dtype, np.floating) != np.issubdtype(t.dtype, np.floating) or (
+            np.issubdtype(t.dtype, np.floating) and t.dtype != np.float32 and t.dtype != np.float64
+        ):
+            problems.append(f"{name} has dtype {t.dtype}, expected {np.dtype(dtype)}")
+        elif np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
+            problems.append(f"{name} contains NaN or Inf")
+    problems += [f"unexpected tensor {name}" for name in sorted(set(mf.tensors) - set(expected))]
+    if problems:
+        raise ModelFileError(f"{path}: " + "; ".join(problems))
+
+
+def full_config(arch: str, config: dict) -> dict:
+    """``config`` with every field of the architecture's config dataclass: a file written
+    before a field existed (the CNN's ``pool``, say) reads as that field's default."""
+    if arch == "cnn":
+        from tinytriage.models.cnn import CNNConfig
+
+        return CNNConfig.from_dict(config).to_dict()
+    if arch == "vit":
+        from tinytriage.models.vit import ViTConfig
+
+        return ViTConfig.from_dict(config).to_dict()
+    raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
+
+
+def build_numpy_model(arch: str, config: dict, seed: int = 0, init: bool = True):
+    """The NumPy engine's model for an architecture name and its config dict, its weights
+    drawn from ``seed``; ``init=False``: all zeros, for weights about to be loaded
+    (``nn.NoInit``)."""
+    from tinytriage import nn
+
+    rng = np.random.default_rng(seed) if init else nn.NoInit(seed)
+    if arch == "cnn":
+        from tinytriage.models.cnn import CNNConfig, TriageCNN
+
+        return TriageCNN(CNNConfig.from_dict(config), rng=rng)
+    if arch == "vit":
+        from tinytriage.models.vit import ViTConfig, build_vit
+
+        return build_vit(ViTConfig.from_dict(config), rng=rng)
+    raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
+
+
+# -- the bundled model ---------------------------------------------------------------
+
+BUNDLED = {"cnn": "triage_cnn.safetensors", "vit": "triage_vit.safetensors"}
+
+
+def bundled_model_path(arch: str = "cnn") -> Path:
+    """The model shipped with tinytriage, found from any working directory.
+
+    An editable install finds the repository's ``models/`` folder; a regular install
+    finds the copy that pyproject's ``data-files`` put under ``<prefix>/share/tinytriage``.
+    """
+    import sys
+
+    name = BUNDLED[arch]
+    here = Path(__file__).resolve().parents[1]  # the tinytriage package
+    candidates = (
+        here.parent / "models" / name,  # a source checkout / editable install
+        Path(sys.prefix) / "share" / "tinytriage" / "models" / name,  # `pip install .` (data-files)
+        here / "_bundled" / name,
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ModelFileError(
+        f"no bundled {arch} model found (looked for {name} in tinytriage/_bundled and models/); "
+        "pass --model FILE or train one with `tinytriage train`"
+    )
+
+
+def read_model_or_bundled(model: str | os.PathLike | None, arch: str | None = None) -> tuple[ModelFile, Path]:
+    """Read ``model``, or the bundled model of ``arch`` (default cnn) when no file is given.
+    With both, check that the file holds that architecture (a file knows its own)."""
+    path = Path(model) if model else bundled_model_path(arch or "cnn")
+    mf = read_model(path)
+    if arch is not None and mf.arch != arch:
+        raise ModelFileError(f"{path}: holds a {mf.arch} model, not a {arch}; drop --arch or pass a {arch} model file")
+    return mf, path

@@ -1,0 +1,109 @@
+"""The triage Vision Transformer: a small ViT for ticket photos, built from `tinytriage.nn`.
+
+A photo of 96 x 96 pixels is cut into 12 x 12 patches: an 8 x 8 grid, 64 patch tokens
+plus the class token (Dosovitskiy et al. 2020). Why these defaults:
+
+* Patch 12 on 96 pixels keeps 65 tokens: attention costs T^2 per head, and at 65 tokens
+  a batch of 64 photos trains on 2 CPU cores in NumPy. Patch 8 would mean 145 tokens
+  (2.2x the tokens, 5x the attention work); patch 16 a 6 x 6 grid, too coarse for the
+  attention-rollout heatmap to point at a crack.
+* embed_dim 96 with 4 heads of 24 features, depth 4: about 0.35 M parameters and 25 M
+  multiply-adds per photo, the same cost as the triage CNN (36 M), so the two compare
+  fairly; a training step on 64 photos takes about 0.2 s in NumPy on 2 idle cores.
+* mlp_ratio 2 rather than ViT's 4: the MLP holds most of a block's weights and its GELU
+  is the costliest elementwise op in NumPy; ratio 4 makes each step about 1.5x slower
+  and adds 0.15 M parameters for a few thousand training photos.
+
+The same ``ViTConfig`` builds the PyTorch twin (`tinytriage.models.torch_vit`) with the same
+parameter names, so one ``.safetensors`` file runs in both engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tinytriage.errors import ShapeError
+from tinytriage.nn.transformer import VisionTransformer
+
+
+@dataclass
+class ViTConfig:
+    """Everything that decides the ViT's shape. Stored in the model file."""
+
+    in_chans: int = 3  # RGB photos
+    num_classes: int = 5  # one logit per class in the model file's class list
+    img_size: int = 96  # photos are letterboxed to img_size x img_size pixels (--input-size)
+    patch_size: int = 12  # each token is a patch_size x patch_size patch; must divide img_size
+    embed_dim: int = 96  # features per token (D)
+    depth: int = 4  # Transformer blocks
+    num_heads: int = 4  # attention heads per block; each sees embed_dim / num_heads features
+    mlp_ratio: float = 2.0  # hidden width of each block's MLP, as a multiple of embed_dim
+    qkv_bias: bool = True  # biases on the query/key/value projection (timm's default)
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ShapeError(
+                f"ViT: img_size {self.img_size} is not a multiple of patch_size {self.patch_size} "
+                f"(try an input size of {self.img_size // self.patch_size * self.patch_size} or another patch size)"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ShapeError(f"ViT: embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches along (height, width): the shape of attention heatmaps."""
+        side = self.img_size // self.patch_size
+        return side, side
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per photo: one per patch plus the class token."""
+        gh, gw = self.grid_size
+        return gh * gw + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViTConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def build_vit(cfg: ViTConfig, rng: np.random.Generator | None = None, dtype: type = np.float32) -> VisionTransformer:
+    """A freshly initialised NumPy ViT for ``cfg`` (seeded by ``rng``)."""
+    model = VisionTransformer(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        dtype=dtype,
+        rng=np.random.default_rng(0) if rng is None else rng,
+    )
+    # training never uses the gradient of the photo itself: the patch conv skips it
+    model.patch_embed.proj.needs_input_grad = False
+    return model
+
+
+def forward_with_attention(model: VisionTransformer, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits (N, num_classes) and each block's attention probabilities
+    (N, heads, 1 + T, 1 + T), in eval mode: what ``tinytriage.explain.rollout`` turns into heatmaps."""
+    model.eval()
+    logits = model(x)
+    return logits, [a.copy() for a in model.attention_maps()]
+
+
+def count_macs(cfg: ViTConfig) -> int:
+    """Multiply-adds of one forward pass for one photo (matrix products only)."""
+    T, D = cfg.num_tokens, cfg.embed_dim
+    hidden = int(D * cfg.mlp_ratio)
+    patches = (T - 1) * D * cfg.in_chans * cfg.patch_size**2
+    per_block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * hidden  # qkv, q.k and attn.v, proj, mlp
+    return patches + cfg.depth * per_block + D * cfg.num_classes
