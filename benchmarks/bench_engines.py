@@ -49,8 +49,8 @@ import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from tinytriage.engines import load_engine, make_engine  # noqa: E402
 from tinytriage.models.cnn import CNNConfig, feature_layers, layer_names  # noqa: E402
-from tinytriage.engines.numpy_engine import load_engine, make_engine  # noqa: E402
 from tinytriage.models.file import bundled_model_path, read_model  # noqa: E402
 
 

@@ -58,8 +58,8 @@ def make_photos(folder: Path, n: int) -> list[Path]:
 def profile_pipeline(photos: list[Path], workers: int, model: str | None = None) -> dict:
     """Where a folder's time goes, stage by stage, in this process (after imports)."""
     from tinytriage import nn
-    from tinytriage.inference.predict import Predictor
     from tinytriage.data.preprocess import preprocess
+    from tinytriage.inference.predict import Predictor
 
     predictor = Predictor.load(model)
     cfg = predictor.preprocess_config

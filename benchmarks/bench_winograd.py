@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import cpu_name, vector_units  # noqa: E402
 
 from tinytriage import nn  # noqa: E402
-from tinytriage.engines.numpy_engine import load_engine  # noqa: E402
+from tinytriage.engines import load_engine  # noqa: E402
 from tinytriage.models.file import bundled_model_path, read_model  # noqa: E402
 from tinytriage.nn import winograd  # noqa: E402
 from tinytriage.nn.conv import conv2d_forward  # noqa: E402

@@ -33,9 +33,9 @@ def run_cli(
 @pytest.fixture(scope="session")
 def tiny_model_file():
     """A small, untrained CNN model file (random weights) with the default classes."""
+    from tinytriage.data.routes import DEFAULT_ROUTES
     from tinytriage.models.cnn import CNNConfig, TriageCNN
     from tinytriage.models.file import ModelFile
-    from tinytriage.data.routes import DEFAULT_ROUTES
 
     cfg = CNNConfig(num_classes=len(DEFAULT_ROUTES), input_size=32, widths=(4, 8))
     model = TriageCNN(cfg, rng=np.random.default_rng(0))

@@ -12,12 +12,13 @@ from test_train import cfg_for, make_toy_dataset
 
 from tinytriage import nn
 from tinytriage.data.augment import Augment, augment_batch
-from tinytriage.models.cnn import CNNConfig, TriageCNN, feature_map_size
-from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage
+from tinytriage.data.preprocess import Preprocess, load_fitted
 from tinytriage.engines.numpy_engine import NumpyEngine
 from tinytriage.errors import TrainingError
+from tinytriage.models import ARCHS
+from tinytriage.models.cnn import CNNConfig, TriageCNN, feature_map_size
 from tinytriage.models.file import read_model
-from tinytriage.data.preprocess import Preprocess, load_fitted
+from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
 from tinytriage.training.loop import train
 
 
@@ -88,8 +89,8 @@ def test_map_size_is_the_last_stage_map(size):
 def test_damage_task_gradients_match_central_differences():
     """loss = CE(head(f), y) + W * BCE(conv1x1(f), coverage): every gradient, numerically."""
     cfg = CNNConfig(input_size=8, widths=(2, 3), num_classes=3, dropout=0.0)
-    engine = NumpyEngine(TriageCNN(cfg, rng=np.random.default_rng(0), dtype=np.float64))
-    engine.attach_damage_head(2.5)
+    engine = NumpyEngine(TriageCNN(cfg, rng=np.random.default_rng(0), dtype=np.float64), arch=ARCHS["cnn"])
+    engine.attach_damage_head(damage_head_for(engine.model, 2.5))
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((4, 3, 8, 8)), np.array([0, 2, 1, 2])
     coverage = rng.random((4, 4, 4))

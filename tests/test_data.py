@@ -22,8 +22,8 @@ from tinytriage.data.datasets import (
     scan_folder,
     stratified_split,
 )
-from tinytriage.errors import DatasetError
 from tinytriage.data.preprocess import Preprocess, preprocess
+from tinytriage.errors import DatasetError
 
 CFG = Preprocess(input_size=24)
 

@@ -133,8 +133,8 @@ def test_refuses_clearly_before_any_rank_waits(photos, tmp_path, args, message):
 
 
 def test_shard_and_augment_rows(monkeypatch):
-    from tinytriage.engines import distributed
     from tinytriage.data.augment import Augment, augment_batch
+    from tinytriage.engines import distributed
 
     images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
     whole = augment_batch(images, 32, Augment(), np.random.default_rng(1))

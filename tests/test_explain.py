@@ -12,12 +12,12 @@ from conftest import run_cli
 from PIL import Image
 from test_gradcam import CLASSES, model_file, photo_with_spot, random_cnn
 
-from tinytriage.models.cnn import CNNConfig, TriageCNN, count_macs
+from tinytriage.data.routes import DEFAULT_ROUTES
 from tinytriage.errors import TinyTriageError
 from tinytriage.explain.photo import _cnn_geometry, cell_input_window, explain_photo, model_summary, pointing_game
-from tinytriage.models.file import ModelFile, save_model
 from tinytriage.inference.predict import Predictor
-from tinytriage.data.routes import DEFAULT_ROUTES
+from tinytriage.models.cnn import CNNConfig, TriageCNN, count_macs
+from tinytriage.models.file import ModelFile, save_model
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_cli_json_and_save(wide_photo, tmp_path):
 def test_half_block_pictures_on_a_colour_terminal(cnn_path, wide_photo, monkeypatch):
     from rich.console import Console
 
-    from tinytriage.cli.app import render
+    from tinytriage.cli import render
 
     buf = io.StringIO()
     monkeypatch.setattr(

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tinytriage.errors import ImageError
 from tinytriage.data.preprocess import Preprocess, check_image, load_image, preprocess
+from tinytriage.errors import ImageError
 
 # Pillow warns about some damaged metadata ("Corrupt EXIF data"); expected for this input.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytriage.models.cnn import CNNConfig, TriageCNN
-from tinytriage.engines.numpy_engine import NumpyEngine
-from tinytriage.explain.gradcam import grad_cam, heat_on_photo, localize, upsample_bilinear
-from tinytriage.models.file import ModelFile, save_model
 from tinytriage.data.preprocess import LetterboxGeometry, Preprocess, load_image, preprocess_with_geometry
 from tinytriage.data.routes import DEFAULT_ROUTES
+from tinytriage.engines.numpy_engine import NumpyEngine
+from tinytriage.explain.gradcam import grad_cam, heat_on_photo, localize, upsample_bilinear
+from tinytriage.models import ARCHS
+from tinytriage.models.cnn import CNNConfig, TriageCNN
+from tinytriage.models.file import ModelFile, save_model
 
 CLASSES = list(DEFAULT_ROUTES)
 
@@ -70,13 +71,13 @@ def test_numpy_and_torch_grad_cam_agree(pool, depths):
 
     model = random_cnn(1, widths=(4, 8, 8), pool=pool, depths=depths)
     x = np.random.default_rng(2).normal(0, 1, (3, 3, 32, 32)).astype(np.float32)
-    torch_engine = TorchEngine.create("cnn", model.cfg.to_dict())
+    torch_engine = TorchEngine.create(ARCHS["cnn"], model.cfg.to_dict())
     torch_engine.load_state_dict(model.state_dict())
     layers = (None, "relu2", "pool1") + (("relu1b", "relu3") if depths else ())
     if depths:  # the default layer is the last block's ReLU, the second of stage 3
-        assert grad_cam(NumpyEngine(model), model.cfg, x, [0], None).layer == "relu3b"
+        assert grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x, [0], None).layer == "relu3b"
     for layer in layers:
-        a = grad_cam(NumpyEngine(model), model.cfg, x, [0, 3, 4], layer)
+        a = grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x, [0, 3, 4], layer)
         b = grad_cam(torch_engine, model.cfg, x, [0, 3, 4], layer)
         assert a.layer == b.layer
         np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
@@ -91,7 +92,7 @@ def test_grad_cam_of_a_gap_head_is_cam():
     """Head = global average pool + linear: d y_c / d A_k[i, j] = W[c, k] / (h*w) everywhere."""
     model = random_cnn(3)
     x = np.random.default_rng(4).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
-    m = grad_cam(NumpyEngine(model), model.cfg, x, [1, 2])
+    m = grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x, [1, 2])
     assert m.layer == "relu2"
     W = model.head[3].params["weight"]  # (classes, K)
     h, w = m.activations.shape[2:]
@@ -100,7 +101,7 @@ def test_grad_cam_of_a_gap_head_is_cam():
         expected = np.maximum(np.einsum("k,khw->hw", W[c].astype(np.float64), m.activations[n]) / (h * w), 0)
         np.testing.assert_allclose(m.cam[n], expected, rtol=1e-5, atol=1e-9)
     # the predicted class by default
-    default = grad_cam(NumpyEngine(model), model.cfg, x)
+    default = grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x)
     assert default.class_index.tolist() == model.eval()(x).argmax(1).tolist()
 
 
@@ -108,7 +109,7 @@ def test_grad_cam_of_an_avgmax_head_adds_the_maxima_weight_at_the_winning_cell()
     """Head = [mean | max] + linear: d y_c / d A_k = W[c, k] / (h*w) everywhere, plus W[c, K + k] at the max."""
     model = random_cnn(3, pool="avgmax")
     x = np.random.default_rng(4).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
-    m = grad_cam(NumpyEngine(model), model.cfg, x, [1, 2])
+    m = grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x, [1, 2])
     W = model.head[3].params["weight"]  # (classes, 2K)
     K, (h, w) = m.activations.shape[1], m.activations.shape[2:]
     for n, c in enumerate([1, 2]):
@@ -126,7 +127,7 @@ def test_grad_cam_gradient_matches_finite_differences(pool):
     model = random_cnn(5, dtype=np.float64, pool=pool).astype(np.float64)
     x = np.random.default_rng(6).normal(0, 1, (1, 3, 32, 32))
     c = 3
-    m = grad_cam(NumpyEngine(model), model.cfg, x, c, "relu1")
+    m = grad_cam(NumpyEngine(model, arch=ARCHS["cnn"]), model.cfg, x, c, "relu1")
     layers = list(model.features)
 
     def y_c(A):  # the class score as a function of the relu1 maps

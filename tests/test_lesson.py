@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from tinytriage.models.cnn import CNNConfig, TriageCNN
 from tinytriage.explain.lesson import LessonConfig, photo_set, shift_right, translation_test
+from tinytriage.models.cnn import CNNConfig, TriageCNN
 from tinytriage.models.vit import ViTConfig, build_vit
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tinytriage.errors import ModelFileError
-from tinytriage.models.file import FORMAT_VERSION, METADATA_KEY, atomic_write_bytes, read_model, save_model
+from tinytriage.files import atomic_write_bytes
+from tinytriage.models.file import FORMAT_VERSION, METADATA_KEY, read_model, save_model
 
 
 def test_round_trip(tiny_model_file, tmp_path):
@@ -165,7 +166,7 @@ def test_killed_during_save_leaves_previous_file(tmp_path):
     target.write_bytes(b"previous")
     code = f"""
 import os, time
-from tinytriage.models import file as model_io
+from tinytriage import files as model_io
 real = os.fsync
 def slow(fd):
     print("writing", flush=True); time.sleep(30); real(fd)
@@ -195,7 +196,7 @@ def test_second_ctrl_c_during_save_does_not_corrupt(tmp_path):
     target.write_bytes(b"previous")
     code = f"""
 import os, time
-from tinytriage.models import file as model_io
+from tinytriage import files as model_io
 real = os.fsync
 def slow(fd):
     print("writing", flush=True); time.sleep(1.5); real(fd)

@@ -14,10 +14,11 @@ tnn = torch.nn
 from parity import assert_close  # noqa: E402
 
 from tinytriage import nn  # noqa: E402
+from tinytriage.engines import OptimConfig  # noqa: E402
+from tinytriage.engines.numpy_engine import NumpyEngine  # noqa: E402
+from tinytriage.models import ARCHS  # noqa: E402
 from tinytriage.models.cnn import CNNConfig, TriageCNN  # noqa: E402
-from tinytriage.engines.numpy_engine import NumpyEngine, OptimConfig  # noqa: E402
 from tinytriage.nn.conv import conv2d_forward  # noqa: E402
-from tinytriage.engines.torch_engine import build_torch_model  # noqa: E402
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -139,7 +140,7 @@ def test_fused_triage_cnn_equals_unfused_and_torch(widths, pool, depths):
     fused = fused_model(x)
     assert_close("fused vs unfused", fused, unfused, rtol=1e-4, atol=1e-5)
 
-    twin = build_torch_model("cnn", cfg.to_dict()).eval()
+    twin = ARCHS["cnn"].torch_model(cfg.to_dict()).eval()
     twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     with torch.no_grad():
         assert_close("fused vs torch", fused, twin(torch.from_numpy(x)), rtol=1e-4, atol=1e-5)
@@ -151,7 +152,7 @@ def test_engine_logits_follow_training_steps(widths):
     (nor is Winograd's kept transform of the kernels)."""
     rng = np.random.default_rng(3)
     model = TriageCNN(CNNConfig(widths=widths, input_size=16, num_classes=3), rng=rng)
-    engine = NumpyEngine(model, OptimConfig(lr=0.1))
+    engine = NumpyEngine(model, OptimConfig(lr=0.1), arch=ARCHS["cnn"])
     x = rng.standard_normal((6, 3, 16, 16)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
     before = engine.logits(x).copy()

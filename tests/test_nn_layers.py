@@ -14,8 +14,9 @@ tnn = torch.nn
 
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
-from tinytriage.models import torch_vit  # noqa: E402
 from tinytriage.errors import ShapeError  # noqa: E402
+from tinytriage.models import torch_vit  # noqa: E402
+from tinytriage.models.torch_cnn import TorchGlobalAvgMaxPool2d  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -52,7 +53,6 @@ from tinytriage.nn import (  # noqa: E402
     maxpool2d_reference,
 )
 from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
-from tinytriage.engines.torch_engine import TorchGlobalAvgMaxPool2d  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinytriage.models.cnn import CNNConfig, TriageCNN
 from tinytriage.engines.numpy_engine import NumpyEngine
+from tinytriage.models import ARCHS
+from tinytriage.models.cnn import CNNConfig, TriageCNN
 from tinytriage.nn import conv, get_num_threads, norm, parallel, set_num_threads
 
 
@@ -24,7 +25,7 @@ def tiny_tasks(monkeypatch):
 def train(threads: int, steps: int = 3) -> tuple[list, dict, np.ndarray]:
     set_num_threads(threads)
     cfg = CNNConfig(input_size=24, widths=(4, 8, 8))
-    engine = NumpyEngine(TriageCNN(cfg, rng=np.random.default_rng(0)))
+    engine = NumpyEngine(TriageCNN(cfg, rng=np.random.default_rng(0)), arch=ARCHS["cnn"])
     rng = np.random.default_rng(1)
     x = rng.standard_normal((6, 3, 24, 24), dtype=np.float32)
     y = rng.integers(0, cfg.num_classes, 6)

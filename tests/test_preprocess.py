@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from tinytriage.errors import ImageError
 from tinytriage.data.preprocess import (
     ALLOWED_FORMATS,
     LetterboxGeometry,
@@ -29,6 +28,7 @@ from tinytriage.data.preprocess import (
     preprocess_with_geometry,
     to_array,
 )
+from tinytriage.errors import ImageError
 
 CFG = Preprocess(input_size=32)
 

@@ -10,11 +10,9 @@ from conftest import run_cli
 from PIL import Image
 from test_train import make_toy_dataset
 
-from tinytriage.training.calibration import softmax
-from tinytriage.errors import ModelFileError
-from tinytriage.models.file import read_model, save_model
-from tinytriage.inference.predict import Predictor
 from tinytriage.data.preprocess import LetterboxGeometry, load_fitted, preprocess_with_geometry, to_array
+from tinytriage.errors import ModelFileError
+from tinytriage.inference.predict import Predictor
 from tinytriage.inference.second_look import (
     BELOW_GRID,
     SecondLook,
@@ -25,6 +23,8 @@ from tinytriage.inference.second_look import (
     head_weight,
     tune_below,
 )
+from tinytriage.models.file import read_model, save_model
+from tinytriage.training.calibration import softmax
 
 DEVICES = ("intact_device", "screen_damage")
 
@@ -191,8 +191,8 @@ def test_calibrate_writes_a_model_with_its_fitted_values(tmp_path, tiny_model_pa
 
 
 def test_calibrate_refuses_a_vit_and_a_folder_of_unknown_classes(tmp_path, tiny_model_path):
-    from tinytriage.models.file import ModelFile
     from tinytriage.data.routes import DEFAULT_ROUTES
+    from tinytriage.models.file import ModelFile
     from tinytriage.models.vit import ViTConfig, build_vit
 
     cfg = ViTConfig(num_classes=len(DEFAULT_ROUTES), img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)

@@ -12,9 +12,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image, ImageOps
 
-from tinytriage.errors import DatasetError
 from tinytriage.data.routes import DEFAULT_ROUTES
 from tinytriage.data.synth import CLASSES, camera, encode_photo, generate_dataset, is_twin, photo_rng, render_photo
+from tinytriage.errors import DatasetError
 
 SMALL = (200, 400)  # long-side range that keeps these tests fast
 

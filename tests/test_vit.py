@@ -15,9 +15,12 @@ F = torch.nn.functional
 
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
-from tinytriage.models import torch_vit  # noqa: E402
+from tinytriage.engines.torch_engine import TorchEngine  # noqa: E402
 from tinytriage.errors import ShapeError  # noqa: E402
+from tinytriage.explain.rollout import attention_rollout, cls_attention_maps, rollout  # noqa: E402
+from tinytriage.models import ARCHS, torch_vit  # noqa: E402
 from tinytriage.models.file import build_numpy_model  # noqa: E402
+from tinytriage.models.vit import ViTConfig, build_vit, count_macs, forward_with_attention  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     GELU,
     Attention,
@@ -29,9 +32,6 @@ from tinytriage.nn import (  # noqa: E402
     erf,
     gradcheck,
 )
-from tinytriage.explain.rollout import attention_rollout, cls_attention_maps, rollout  # noqa: E402
-from tinytriage.engines.torch_engine import TorchEngine, build_torch_model  # noqa: E402
-from tinytriage.models.vit import ViTConfig, build_vit, count_macs, forward_with_attention  # noqa: E402
 
 # the layer table's tolerances (measured: ~1e-15 of the largest value in float64, ~1e-6 in float32)
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -152,7 +152,7 @@ def test_vit_training_loss_gradients_match_torch(dtype):
     """The gradients a training step uses: cross-entropy, label smoothing, a bigger batch."""
     cfg = ViTConfig(num_classes=4, img_size=24, patch_size=8, embed_dim=12, depth=3, num_heads=3, mlp_ratio=4.0)
     ours = build_vit(cfg, rng=np.random.default_rng(3), dtype=dtype)
-    theirs = build_torch_model("vit", cfg.to_dict()).to(TORCH_DTYPE[dtype])
+    theirs = ARCHS["vit"].torch_model(cfg.to_dict()).to(TORCH_DTYPE[dtype])
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3, 24, 24)).astype(dtype)
@@ -202,7 +202,7 @@ def test_state_dict_keys_are_timms_in_timms_order():
 
 
 def test_state_dict_round_trips_through_torch_engine():
-    engine = TorchEngine.create("vit", TINY.to_dict(), seed=5)  # starts from the NumPy init for seed 5
+    engine = TorchEngine.create(ARCHS["vit"], TINY.to_dict(), seed=5)  # starts from the NumPy init for seed 5
     ours = build_numpy_model("vit", TINY.to_dict(), seed=5)
     for name, value in ours.state_dict().items():
         np.testing.assert_array_equal(engine.state_dict()[name], value)
@@ -212,7 +212,7 @@ def test_state_dict_round_trips_through_torch_engine():
 
 
 def test_both_engines_train_the_vit_alike():
-    from tinytriage.engines.numpy_engine import OptimConfig, make_engine
+    from tinytriage.engines import OptimConfig, make_engine
 
     optim = OptimConfig(name="adamw", lr=3e-3, weight_decay=0.05)
     engines = [make_engine(b, "vit", TINY.to_dict(), optim=optim, seed=1) for b in ("numpy", "torch")]

@@ -10,11 +10,11 @@ import pytest
 from conftest import run_cli
 from test_train import make_toy_dataset
 
-from tinytriage.models import file as model_io
-from tinytriage.engines.numpy_engine import resolve_backend
+from tinytriage.engines import resolve_backend
 from tinytriage.errors import ModelFileError, TinyTriageError
-from tinytriage.models.file import read_model, read_model_or_bundled
 from tinytriage.inference.predict import Predictor
+from tinytriage.models import file as model_io
+from tinytriage.models.file import read_model, read_model_or_bundled
 from tinytriage.training.loop import TrainConfig, train, with_arch_defaults
 
 torch = pytest.importorskip("torch")

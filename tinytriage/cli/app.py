@@ -83,8 +83,8 @@ def explain(
     """
     _blas_threads_off()
     if demo:
-        from tinytriage.explain.demo import run_demo
         from tinytriage.cli.render import print_demo
+        from tinytriage.explain.demo import run_demo
 
         result = run_demo()
         print_demo(result, as_json=as_json)
@@ -98,8 +98,8 @@ def explain(
         except ValueError:
             raise typer.BadParameter(f"--at wants ROW,COL (two integers), got {at!r}") from None
         cell = (row, col)
-    from tinytriage.explain.photo import explain_photo
     from tinytriage.cli.render import print_explain
+    from tinytriage.explain.photo import explain_photo
 
     backend, arch = _engine(backend, arch)
     result = explain_photo(
@@ -136,7 +136,7 @@ def _blas_threads_off() -> None:
 
 def _engine(backend: str, arch: str | None) -> tuple[str, str | None]:
     """--backend and --arch -> (engine, arch), expanding the vit shorthand; a clash is a usage error."""
-    from tinytriage.engines.numpy_engine import resolve_backend
+    from tinytriage.engines import resolve_backend
 
     try:
         return resolve_backend(backend, arch)
@@ -257,8 +257,8 @@ def train(
     """Train a model on a folder of photos (default: the NumPy CNN).
 
     Under torchrun (with --backend torch), data-parallel over all its processes."""
-    from tinytriage.engines.distributed import is_main
     from tinytriage.cli.render import TrainProgress, print_train_result
+    from tinytriage.engines.distributed import is_main
     from tinytriage.training.loop import TrainConfig
     from tinytriage.training.loop import train as run_training
 
@@ -329,9 +329,9 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     _blas_threads_off()
+    from tinytriage.cli.render import print_eval
     from tinytriage.inference.evaluate import evaluate as run_evaluation
     from tinytriage.inference.predict import Predictor
-    from tinytriage.cli.render import print_eval
 
     backend, arch = _engine(backend, arch)
     predictor = Predictor.load(model, backend=backend, arch=arch, device=device, second_look=second_look)
@@ -357,9 +357,9 @@ def calibrate(
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
 ) -> None:
     """Fit a CNN's temperature, second look and review threshold on labelled photos; write a new model file."""
-    from tinytriage.models.file import save_model
     from tinytriage.cli.render import print_calibration
     from tinytriage.inference.second_look import calibrate_folder
+    from tinytriage.models.file import save_model
 
     result = calibrate_folder(
         model, str(data_dir), target_precision=target_precision, batch_size=batch_size, workers=workers
@@ -405,8 +405,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
 ) -> None:
     """Run one model file through two engines: outputs, gradients, training and speed side by side."""
-    from tinytriage.explain.compare import compare as run_compare
     from tinytriage.cli.render import print_compare
+    from tinytriage.explain.compare import compare as run_compare
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     arch = _engine("numpy", arch)[1]  # checks the name
@@ -459,8 +459,8 @@ def lesson(
 ) -> None:
     """The inductive-bias lesson: CNN vs ViT test accuracy as the training set grows, same
     budget for both; then the translation test (a CNN's maps shift with the photo, a ViT's don't)."""
-    from tinytriage.explain.lesson import LessonConfig, default_data_dir, run_lesson, run_translation
     from tinytriage.cli.render import LessonProgress, print_lesson, print_translation
+    from tinytriage.explain.lesson import LessonConfig, default_data_dir, run_lesson, run_translation
 
     engine, arch = _engine(backend, None)
     if arch is not None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from tinytriage.models.file import finite_json
+from tinytriage.files import finite_json
 
 
 def dumps(obj: Any, **kw) -> str:

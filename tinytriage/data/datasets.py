@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from tinytriage.data.augment import Augment, augment_batch
-from tinytriage.errors import DatasetError, ImageError
 from tinytriage.data.preprocess import (
     DEFAULT_MAX_PIXELS,
     LetterboxGeometry,
@@ -37,6 +36,7 @@ from tinytriage.data.preprocess import (
     map_threads,
     normalize,
 )
+from tinytriage.errors import DatasetError, ImageError
 
 #: torchvision's IMG_EXTENSIONS plus .gif, compared lower-case.
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")

@@ -1,65 +1,17 @@
-"""Engines: the same model run by NumPy (ours, by hand) or by PyTorch (autograd).
+"""The NumPy engine: tinytriage's own layers (``tinytriage.nn``), forward and backward by hand.
 
-An engine wraps one model and its optimizer behind the handful of calls the training
-loop, ``predict`` and ``compare`` need, so those are written once:
-
-    logits = engine.logits(x)                    # eval mode, no gradients
-    loss, logits = engine.train_step(x, y, lr)   # forward, backward, optimizer step
-    engine.state_dict() / engine.load_state_dict(sd)
-    engine.optimizer_state() / engine.load_optimizer_state(st)
-
-This module holds the NumPy engine; ``tinytriage.engines.torch_engine`` holds the PyTorch one
-(imported only when asked for, since ``import torch`` alone takes about a second).
+Inference runs a fused copy of the model (each conv-BatchNorm-ReLU folded into one
+convolution, ``nn.fast.fuse``); training runs the layers as written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tinytriage import nn
-from tinytriage.errors import BackendUnavailable, TinyTriageError
-
-BACKENDS = ("numpy", "torch")
-ARCHS = ("cnn", "vit")
-
-# ``--backend vit`` is the model card's name for the NumPy ViT: a shorthand for
-# ``--arch vit --backend numpy``. The engine and the model stay two separate choices
-# (``--arch vit --backend torch`` is the ViT's PyTorch twin).
-BACKEND_SHORTHANDS = {"vit": ("numpy", "vit")}
-
-
-def resolve_backend(backend: str, arch: str | None = None) -> tuple[str, str | None]:
-    """``(engine, arch)`` for a ``--backend``/``--arch`` pair: expands the ``vit`` shorthand.
-
-    ``arch`` stays None when neither names one (then the model file, or the CNN, decides)."""
-    if backend in BACKEND_SHORTHANDS:
-        engine, implied = BACKEND_SHORTHANDS[backend]
-        if arch is not None and arch != implied:
-            raise TinyTriageError(
-                f"--backend {backend} means --arch {implied} --backend {engine}, but --arch {arch} was given; "
-                f"use --arch {arch} --backend numpy|torch"
-            )
-        return engine, implied
-    if backend not in BACKENDS:
-        known = ", ".join([*BACKENDS, *BACKEND_SHORTHANDS])
-        raise TinyTriageError(f"unknown backend {backend!r} (choose from: {known})")
-    if arch is not None and arch not in ARCHS:
-        raise TinyTriageError(f"unknown architecture {arch!r} (choose from: {', '.join(ARCHS)})")
-    return backend, arch
-
-
-@dataclass
-class OptimConfig:
-    """The optimizer both engines build, with PyTorch's semantics."""
-
-    name: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
-    lr: float = 0.05  # peak learning rate; the schedule scales it per step
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
+from tinytriage.engines.base import OptimConfig
+from tinytriage.errors import TinyTriageError
+from tinytriage.models import Architecture
 
 
 class NumpyEngine:
@@ -67,8 +19,9 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, model: nn.Module, optim: OptimConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, *, arch: Architecture) -> None:
         self.model = model
+        self.arch = arch  # its row of the architecture table (layer names for explain)
         self.optim_cfg = optim or OptimConfig()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.optim_cfg.label_smoothing)
         self.optimizer = None
@@ -76,19 +29,15 @@ class NumpyEngine:
         self.damage_head = None  # training-only task (``attach_damage_head``), never saved with the model
         self.damage_loss = float("nan")  # its loss at the last step
 
-    def attach_damage_head(self, weight: float, seed: int = 0) -> None:
-        """Train with the damage-map task of ``tinytriage.training.damage_maps`` (CNN only); before
-        the optimizer exists, so it updates the head's weights too."""
-        from tinytriage.models.cnn import TriageCNN
-        from tinytriage.training.damage_maps import DamageMapHead
-
-        if not isinstance(self.model, TriageCNN):
-            raise TinyTriageError("damage maps train the CNN only (its last conv stage's map)")
+    def attach_damage_head(self, head: nn.Module) -> None:
+        """Train with a second task on the features (``tinytriage.training.damage_maps``):
+        ``head.forward(features, targets) -> loss`` and ``head.backward() -> d features``.
+        Before the optimizer exists, so it updates the head's weights too."""
+        if self.arch.features_module is None:
+            raise TinyTriageError(f"damage maps train conv nets only (their last spatial map), not a {self.arch.name}")
         if self.optimizer is not None:
             raise TinyTriageError("attach_damage_head() must come before the first step or optimizer load")
-        rng = np.random.default_rng([seed, 1])
-        dtype = self.model.features[0].params["weight"].dtype  # the first conv's: the model's float type
-        self.damage_head = DamageMapHead(self.model.cfg.widths[-1], weight, rng=rng).astype(dtype)
+        self.damage_head = head
 
     def damage_state_dict(self) -> dict[str, np.ndarray]:
         """The damage head's weights (for checkpoints; empty without one)."""
@@ -132,6 +81,48 @@ class NumpyEngine:
         fused = self._fused()
         features = fused.features(x)
         return fused.head(features), features
+
+    def logits_and_attention(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits (N, classes) and each block's attention probabilities (N, heads, T, T),
+        in eval mode, for attention rollout. Transformers only."""
+        self.model.eval()
+        logits = self.model(x)
+        return logits, [a.copy() for a in self.model.attention_maps()]
+
+    def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every ``features`` layer's output for the first photo, (C, h, w) each, by name,
+        in eval mode (the layers as written, not the fused copy: explain shows each step)."""
+        self.model.eval()
+        names = self.arch.layer_names(self.model.cfg)
+        outs, a = {}, x
+        for name, layer in zip(names, self.model.features, strict=True):
+            a = layer(a)
+            outs[name] = a[0]
+        return outs
+
+    def activations_and_gradients(
+        self, x: np.ndarray, class_index: np.ndarray, layer_index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, d y_c / d A, logits) at ``features[layer_index]``, for Grad-CAM: forward to
+        the layer, the rest forward, then our own backward passes from a one-hot d logits."""
+        model = self.model
+        model.eval()
+        layers = list(model.features)
+        a = x
+        for layer in layers[: layer_index + 1]:
+            a = layer(a)
+        A = a  # (N, K, h, w)
+        for layer in layers[layer_index + 1 :]:
+            a = layer(a)
+        logits = model.head(a)  # (N, classes)
+        # y = sum_n y_{c_n}(photo n): in eval mode the photos do not interact, so the gradient of
+        # the sum with respect to photo n's activations is that photo's own d y_c / d A
+        dlogits = np.zeros_like(logits)
+        dlogits[np.arange(len(x)), class_index] = 1.0  # d y / d logits: one-hot per photo
+        g = model.head.backward(dlogits)
+        for layer in reversed(layers[layer_index + 1 :]):
+            g = layer.backward(g)
+        return A, g, logits
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Forward and backward in training mode, no optimizer step (used by ``compare``)."""
@@ -191,48 +182,3 @@ class NumpyEngine:
         for i, (_, m) in enumerate(self.model.named_modules()):
             if isinstance(m, nn.Dropout):
                 m.rng = np.random.default_rng([*seed_seq, i])
-
-
-def torch_available() -> bool:
-    """Cheap check (no import): is PyTorch installed?"""
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
-
-
-def make_engine(
-    backend: str,
-    arch: str,
-    config: dict,
-    *,
-    optim: OptimConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    init: bool = True,
-):
-    """A fresh engine with freshly initialised weights for ``arch``/``config``
-    (``init=False``, NumPy: zeros, for weights about to be loaded)."""
-    from tinytriage.models.file import build_numpy_model
-
-    if backend == "numpy":
-        if device != "cpu":
-            raise TinyTriageError("the numpy backend runs on the CPU only (drop --device or use --backend torch)")
-        model = build_numpy_model(arch, config, seed=seed, init=init)
-        return NumpyEngine(model, optim)
-    if backend == "torch":
-        if not torch_available():
-            raise BackendUnavailable(
-                "the torch backend needs PyTorch: pip install 'tinytriage[torch]' "
-                "(CPU build: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"
-            )
-        from tinytriage.engines.torch_engine import TorchEngine
-
-        return TorchEngine.create(arch, config, optim=optim, device=device, seed=seed)
-    raise TinyTriageError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS)})")
-
-
-def load_engine(backend: str, model_file, *, device: str = "cpu"):
-    """An engine running the weights of a loaded ``ModelFile``."""
-    engine = make_engine(backend, model_file.arch, model_file.config, device=device, init=False)
-    engine.load_state_dict(model_file.tensors)
-    return engine

@@ -11,57 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinytriage.models.cnn import CNNConfig, feature_layers
-from tinytriage.engines.numpy_engine import OptimConfig
+from tinytriage.engines.base import OptimConfig
 from tinytriage.errors import BackendUnavailable, TinyTriageError
-
-
-class TorchGlobalAvgMaxPool2d(nn.Module):
-    """Twin of ``tinytriage.nn.GlobalAvgMaxPool2d``: (N, C, H, W) -> (N, 2C, 1, 1), means then maxima."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.avg(x), self.max(x)], dim=1)
-
-
-class TorchTriageCNN(nn.Module):
-    """PyTorch twin of ``tinytriage.models.cnn.TriageCNN``."""
-
-    def __init__(self, cfg: CNNConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        layers: list[nn.Module] = []
-        for kind, _role, args in feature_layers(cfg):
-            if kind == "conv":
-                layers.append(nn.Conv2d(**args))
-            elif kind == "bn":
-                layers.append(nn.BatchNorm2d(**args))
-            elif kind == "relu":
-                layers.append(nn.ReLU())
-            elif kind == "maxpool":
-                layers.append(nn.MaxPool2d(**args))
-        self.features = nn.Sequential(*layers)
-        pool = nn.AdaptiveAvgPool2d(1) if cfg.pool == "avg" else TorchGlobalAvgMaxPool2d()
-        self.head = nn.Sequential(
-            pool, nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.head_features, cfg.num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def build_torch_model(arch: str, config: dict) -> nn.Module:
-    if arch == "cnn":
-        return TorchTriageCNN(CNNConfig.from_dict(config))
-    if arch == "vit":
-        from tinytriage.models.torch_vit import TorchVisionTransformer
-        from tinytriage.models.vit import ViTConfig
-
-        return TorchVisionTransformer(ViTConfig.from_dict(config))
-    raise TinyTriageError(f"unknown architecture {arch!r} (known: cnn, vit)")
+from tinytriage.models import Architecture
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,7 +29,16 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, optim: OptimConfig | None, device: torch.device, dtype=torch.float32):
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimConfig | None,
+        device: torch.device,
+        dtype=torch.float32,
+        *,
+        arch: Architecture,
+    ):
+        self.arch = arch  # its row of the architecture table
         self.device = device
         self.dtype = dtype
         self.model = model.to(device=device, dtype=dtype)
@@ -88,13 +49,11 @@ class TorchEngine:
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, under torchrun
 
     @classmethod
-    def create(cls, arch: str, config: dict, *, optim=None, device: str = "cpu", seed: int = 0) -> TorchEngine:
+    def create(cls, arch: Architecture, config: dict, *, optim=None, device: str = "cpu", seed: int = 0) -> TorchEngine:
         """Fresh twin. Its weights start from the NumPy engine's initialisation for the same
         seed, so both engines train from identical weights."""
-        from tinytriage.models.file import build_numpy_model
-
-        engine = cls(build_torch_model(arch, config), optim, resolve_device(device))
-        engine.load_state_dict(build_numpy_model(arch, config, seed=seed).state_dict())
+        engine = cls(arch.torch_model(config), optim, resolve_device(device), arch=arch)
+        engine.load_state_dict(arch.numpy_model(config, seed=seed).state_dict())
         return engine
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -121,6 +80,42 @@ class TorchEngine:
         self.model.eval()
         features = self.model.features(self._tensor(x))
         return self.model.head(features).float().cpu().numpy(), features.float().cpu().numpy()
+
+    @torch.no_grad()
+    def logits_and_attention(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits and each block's attention probabilities (N, heads, T, T). Transformers only."""
+        self.model.eval()
+        logits, attns = self.model(self._tensor(x), return_attn=True)
+        return logits.float().cpu().numpy(), [a.float().cpu().numpy() for a in attns]
+
+    @torch.no_grad()
+    def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every ``features`` layer's output for the first photo, (C, h, w) each, by name."""
+        self.model.eval()
+        names = self.arch.layer_names(self.model.cfg)
+        outs, a = {}, self._tensor(x)
+        for name, layer in zip(names, self.model.features, strict=True):
+            a = layer(a)
+            outs[name] = a[0].float().cpu().numpy()
+        return outs
+
+    def activations_and_gradients(
+        self, x: np.ndarray, class_index: np.ndarray, layer_index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, d y_c / d A, logits) for Grad-CAM, by autograd: A as a leaf, y_c summed over
+        the batch, torch.autograd.grad."""
+        model = self.model
+        model.eval()
+        with torch.enable_grad():
+            with torch.no_grad():
+                A = model.features[: layer_index + 1](self._tensor(x))  # (N, K, h, w)
+            A.requires_grad_(True)
+            logits = model.head(model.features[layer_index + 1 :](A))  # (N, classes)
+            idx = torch.as_tensor(class_index, device=logits.device)
+            y = logits[torch.arange(len(x), device=logits.device), idx].sum()
+            (dA,) = torch.autograd.grad(y, A)
+        as_np = lambda v: v.detach().float().cpu().numpy()  # noqa: E731
+        return as_np(A), as_np(dA), as_np(logits)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray):
         self.model.train()

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from tinytriage.training.calibration import softmax
-from tinytriage.engines.numpy_engine import load_engine, make_engine
+from tinytriage.engines import load_engine, make_engine
 from tinytriage.errors import TinyTriageError
 from tinytriage.models.file import ModelFile, read_model_or_bundled
+from tinytriage.training.calibration import softmax
 
 TOLERANCES = {
     "forward_logits_rel": 1e-4,  # max |a - b| / max |b|
@@ -232,7 +232,7 @@ def _speed(name, mf, cfg, x, y, repeats, cold_start, path) -> dict[str, float]:
 def cold_start_seconds(backend: str, model_path: Path) -> float:
     """Wall time of a fresh process: import the engine, load the model, one forward pass."""
     code = (
-        "import numpy as np;from tinytriage.models.file import read_model;from tinytriage.engines.numpy_engine import load_engine;"
+        "import numpy as np;from tinytriage.models.file import read_model;from tinytriage.engines import load_engine;"
         f"mf=read_model({str(model_path)!r});e=load_engine({backend!r},mf);"
         "s=mf.preprocess['input_size'];e.logits(np.zeros((1,3,s,s),np.float32))"
     )

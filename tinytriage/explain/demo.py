@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tinytriage.explain.receptive import receptive_fields
 from tinytriage.nn.conv import conv2d_cell, conv2d_reference, conv_output_size
 from tinytriage.nn.pool import maxpool2d_reference
-from tinytriage.explain.receptive import receptive_fields
 
 PATCH = np.array(
     [
@@ -148,7 +148,7 @@ def run_demo(with_torch: bool | None = None) -> DemoResult:
         shifted, s_map, s_pooled, pool_example, output_size, rf, params,
     )  # fmt: skip
     if with_torch is None:
-        from tinytriage.engines.numpy_engine import torch_available
+        from tinytriage.engines import torch_available
 
         with_torch = torch_available()
     if with_torch:

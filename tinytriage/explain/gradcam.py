@@ -8,9 +8,9 @@ score of class c (its logit, before softmax). Then
     L_c     = ReLU(sum_k alpha_k * A_k)                 (h, w): where those channels fire
 
 The ReLU keeps only what speaks *for* the class. Both engines compute d y_c / d A the way
-they train: the NumPy engine runs the layers after A forward, then its own backward passes
-from a one-hot d logits (eval mode, so BatchNorm uses its running statistics); the PyTorch
-engine asks autograd. The rest (alpha, the map, upsampling, the way back to the photo) is
+they train (``Engine.activations_and_gradients``): the NumPy engine runs the layers after A
+forward, then its own backward passes from a one-hot d logits (eval mode, so BatchNorm uses
+its running statistics); the PyTorch engine asks autograd. The rest (alpha, the map, upsampling, the way back to the photo) is
 shared NumPy code below, so the two engines' maps differ only by float32 rounding.
 
 For TriageCNN the head is global average pooling then one linear layer, so
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytriage.models.cnn import CNNConfig, feature_layers
-from tinytriage.errors import TinyTriageError
 from tinytriage.data.preprocess import LetterboxGeometry
+from tinytriage.errors import TinyTriageError
+from tinytriage.models.cnn import CNNConfig, feature_layers
 
 
 @dataclass
@@ -70,58 +70,6 @@ def target_layer(cfg: CNNConfig, layer: str | None = None) -> tuple[int, str]:
     return names.index(layer), layer
 
 
-# -- d y_c / d A, one function per engine ----------------------------------------------------
-def _numpy_activations_and_gradients(model, x: np.ndarray, class_index: np.ndarray, t: int):
-    """Forward to layer t, the rest forward, then back from a one-hot d logits to layer t."""
-    model.eval()
-    layers = list(model.features)
-    a = x
-    for layer in layers[: t + 1]:
-        a = layer(a)
-    A = a  # (N, K, h, w)
-    for layer in layers[t + 1 :]:
-        a = layer(a)
-    logits = model.head(a)  # (N, classes)
-    # y = sum_n y_{c_n}(photo n): in eval mode the photos do not interact, so the gradient of
-    # the sum with respect to photo n's activations is that photo's own d y_c / d A
-    dlogits = np.zeros_like(logits)
-    dlogits[np.arange(len(x)), class_index] = 1.0  # d y / d logits: one-hot per photo
-    g = model.head.backward(dlogits)
-    for layer in reversed(layers[t + 1 :]):
-        g = layer.backward(g)
-    return A, g, logits
-
-
-def _torch_activations_and_gradients(engine, x: np.ndarray, class_index: np.ndarray, t: int):
-    """The same with autograd: A as a leaf, y_c summed over the batch, torch.autograd.grad."""
-    import torch
-
-    model = engine.model
-    model.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x)).to(engine.device, engine.dtype)
-    with torch.enable_grad():
-        with torch.no_grad():
-            A = model.features[: t + 1](xt)  # (N, K, h, w)
-        A.requires_grad_(True)
-        logits = model.head(model.features[t + 1 :](A))  # (N, classes)
-        idx = torch.as_tensor(class_index, device=logits.device)
-        y = logits[torch.arange(len(x), device=logits.device), idx].sum()
-        (dA,) = torch.autograd.grad(y, A)
-    as_np = lambda v: v.detach().float().cpu().numpy()  # noqa: E731
-    return as_np(A), as_np(dA), as_np(logits)
-
-
-def activations_and_gradients(
-    engine, x: np.ndarray, class_index: np.ndarray, layer_index: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(A, d y_c / d A, logits) at ``features[layer_index]`` for photos x (N, 3, S, S)."""
-    if engine.name == "numpy":
-        return _numpy_activations_and_gradients(engine.model, x, class_index, layer_index)
-    if engine.name == "torch":
-        return _torch_activations_and_gradients(engine, x, class_index, layer_index)
-    raise TinyTriageError(f"Grad-CAM: unknown engine {engine.name!r}")
-
-
 # -- the method ------------------------------------------------------------------------------
 def cam_from(activations: np.ndarray, gradients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(alpha (N, K), cam (N, h, w)) from A and d y_c / d A, both (N, K, h, w)."""
@@ -142,7 +90,7 @@ def grad_cam(
     class_index = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,)).copy()
     if class_index.min() < 0 or class_index.max() >= cfg.num_classes:
         raise TinyTriageError(f"Grad-CAM: class index out of range 0..{cfg.num_classes - 1}")
-    A, dA, logits = activations_and_gradients(engine, x, class_index, t)
+    A, dA, logits = engine.activations_and_gradients(x, class_index, t)  # (N, K, h, w) twice, (N, classes)
     alpha, cam = cam_from(A, dA)
     return CamMaps(name, class_index, logits, A, dA, alpha, cam)
 

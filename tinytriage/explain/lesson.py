@@ -42,8 +42,9 @@ import numpy as np
 
 from tinytriage import __version__
 from tinytriage.errors import DatasetError, ModelFileError, TinyTriageError
+from tinytriage.models import get_arch
 
-ARCHS = ("cnn", "vit")
+ARCHS = ("cnn", "vit")  # the lesson compares these two (the table in tinytriage.models has them all)
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -228,10 +229,10 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
     """Train the CNN and the ViT on every size with the same budget; test both on one test set;
     then the translation test on the pair trained on the largest set.
 
-    Each model keeps its own optimizer and learning rate (``train.ARCH_DEFAULTS``: SGD for
+    Each model keeps its own optimizer and learning rate (the architecture table's ``train_defaults``: SGD for
     the CNN, AdamW for the ViT); both warm up over the first 5% of their steps and use the
     same batch size, augmentation and validation split."""
-    from tinytriage.engines.numpy_engine import load_engine
+    from tinytriage.engines import load_engine
     from tinytriage.models.file import build_numpy_model, read_model
     from tinytriage.training.loop import TrainConfig, evaluate_arrays, train
 
@@ -264,7 +265,7 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
                     data_dir=str(data), out=str(work / "runs" / f"{arch}-n{n}"), arch=arch, backend=cfg.backend,
                     device=cfg.device, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                     input_size=cfg.input_size, warmup_epochs=WARMUP_FRACTION * epochs,
-                    model_config=cfg.cnn_config if arch == "cnn" else cfg.vit_config,
+                    model_config={"cnn": cfg.cnn_config, "vit": cfg.vit_config}[arch],
                 )  # fmt: skip
                 result = train(tcfg, _quiet(emit))
                 if result.interrupted:
@@ -297,7 +298,7 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
 
     result = LessonResult(cfg, "epochs" if cfg.epochs is not None else "steps", len(y_test), runs, translation)
     if cfg.save:
-        from tinytriage.models.file import atomic_write_bytes
+        from tinytriage.files import atomic_write_bytes
         from tinytriage.plots import accuracy_vs_size_png
 
         png = accuracy_vs_size_png(
@@ -363,15 +364,8 @@ def _finite(obj: Any) -> Any:
 
 def count_macs(arch: str, config: dict) -> int:
     """Multiply-adds of one forward pass for one photo."""
-    if arch == "cnn":
-        from tinytriage.models.cnn import CNNConfig
-        from tinytriage.models.cnn import count_macs as cnn_macs
-
-        return cnn_macs(CNNConfig.from_dict(config))
-    from tinytriage.models.vit import ViTConfig
-    from tinytriage.models.vit import count_macs as vit_macs
-
-    return vit_macs(ViTConfig.from_dict(config))
+    spec = get_arch(arch)
+    return spec.count_macs(spec.from_dict(config))
 
 
 # -- the translation test ------------------------------------------------------------------

@@ -33,14 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from tinytriage.models.cnn import CNNConfig, feature_layers
 from tinytriage.data.datasets import read_damage_box
+from tinytriage.data.preprocess import LetterboxGeometry
 from tinytriage.errors import DatasetError, ImageError, TinyTriageError
 from tinytriage.explain.gradcam import Localization, grad_cam, heat_on_photo, localize
+from tinytriage.explain.receptive import receptive_fields
+from tinytriage.models import get_arch
+from tinytriage.models.cnn import CNNConfig, feature_layers
 from tinytriage.nn.conv import conv2d_cell, conv_output_size
 from tinytriage.nn.pool import maxpool2d_reference
-from tinytriage.data.preprocess import LetterboxGeometry
-from tinytriage.explain.receptive import receptive_fields
 
 DEFAULT_LAYER = "relu1"  # see the module docstring, point 2
 OVERLAY_MAX_SIDE = 1024  # the saved overlay PNG is the photo scaled to at most this long side
@@ -139,13 +140,13 @@ def _vit_summary(config: dict) -> ModelSummary:
     return ModelSummary("vit", cfg.img_size, rows, sum(r.params for r in rows))
 
 
+# how each family of the architecture table is summarised, by what explain shows for it
+_SUMMARIES = {"grad-cam": lambda config: _cnn_summary(CNNConfig.from_dict(config)), "attention rollout": _vit_summary}
+
+
 def model_summary(arch: str, config: dict) -> ModelSummary:
     """The layer table of an architecture, computed from its config alone."""
-    if arch == "cnn":
-        return _cnn_summary(CNNConfig.from_dict(config))
-    if arch == "vit":
-        return _vit_summary(config)
-    raise TinyTriageError(f"unknown architecture {arch!r} (known: cnn, vit)")
+    return _SUMMARIES[get_arch(arch).heatmap](config)
 
 
 def cell_input_window(
@@ -170,28 +171,6 @@ class FeatureMaps:
     maps: np.ndarray  # (len(channels), h, w)
     vmin: float  # value range over the shown maps (the terminal legend)
     vmax: float
-
-
-def layer_outputs(engine, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every ``features`` layer's output for one photo, (C, h, w) each, by name, in eval mode."""
-    names = [role for _kind, role, _args in feature_layers(engine.model.cfg)]
-    outs: dict[str, np.ndarray] = {}
-    model = engine.model
-    model.eval()
-    if engine.name == "torch":
-        import torch
-
-        with torch.no_grad():
-            a = torch.from_numpy(np.ascontiguousarray(x)).to(engine.device, engine.dtype)
-            for name, layer in zip(names, model.features, strict=True):
-                a = layer(a)
-                outs[name] = a[0].float().cpu().numpy()
-        return outs
-    a = x
-    for name, layer in zip(names, model.features, strict=True):
-        a = layer(a)
-        outs[name] = a[0]
-    return outs
 
 
 # -- 3. one cell by hand ------------------------------------------------------------------------
@@ -339,35 +318,17 @@ def heat_maps(predictor, x: np.ndarray, class_index: int | np.ndarray | None) ->
     predicted one), attention rollout for a ViT. Returns method, layer, cams (N, h, w),
     alpha (N, K) or None, class_index (N,) or None, logits (N, classes)."""
     mf, engine = predictor.model_file, predictor.engine
-    if mf.arch == "cnn":
+    method = get_arch(mf.arch).heatmap
+    if method == "grad-cam":
         m = grad_cam(engine, engine.model.cfg, x, class_index)
-        return dict(
-            method="grad-cam", layer=m.layer, cams=m.cam, alpha=m.alpha, class_index=m.class_index, logits=m.logits
-        )
-    if mf.arch == "vit":
-        try:
-            from tinytriage.explain.rollout import attention_rollout, cls_attention_maps
-        except ImportError:
-            raise TinyTriageError("explain for vit models: not yet available") from None
-        from tinytriage.models.vit import ViTConfig, forward_with_attention
+        return dict(method=method, layer=m.layer, cams=m.cam, alpha=m.alpha, class_index=m.class_index, logits=m.logits)
+    from tinytriage.explain.rollout import attention_rollout, cls_attention_maps
 
-        cfg = ViTConfig.from_dict(mf.config)
-        if engine.name == "torch":
-            import torch
-
-            engine.model.eval()
-            with torch.no_grad():
-                logits, attns = engine.model(torch.from_numpy(x).to(engine.device, engine.dtype), return_attn=True)
-            logits, attns = logits.float().cpu().numpy(), [a.float().cpu().numpy() for a in attns]
-        else:
-            logits, attns = forward_with_attention(engine.model, x)
-        cams = attention_rollout(attns, cfg.grid_size)
-        heads = cls_attention_maps(attns, cfg.grid_size)  # (layers, N, heads, gh, gw)
-        return dict(
-            method="attention rollout", layer="blocks", cams=cams, alpha=None, class_index=None, logits=logits,
-            head_maps=heads,
-        )  # fmt: skip
-    raise TinyTriageError(f"explain: unknown architecture {mf.arch!r}")
+    grid = engine.model.patch_embed.grid_size  # (gh, gw) patches
+    logits, attns = engine.logits_and_attention(x)
+    cams = attention_rollout(attns, grid)
+    heads = cls_attention_maps(attns, grid)  # (layers, N, heads, gh, gw)
+    return dict(method=method, layer="blocks", cams=cams, alpha=None, class_index=None, logits=logits, head_maps=heads)
 
 
 def _overlay(photo, heat: np.ndarray, geom: LetterboxGeometry, peak: tuple[int, int] | None, max_side: int) -> bytes:
@@ -485,7 +446,7 @@ def _explain_cnn(
     """Sections 2 and 3: the layer's maps, its block's cell by hand, the pool window after it."""
     cfg = predictor.engine.model.cfg
     name, conv_i = _pick_layer(cfg, layer)
-    outs = layer_outputs(predictor.engine, x)
+    outs = predictor.engine.layer_outputs(x)  # name -> (C, h, w)
     fmap = outs[name]  # (C, h, w)
     C = fmap.shape[0]
     if channel is not None and not 0 <= channel < C:
@@ -532,9 +493,9 @@ def explain_photo(
     ``channel``); with ``at`` alone, the channel most active at that cell. ``class_name`` is the Grad-CAM class (default: the predicted one).
     ``save_dir`` writes the feature-map grid and the heatmap overlay as PNGs. ``model`` None
     means the bundled model of ``arch`` (default cnn)."""
-    from tinytriage.models.file import atomic_write_bytes
-    from tinytriage.inference.predict import PhotoFailure, Predictor
     from tinytriage.data.preprocess import load_image, preprocess_with_geometry
+    from tinytriage.files import atomic_write_bytes
+    from tinytriage.inference.predict import PhotoFailure, Predictor
 
     predictor = Predictor.load(model, backend=backend, arch=arch, device=device)
     mf = predictor.model_file
@@ -549,7 +510,7 @@ def explain_photo(
         class_index = mf.classes.index(class_name)
 
     features = cell = pool = pool_note = None
-    if mf.arch == "cnn":
+    if get_arch(mf.arch).heatmap == "grad-cam":  # a conv net: its maps and one cell by hand
         features, cell, pool, pool_note = _explain_cnn(predictor, x, geom, layer, channel, at)
     elif layer is not None or channel is not None or at is not None:
         raise TinyTriageError(
@@ -653,8 +614,8 @@ def _in_box(point: tuple[int, int] | None, box: tuple[int, int, int, int]) -> bo
 def pointing_game(data_dir: str | os.PathLike, predictor, *, batch_size: int = 32) -> PointingResult:
     """For every ``screen_damage`` photo of ``data_dir`` with a ``NAME.json`` damage box
     (EXIF-upright photo pixels): does the heatmap's peak for screen_damage fall in the box?"""
-    from tinytriage.inference.predict import expand_inputs
     from tinytriage.data.preprocess import preprocess_with_geometry
+    from tinytriage.inference.predict import expand_inputs
 
     mf = predictor.model_file
     if POINTING_CLASS not in mf.classes:
@@ -701,7 +662,7 @@ def pointing_game(data_dir: str | os.PathLike, predictor, *, batch_size: int = 3
     hits, centre_hits = sum(p.hit for p in photos), sum(p.center_hit for p in photos)
     nan = float("nan")
     return PointingResult(
-        str(data_dir), POINTING_CLASS, "grad-cam" if mf.arch == "cnn" else "attention rollout", 0,
+        str(data_dir), POINTING_CLASS, get_arch(mf.arch).heatmap, 0,
         hits, n, hits / n if n else nan, centre_hits, centre_hits / n if n else nan,
         float(np.mean(fractions)) if fractions else nan, photos, skipped,
     )  # fmt: skip

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from tinytriage.training.calibration import expected_calibration_error
+from tinytriage.data.routes import HUMAN_REVIEW
 from tinytriage.errors import DatasetError
 from tinytriage.inference.predict import PhotoFailure, Predictor
-from tinytriage.data.routes import HUMAN_REVIEW
+from tinytriage.training.calibration import expected_calibration_error
 
 
 @dataclass

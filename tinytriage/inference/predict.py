@@ -29,11 +29,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from tinytriage.training.calibration import softmax
-from tinytriage.errors import ImageError, TinyTriageError
-from tinytriage.models.file import ModelFile, read_model_or_bundled
 from tinytriage.data.routes import HUMAN_REVIEW
+from tinytriage.errors import ImageError, TinyTriageError
 from tinytriage.inference.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
+from tinytriage.models.file import ModelFile, read_model_or_bundled
+from tinytriage.training.calibration import softmax
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -108,7 +108,7 @@ class Predictor:
         """``model``: a model file, or None for the bundled model of ``arch`` (default cnn).
         The file records its architecture; ``arch`` only checks it. ``second_look=False``
         ignores the file's second-look setting (first look only)."""
-        from tinytriage.engines.numpy_engine import load_engine
+        from tinytriage.engines import load_engine
 
         mf, path = read_model_or_bundled(model, arch)
         engine = load_engine(backend, mf, device=device)

@@ -33,51 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinytriage.models import get_arch
+from tinytriage.models.file import DEFAULT_CAM_FRAC, DEFAULT_MARGIN, SecondLook
+
 if TYPE_CHECKING:
-    from tinytriage.inference.predict import Predictor
     from tinytriage.data.preprocess import LetterboxGeometry
+    from tinytriage.inference.predict import Predictor
 
 # CAM box and gate: chosen on a tuning set generated with --seed 3 (neither the training
 # seed nor the README's test seed) and kept fixed; only ``below`` is tuned per model.
 DEVICE_CLASSES = ("intact_device", "screen_damage")  # where a closer look can tell damage apart
-DEFAULT_CAM_FRAC = 0.1
-DEFAULT_MARGIN = 0.25
 BELOW_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
-
-
-@dataclass(frozen=True)
-class SecondLook:
-    """When and where to look again. Stored in the model file under ``second_look``."""
-
-    classes: tuple[str, ...]  # a first look whose top class is one of these may get a second
-    below: float  # ... when its confidence is below this (0: never, above 1: always)
-    cam_frac: float = DEFAULT_CAM_FRAC  # CAM cells at >= this fraction of the max make the box
-    margin: float = DEFAULT_MARGIN  # cells added on each side of that box
-
-    def __post_init__(self) -> None:
-        if not self.classes or not all(isinstance(c, str) for c in self.classes):
-            raise ValueError(f"classes must be a non-empty list of class names, got {self.classes!r}")
-        if not 0.0 <= self.below <= 1.01:
-            raise ValueError(f"below must be between 0 and 1.01, got {self.below}")
-        if not 0.0 < self.cam_frac <= 1.0:
-            raise ValueError(f"cam_frac must be in (0, 1], got {self.cam_frac}")
-        if not 0.0 <= self.margin <= 8.0:
-            raise ValueError(f"margin must be between 0 and 8 cells, got {self.margin}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "classes": list(self.classes)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SecondLook:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(
-            classes=tuple(str(c) for c in d["classes"]),
-            below=float(d["below"]),
-            cam_frac=float(d.get("cam_frac", DEFAULT_CAM_FRAC)),
-            margin=float(d.get("margin", DEFAULT_MARGIN)),
-        )
 
 
 def gate(probs: np.ndarray, class_idx: list[int], below: float) -> np.ndarray:
@@ -207,9 +173,9 @@ def calibrate_folder(
     Use photos the model was not trained on."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
     from tinytriage.data.datasets import scan_folder
     from tinytriage.errors import DatasetError
+    from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
 
     predictor, idx = _cnn_predictor(model, classes, "calibrate")
     mf = predictor.model_file
@@ -294,8 +260,8 @@ def write_close_ups(
     from pathlib import Path
 
     from tinytriage.data.datasets import scan_folder
-    from tinytriage.models.file import atomic_write_bytes
     from tinytriage.data.preprocess import load_image, map_threads
+    from tinytriage.files import atomic_write_bytes
 
     t0 = time.perf_counter()
     predictor, idx = _cnn_predictor(model, classes, "close-ups")
@@ -353,8 +319,10 @@ def _cnn_predictor(model: Any, classes: tuple[str, ...], what: str) -> tuple[Pre
 
     predictor = Predictor.load(model, second_look=False)
     mf = predictor.model_file
-    if mf.arch != "cnn":
-        raise TinyTriageError(f"{what}: the second look needs a CNN (class activation maps); this model is a {mf.arch}")
+    if get_arch(mf.arch).features_module is None:
+        raise TinyTriageError(
+            f"{what}: the second look needs a CNN (class activation maps); this model is a {mf.arch}"
+        )
     missing = [c for c in classes if c not in mf.classes]
     if missing:
         raise TinyTriageError(f"{what}: the model has no class {', '.join(missing)}")

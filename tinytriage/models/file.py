@@ -14,22 +14,19 @@ partial file under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import signal
 import struct
-import tempfile
-import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tinytriage import __version__
-from tinytriage.errors import ModelFileError
+from tinytriage.errors import ModelFileError, TinyTriageError
+from tinytriage.files import atomic_write_bytes, finite_json
+from tinytriage.models import get_arch
 
 FORMAT_VERSION = 1
 METADATA_KEY = "tinytriage"
@@ -78,6 +75,47 @@ class ModelFile:
         }
 
 
+# -- the second look a model file may ask for (tinytriage.inference.second_look) ------
+# the CAM box's two numbers: chosen on a tuning set generated with --seed 3, kept fixed
+DEFAULT_CAM_FRAC = 0.1
+DEFAULT_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class SecondLook:
+    """When and where to look again. Stored in the model file under ``second_look``."""
+
+    classes: tuple[str, ...]  # a first look whose top class is one of these may get a second
+    below: float  # ... when its confidence is below this (0: never, above 1: always)
+    cam_frac: float = DEFAULT_CAM_FRAC  # CAM cells at >= this fraction of the max make the box
+    margin: float = DEFAULT_MARGIN  # cells added on each side of that box
+
+    def __post_init__(self) -> None:
+        if not self.classes or not all(isinstance(c, str) for c in self.classes):
+            raise ValueError(f"classes must be a non-empty list of class names, got {self.classes!r}")
+        if not 0.0 <= self.below <= 1.01:
+            raise ValueError(f"below must be between 0 and 1.01, got {self.below}")
+        if not 0.0 < self.cam_frac <= 1.0:
+            raise ValueError(f"cam_frac must be in (0, 1], got {self.cam_frac}")
+        if not 0.0 <= self.margin <= 8.0:
+            raise ValueError(f"margin must be between 0 and 8 cells, got {self.margin}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SecondLook:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(
+            classes=tuple(str(c) for c in d["classes"]),
+            below=float(d["below"]),
+            cam_frac=float(d.get("cam_frac", DEFAULT_CAM_FRAC)),
+            margin=float(d.get("margin", DEFAULT_MARGIN)),
+        )
+
+
 # -- saving ---------------------------------------------------------------------------
 
 
@@ -91,78 +129,6 @@ def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
     meta = json.dumps(finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
     tensors = {k: np.array(v, order="C", copy=None) for k, v in model_file.tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Temporary file in the same folder, write, flush, fsync, rename over ``path``.
-
-    SIGINT is held back while the write runs (a second Ctrl-C then stops the program only
-    after the file is whole); on any error the temporary file is removed and the previous
-    file at ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with _sigint_deferred():
-            # mkstemp makes the file private (0600); give it the usual mode for new files
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ModelFileError(
-            f"{path}: could not write ({err.strerror or err}); the previous file is unchanged"
-        ) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold SIGINT until the block ends, then deliver it (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
-
-
-def finite_json(obj: Any) -> Any:
-    """Strict-JSON-safe copy: NaN/Inf floats -> None, tuples -> lists, NumPy -> Python.
-
-    Used for model-file headers here and for every ``--json`` output (``tinytriage.cli.render``).
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    if hasattr(obj, "tolist"):  # NumPy arrays and scalars
-        return finite_json(obj.tolist())
-    return obj
 
 
 # -- loading --------------------------------------------------------------------------
@@ -245,8 +211,6 @@ def _check_second_look(mf: ModelFile, path: Path) -> None:
     """A second-look setting must parse, name classes of the model, and sit on a CNN."""
     if not mf.second_look:
         return
-    from tinytriage.inference.second_look import SecondLook
-
     try:
         look = SecondLook.from_dict(mf.second_look)
     except (KeyError, TypeError, ValueError) as err:
@@ -254,14 +218,13 @@ def _check_second_look(mf: ModelFile, path: Path) -> None:
     unknown = [c for c in look.classes if c not in mf.classes]
     if unknown:
         raise ModelFileError(f"{path}: second_look names class(es) {', '.join(unknown)} that the model does not have")
-    if mf.arch != "cnn":
+    if get_arch(mf.arch).features_module is None:
         raise ModelFileError(f"{path}: second_look needs a CNN (its class activation maps); this is a {mf.arch}")
 
 
 def expected_tensors(arch: str, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Name -> (shape, dtype) that the architecture needs, from a freshly built NumPy model."""
-    model = build_numpy_model(arch, config, init=False)
-    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    """Name -> (shape, dtype) that the architecture needs (``models.ARCHS``)."""
+    return get_arch(arch).expected_tensors(config)
 
 
 def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
@@ -302,33 +265,16 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
 def full_config(arch: str, config: dict) -> dict:
     """``config`` with every field of the architecture's config dataclass: a file written
     before a field existed (the CNN's ``pool``, say) reads as that field's default."""
-    if arch == "cnn":
-        from tinytriage.models.cnn import CNNConfig
-
-        return CNNConfig.from_dict(config).to_dict()
-    if arch == "vit":
-        from tinytriage.models.vit import ViTConfig
-
-        return ViTConfig.from_dict(config).to_dict()
-    raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
+    try:
+        return get_arch(arch).full_config(config)
+    except TinyTriageError as err:
+        raise ModelFileError(str(err)) from None
 
 
 def build_numpy_model(arch: str, config: dict, seed: int = 0, init: bool = True):
     """The NumPy engine's model for an architecture name and its config dict, its weights
-    drawn from ``seed``; ``init=False``: all zeros, for weights about to be loaded
-    (``nn.NoInit``)."""
-    from tinytriage import nn
-
-    rng = np.random.default_rng(seed) if init else nn.NoInit(seed)
-    if arch == "cnn":
-        from tinytriage.models.cnn import CNNConfig, TriageCNN
-
-        return TriageCNN(CNNConfig.from_dict(config), rng=rng)
-    if arch == "vit":
-        from tinytriage.models.vit import ViTConfig, build_vit
-
-        return build_vit(ViTConfig.from_dict(config), rng=rng)
-    raise ModelFileError(f"unknown architecture {arch!r} (known: cnn, vit)")
+    drawn from ``seed``; ``init=False``: all zeros, for weights about to be loaded."""
+    return get_arch(arch).numpy_model(config, seed=seed, init=init)
 
 
 # -- the bundled model ---------------------------------------------------------------

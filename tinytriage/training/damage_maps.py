@@ -36,8 +36,8 @@ import numpy as np
 
 from tinytriage import nn
 from tinytriage.data.datasets import read_damage_box
-from tinytriage.nn.module import Module
 from tinytriage.data.preprocess import LetterboxGeometry
+from tinytriage.nn.module import Module
 
 #: Coverage is measured at SAMPLES x SAMPLES points per cell (16 at the default).
 SAMPLES = 4
@@ -98,3 +98,10 @@ class DamageMapHead(Module):
     def backward(self, grad_out: float = 1.0) -> np.ndarray:  # type: ignore[override]
         dz, _ = self.loss_fn.backward(self.weight * grad_out)  # (N, 1, h, w)
         return self.conv.backward(dz)  # (N, C, h, w): this task's share of df
+
+
+def damage_head_for(model: Module, weight: float, seed: int = 0) -> DamageMapHead:
+    """The head for a conv net's last stage (its channels and float type), seeded by ``seed``."""
+    rng = np.random.default_rng([seed, 1])
+    dtype = model.features[0].params["weight"].dtype  # the first conv's: the model's float type
+    return DamageMapHead(model.cfg.widths[-1], weight, rng=rng).astype(dtype)

@@ -31,16 +31,15 @@ from typing import Any
 import numpy as np
 
 from tinytriage import __version__
-
-from tinytriage.engines import distributed
-from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
-from tinytriage.models.cnn import CNNConfig, feature_map_size
-from tinytriage.engines.numpy_engine import OptimConfig, make_engine
-from tinytriage.errors import DatasetError, TrainingError
-from tinytriage.models.file import ModelFile, atomic_write_bytes, save_model
 from tinytriage.data.routes import DEFAULT_ROUTES, HUMAN_REVIEW
+from tinytriage.engines import OptimConfig, distributed, make_engine
+from tinytriage.errors import DatasetError, TinyTriageError, TrainingError
+from tinytriage.files import atomic_write_bytes
+from tinytriage.models import get_arch
+from tinytriage.models.cnn import CNNConfig, feature_map_size
+from tinytriage.models.file import ModelFile, save_model
+from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
 from tinytriage.training.schedule import lr_at
-from tinytriage.models.vit import ViTConfig
 
 # Pixels in [0, 1] are mapped to about [-2, 2]. A neutral choice rather than dataset
 # statistics: the first BatchNorm re-centres every channel anyway, and a fixed value keeps
@@ -60,7 +59,7 @@ class TrainConfig:
     device: str = "cpu"  # torch backend only
     epochs: int = 12
     batch_size: int = 64
-    lr: float | None = None  # peak learning rate; None: the arch's default (ARCH_DEFAULTS)
+    lr: float | None = None  # peak learning rate; None: the arch's default (models.ARCHS)
     warmup_epochs: float | None = None  # linear warm-up; None: the arch's default
     optimizer: str | None = None  # "sgd" or "adamw"; None: the arch's default
     weight_decay: float | None = None  # None: the arch's default
@@ -77,37 +76,15 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
 
 
-# What each architecture trains well with, used where the user gave no value.
-# CNN: SGD with Nesterov momentum at a high rate, which BatchNorm makes safe.
-# ViT: AdamW with weight decay 0.05 and a warm-up (DeiT's recipe, Touvron et al. 2021):
-# Adam's per-parameter step sizes suit attention, whose gradients differ in scale from
-# layer to layer (Zhang et al. 2020, "Why are adaptive methods good for attention
-# models?"). Measured on 60 generated photos per class, 48 px, 240 steps of 64: AdamW
-# 1e-3 reached 0.28 test accuracy, AdamW 3e-4 and 3e-3 0.22-0.24, SGD 0.05 0.22 (chance 0.2).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    # input_size: each architecture's own config default (CNNConfig.input_size, ViTConfig.img_size)
-    "cnn": {
-        "optimizer": "sgd",
-        "lr": 0.05,
-        "weight_decay": 5e-4,
-        "warmup_epochs": 0.5,
-        "input_size": CNNConfig.input_size,
-    },
-    "vit": {
-        "optimizer": "adamw",
-        "lr": 1e-3,
-        "weight_decay": 0.05,
-        "warmup_epochs": 1.0,
-        "input_size": ViTConfig.img_size,
-    },
-}
-
-
 def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with every option left at None filled from ``ARCH_DEFAULTS[cfg.arch]``."""
-    if cfg.arch not in ARCH_DEFAULTS:
-        raise TrainingError(f"unknown architecture {cfg.arch!r} (known: {', '.join(ARCH_DEFAULTS)})")
-    unset = {k: v for k, v in ARCH_DEFAULTS[cfg.arch].items() if getattr(cfg, k) is None}
+    """``cfg`` with every option left at None filled from its architecture's
+    ``train_defaults`` (``models.ARCHS``) and config's input size."""
+    try:
+        spec = get_arch(cfg.arch)
+    except TinyTriageError as err:
+        raise TrainingError(str(err)) from None
+    defaults = {**spec.train_defaults, "input_size": spec.default_input_size}
+    unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     return replace(cfg, **unset)
 
 
@@ -145,19 +122,7 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def _arch_config(cfg: TrainConfig, num_classes: int) -> dict:
-    if cfg.arch == "cnn":
-        from tinytriage.models.cnn import CNNConfig
-
-        return CNNConfig.from_dict(
-            {**cfg.model_config, "num_classes": num_classes, "input_size": cfg.input_size}
-        ).to_dict()
-    if cfg.arch == "vit":
-        from tinytriage.models.vit import ViTConfig
-
-        return ViTConfig.from_dict(
-            {**cfg.model_config, "num_classes": num_classes, "img_size": cfg.input_size}
-        ).to_dict()
-    raise TrainingError(f"unknown architecture {cfg.arch!r} (known: cnn, vit)")
+    return get_arch(cfg.arch).config_for(cfg.model_config, num_classes, cfg.input_size)
 
 
 def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
@@ -228,7 +193,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     arch_config = _arch_config(cfg, len(classes))
     if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
         raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
-    if cfg.damage_weight > 0 and (cfg.arch != "cnn" or cfg.backend != "numpy"):
+    if cfg.damage_weight > 0 and (get_arch(cfg.arch).features_module is None or cfg.backend != "numpy"):
         raise TrainingError("--damage-weight trains the NumPy CNN only (--arch cnn --backend numpy)")
     # --init and --resume: read and checked before the slow decode below; a resumed run's
     # checkpoint holds newer weights than --init
@@ -252,7 +217,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     engine = make_engine(cfg.backend, cfg.arch, arch_config, optim=optim, device=device, seed=cfg.seed)
     damage_boxes = None
     if cfg.damage_weight > 0:  # before any optimizer state is made or restored
-        from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage
+        from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
 
         grid = feature_map_size(CNNConfig.from_dict(arch_config))  # side of the map the head predicts
         damage_boxes = boxes_in_cache(train_cache.paths, train_cache.geometries)  # (n, 4), NaN: no box
@@ -263,7 +228,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
                 "with a damage_bbox, as `tinytriage samples` writes for screen_damage photos)"
             )
         emit({"event": "damage_boxes", "n": n_boxes, "of": len(damage_boxes)})
-        engine.attach_damage_head(cfg.damage_weight, cfg.seed)
+        engine.attach_damage_head(damage_head_for(engine.model, cfg.damage_weight, cfg.seed))
     if distributed.launched():
         engine.distribute()  # DDP: gradients averaged over ranks, BatchNorm over the global batch
 
@@ -308,8 +273,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     try:
         for epoch in range(start_epoch, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch])
-            if hasattr(engine, "reseed"):
-                engine.reseed([cfg.seed, epoch])
+            engine.reseed([cfg.seed, epoch])
             order = rng.permutation(n)
             t0 = time.perf_counter()
             loss_sum, correct, seen, damage_sum = 0.0, 0, 0, 0.0
@@ -525,11 +489,8 @@ def _init_weights(path: Path, arch_config: dict, cfg: TrainConfig, classes: list
 
     mf = read_model(path)  # every tensor checked: names, shapes, dtypes, finite
     saved = mf.config  # read_model fills in fields added since the file was written
-    # All but two CNN settings must match. The head's pooling may change: the linear layer's
-    # columns are carried over below. So may the input size: every CNN weight is a conv kernel,
-    # a BatchNorm channel or the linear layer after global pooling, none tied to the photo's size
-    # (a ViT's position embedding is, so a ViT's input size must match).
-    free = {"pool": None, "input_size": None} if cfg.arch == "cnn" else {"pool": None}
+    # all settings but the architecture's finetune_free ones must match (models.ARCHS says why)
+    free = dict.fromkeys(get_arch(cfg.arch).finetune_free)
     if mf.arch != cfg.arch or {**saved, **free} != {**arch_config, **free}:
         diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")

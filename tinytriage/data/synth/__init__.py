@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tinytriage.errors import DatasetError
 from tinytriage.data.routes import DEFAULT_ROUTES
 from tinytriage.data.synth import camera, devices, documents, other, parcels, scenes
 from tinytriage.data.synth.damage import Damage
+from tinytriage.errors import DatasetError
 
 __all__ = ["CLASSES", "GenerateReport", "encode_photo", "generate_dataset", "photo_rng", "render_photo"]
 

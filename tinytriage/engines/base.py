@@ -1,0 +1,82 @@
+"""What an engine is: the calls that training, ``predict``, ``explain`` and ``compare``
+make, written once for both engines.
+
+    logits = engine.logits(x)                    # eval mode, no gradients
+    loss, logits = engine.train_step(x, y, lr)   # forward, backward, optimizer step
+    engine.state_dict() / engine.load_state_dict(sd)
+
+Arrays in and out are NumPy, whatever the engine computes with. ``NumpyEngine``
+(``numpy_engine.py``) runs tinytriage's own layers; ``TorchEngine`` (``torch_engine.py``)
+runs their PyTorch twins with autograd. No caller asks which one it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer both engines build, with PyTorch's semantics."""
+
+    name: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
+    lr: float = 0.05  # peak learning rate; the schedule scales it per step
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+
+
+class Engine(Protocol):
+    """A model and its optimizer behind the calls the rest of tinytriage makes."""
+
+    name: str  # "numpy" or "torch", for people (reports, JSON); never branched on
+    model: Any  # the engine's own model object
+
+    # -- inference (eval mode, no gradients) --
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) photos -> (N, classes) logits."""
+        ...
+
+    def logits_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the last spatial map (N, C, h, w), for class activation maps. Conv nets."""
+        ...
+
+    def logits_and_attention(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits and each block's attention probabilities (N, heads, T, T). Transformers."""
+        ...
+
+    def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every layer of ``features``, by name, for the first photo: (C, h, w) each. Conv nets."""
+        ...
+
+    def activations_and_gradients(
+        self, x: np.ndarray, class_index: np.ndarray, layer_index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, d y_c / d A, logits) at ``features[layer_index]``, for Grad-CAM. Conv nets."""
+        ...
+
+    # -- training --
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """Forward and backward in training mode, no step: (loss, logits, gradients by name)."""
+        ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
+        """Forward, backward, optimizer step: (loss, logits) of the batch."""
+        ...
+
+    def reseed(self, seed_seq: list[int]) -> None:
+        """Fresh random generators for dropout (per epoch, so resuming is exact)."""
+        ...
+
+    # -- weights and optimizer state, as flat dicts of arrays with PyTorch's names --
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+    def optimizer_state(self) -> dict: ...
+
+    def load_optimizer_state(self, state: dict) -> None: ...
