@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from test_second_look import _looking_model
 
-import tinytriage.inference.predict as predict
+import tinytriage.inference.lanes as lanes
 from tinytriage.inference.predict import PhotoFailure, Predictor, expand_inputs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lanes are forked: Linux only")
 
-_lane_run = predict._lane_run  # the real one, for _dies_on_marker
+_lane_run = lanes._lane_run  # the real one, for _dies_on_marker
 
 
 def _dies_on_marker(batch):
@@ -44,13 +44,13 @@ def many(tmp_path):
 
 def _spy_lanes(monkeypatch) -> list:
     calls = []
-    real = Predictor._in_lanes
+    real = lanes.run_in_lanes
 
-    def spy(self, *args):
+    def spy(predictor, *args):
         calls.append(args[1:])
-        yield from real(self, *args)
+        yield from real(predictor, *args)
 
-    monkeypatch.setattr(Predictor, "_in_lanes", spy)
+    monkeypatch.setattr(lanes, "run_in_lanes", spy)
     return calls
 
 
@@ -106,7 +106,7 @@ def test_a_lane_that_dies_loses_nothing(tiny_model_path, many, monkeypatch, slow
 
     p = Predictor.load(tiny_model_path)
     want = list(p.predict_paths(many, batch_size=2, workers=1))
-    monkeypatch.setattr(predict, "_lane_run", _dies_on_marker)
+    monkeypatch.setattr(lanes, "_lane_run", _dies_on_marker)
     got = list(p.predict_paths(paths(), batch_size=2, workers=2))
     _same(got, want)
     assert multiprocessing.active_children() == []
@@ -144,5 +144,5 @@ def test_two_folders_in_lanes_at_once_keep_their_own_predictor(tiny_model_path, 
         _same(g, w)
     reasons = [{r.review_reason for r in g if not isinstance(r, PhotoFailure)} for g in got]
     assert reasons == [{None}, {"low confidence"}]
-    assert predict._LANE is None  # the parent keeps none
+    assert lanes._LANE is None  # the parent keeps none
     assert multiprocessing.active_children() == []

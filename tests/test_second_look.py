@@ -160,8 +160,8 @@ def test_a_photo_gone_before_its_second_look_keeps_its_first(tmp_path, tiny_mode
 
     with ThreadPoolExecutor(1) as pool:
         first = softmax(logits, p.model_file.temperature)
-        assert list(p._look_again([photos[0]], first, features, [geom], pool)) == [0]
-        assert p._look_again([str(tmp_path / "gone.png")], first, features, [geom], pool) == {}
+        assert list(p.look_again([photos[0]], first, features, [geom], pool)) == [0]
+        assert p.look_again([str(tmp_path / "gone.png")], first, features, [geom], pool) == {}
 
 
 def test_predict_json_says_which_photos_were_looked_at_twice(tmp_path, tiny_model_file, photos):

@@ -358,7 +358,7 @@ def calibrate(
 ) -> None:
     """Fit a CNN's temperature, second look and review threshold on labelled photos; write a new model file."""
     from tinytriage.cli.render import print_calibration
-    from tinytriage.inference.second_look import calibrate_folder
+    from tinytriage.inference.tuning import calibrate_folder
     from tinytriage.models.file import save_model
 
     result = calibrate_folder(
@@ -381,7 +381,7 @@ def close_ups(
 ) -> None:
     """Write the close-ups a second look would see of every device photo (to fine-tune on)."""
     from tinytriage.cli.render import error_line
-    from tinytriage.inference.second_look import write_close_ups
+    from tinytriage.inference.tuning import write_close_ups
 
     r = write_close_ups(
         model, str(data_dir), str(out), link_originals=link_originals, max_side=max_side, workers=workers

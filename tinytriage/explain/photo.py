@@ -615,7 +615,7 @@ def pointing_game(data_dir: str | os.PathLike, predictor, *, batch_size: int = 3
     """For every ``screen_damage`` photo of ``data_dir`` with a ``NAME.json`` damage box
     (EXIF-upright photo pixels): does the heatmap's peak for screen_damage fall in the box?"""
     from tinytriage.data.preprocess import preprocess_with_geometry
-    from tinytriage.inference.predict import expand_inputs
+    from tinytriage.inference.inputs import expand_inputs
 
     mf = predictor.model_file
     if POINTING_CLASS not in mf.classes:

@@ -16,7 +16,6 @@ that fails gives a ``PhotoFailure`` and the rest carry on.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import sys
@@ -25,17 +24,17 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from tinytriage.data.routes import HUMAN_REVIEW
 from tinytriage.errors import ImageError, TinyTriageError
+from tinytriage.inference import lanes
+from tinytriage.inference.inputs import IMAGE_EXTENSIONS, PhotoFailure, expand_inputs, load_routes  # noqa: F401 (re-exported)
 from tinytriage.inference.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
 from tinytriage.models.file import ModelFile, read_model_or_bundled
 from tinytriage.training.calibration import softmax
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 @dataclass
@@ -68,17 +67,6 @@ class Prediction:
             "model": self.model,
             "second_look": self.second_look,
         }
-
-
-@dataclass
-class PhotoFailure:
-    """A photo that could not be predicted, and why."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "error": self.reason}
 
 
 @dataclass
@@ -175,7 +163,7 @@ class Predictor:
         head = list(itertools.islice(items, batch_size + 1))
         rest = itertools.chain(head, items)
         if workers > 1 and len(head) > batch_size and self._lanes_possible():
-            yield from self._in_lanes(rest, batch_size, workers)
+            yield from lanes.run_in_lanes(self, rest, batch_size, workers)
             return
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             yield from self._pipeline(rest, batch_size, pool)
@@ -184,55 +172,6 @@ class Predictor:
         """Forking is cheap and safe here: Linux (macOS's system libraries do not survive a
         fork), NumPy (torch keeps thread pools and devices that a fork does not copy)."""
         return sys.platform.startswith("linux") and self.backend == "numpy"
-
-    def _in_lanes(
-        self, paths: Iterator[str | PhotoFailure], batch_size: int, workers: int
-    ) -> Iterator[Prediction | PhotoFailure]:
-        """Each batch to the next free lane, results in input order. A lane runs
-        ``_pipeline`` with no threads of its own, so the machine's cores each run one
-        stream of work (no two threads of one process taking turns at its lock). Should
-        a lane die (killed, or a decoder crashing), the batches it held and all after
-        them run here instead: nothing is lost."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        sys.stdout.flush()  # a forked child flushes its copy of these buffers when it exits
-        sys.stderr.flush()
-        # a forked lane inherits its initializer's arguments: nothing is pickled but paths and results
-        lanes = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_lane_start,
-            initargs=(self, batch_size),
-        )
-        flying: deque[tuple[list, Future]] = deque()  # (batch, its results), in input order
-        batches = itertools.chain(_batches(paths, batch_size), [None])  # None: the input has ended
-        lost: list[list] = []  # the batches the lanes held when one died
-        try:
-            for batch in batches:
-                if batch is not None:
-                    try:
-                        flying.append((batch, lanes.submit(_lane_run, batch)))
-                    except BrokenProcessPool:  # a lane died before its results were asked for
-                        lost = [*(b for b, _ in flying), batch]
-                        break
-                # hand on the front batch once it is done, or when too many are in flight, or at the end
-                while flying and (batch is None or flying[0][1].done() or len(flying) > 2 * workers):
-                    front, done = flying.popleft()
-                    try:
-                        yield from done.result()
-                    except BrokenProcessPool:
-                        lost = [front, *(b for b, _ in flying)]
-                        break
-                if lost:
-                    break
-        finally:
-            lanes.shutdown(wait=True, cancel_futures=True)
-        if lost:  # the rest runs here: what the lanes held, then the input not yet read
-            rest = itertools.chain.from_iterable(itertools.chain(lost, (b for b in batches if b is not None)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                yield from self._pipeline(rest, batch_size, pool)
 
     def _pipeline(
         self, paths: Iterable[str | PhotoFailure], batch_size: int, pool: Any
@@ -342,11 +281,11 @@ class Predictor:
 
         return self.engine.logits(normalize(np.stack(arrays), self.preprocess_config))
 
-    def _look_again(
+    def look_again(
         self, paths: list[str], first: np.ndarray, features: np.ndarray, geoms: list, pool: ThreadPoolExecutor
     ) -> dict[int, np.ndarray]:
         """All of a batch's second looks at once, as logits {row: (K,)} (for
-        ``second_look.calibrate_folder``, which needs them at every temperature)."""
+        ``tuning.calibrate_folder``, which needs them at every temperature)."""
         regions = self._regions(first, features, geoms)
         arrays = dict(
             zip(regions, pool.map(lambda r: self._close_up(paths[r], regions[r]), list(regions)), strict=True)
@@ -365,118 +304,3 @@ class _Waiting:
     first: np.ndarray  # (K,) calibrated probabilities of the first look
     close_up: Future  # -> uint8 (S, S, 3), or None if the photo no longer decodes
     result: Prediction | None = None
-
-
-class _Inline:
-    """An executor that runs each task at once, on the calling thread (a lane's)."""
-
-    def submit(self, fn, *args) -> Future:
-        done: Future = Future()
-        done.set_result(fn(*args))
-        return done
-
-    def map(self, fn, items):
-        return map(fn, items)
-
-
-_LANE: tuple[Predictor, int] | None = None  # (predictor, batch size), in a lane only
-
-
-def _lane_start(predictor: Predictor, batch_size: int) -> None:
-    """In a new lane: what it predicts with, one thread (the cores are shared out by
-    lanes), and Ctrl-C is the parent's to handle (it stops the lanes). The parent keeps no
-    global of its own, so two folders in lanes at once (two threads) never mix."""
-    import signal
-
-    from tinytriage import nn
-
-    global _LANE
-    _LANE = (predictor, batch_size)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    nn.set_num_threads(1)
-
-
-def _lane_run(batch: list[str | PhotoFailure]) -> list[Prediction | PhotoFailure]:
-    predictor, batch_size = _LANE
-    return list(predictor._pipeline(batch, batch_size, _Inline()))
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
-
-
-# -- inputs: files, folders, globs, stdin ---------------------------------------------
-
-
-def expand_inputs(
-    args: list[str], *, recursive: bool = False, null: bool = False, stdin: TextIO | None = None
-) -> Iterator[str | PhotoFailure]:
-    """Each argument is a file, a folder (its images; ``recursive`` for subfolders), a glob,
-    or ``-`` for paths read from stdin (one per line, or NUL-separated with ``null``)."""
-    for arg in args:
-        if arg == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            yield from _read_paths(stream, null)
-            continue
-        p = Path(arg)
-        if p.is_dir():
-            yield from _walk(p, recursive)
-        elif p.exists() or p.is_symlink():
-            yield arg
-        elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=recursive))
-            if not matches:
-                yield PhotoFailure(arg, f"{arg}: no file matches this pattern")
-            for m in matches:
-                if Path(m).is_dir():
-                    yield from _walk(Path(m), recursive)
-                else:
-                    yield m
-        else:
-            yield PhotoFailure(arg, f"{arg}: no such file")
-
-
-def _read_paths(stream: TextIO, null: bool) -> Iterator[str]:
-    if null:
-        data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-        if isinstance(data, bytes):
-            data = os.fsdecode(data)
-        yield from (p for p in data.split("\0") if p)
-        return
-    for line in stream:
-        line = line.rstrip("\r\n")
-        if line:
-            yield line
-
-
-def _walk(root: Path, recursive: bool) -> Iterator[str]:
-    """Images under a folder, sorted; never follows folder symlinks (no symlink loops)."""
-    if not recursive:
-        for p in sorted(root.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-                yield str(p)
-        return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                yield os.path.join(dirpath, name)
-
-
-def load_routes(path: str | os.PathLike) -> dict[str, str]:
-    """A routes TOML file: ``[routes]`` table (or top-level keys) mapping class -> queue."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise TinyTriageError(f"{path}: routes file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise TinyTriageError(f"{path}: not valid TOML ({err})") from None
-    table = data.get("routes", data)
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise TinyTriageError(f'{path}: expected a [routes] table of class = "queue" strings')
-    return {str(k): v for k, v in table.items()}

@@ -20,25 +20,22 @@ matters, look again, closer:
    fills the input, so every detail is up to twice as large.
 5. The photo's probabilities are the mean of the two looks' (both temperature-scaled).
 
-``tinytriage calibrate`` picks ``below`` on validation photos (``tune_below``) and stores
-the whole setting in the model file, where ``predict`` and ``evaluate`` find it.
-``tinytriage close-ups`` writes the regions a second look would see, to train on.
+``tinytriage calibrate`` picks ``below`` on validation photos (``tune_below``, run by
+``tuning.calibrate_folder``) and stores the whole setting in the model file, where
+``predict`` and ``evaluate`` find it. ``tinytriage close-ups`` (``tuning.write_close_ups``)
+writes the regions a second look would see, to train on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytriage.models import get_arch
-from tinytriage.models.file import DEFAULT_CAM_FRAC, DEFAULT_MARGIN, SecondLook
+from tinytriage.models.file import SecondLook  # noqa: F401 (re-exported: the setting this method reads from a model file)
 
 if TYPE_CHECKING:
     from tinytriage.data.preprocess import LetterboxGeometry
-    from tinytriage.inference.predict import Predictor
 
 # CAM box and gate: chosen on a tuning set generated with --seed 3 (neither the training
 # seed nor the README's test seed) and kept fixed; only ``below`` is tuned per model.
@@ -129,227 +126,3 @@ def head_weight(model_file: Any) -> np.ndarray:
         k for k, v in model_file.tensors.items() if k.startswith("head.") and k.endswith(".weight") and v.ndim == 2
     ]
     return model_file.tensors[name]
-
-
-# -- calibrating a model file on a labelled folder -----------------------------------
-
-
-@dataclass
-class Calibration:
-    """What ``calibrate_folder`` fitted, and how the validation photos scored."""
-
-    model_file: Any  # the ModelFile, with temperature, threshold and second_look replaced
-    n: int  # validation photos that decoded
-    failures: list[tuple[str, str]]  # (path, why) for the photos that did not
-    temperature: float
-    threshold: float
-    below: float
-    rows: list[dict[str, float]]  # tune_below's table: below, accuracy, looked
-    ece_before: float  # first look, T = 1
-    ece_after: float  # final probabilities (temperature, then second look)
-    accuracy_first: float  # first look only
-    accuracy: float  # with the second look
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "model_file"}
-
-
-def calibrate_folder(
-    model: Any,
-    data_dir: str,
-    *,
-    classes: tuple[str, ...] = DEVICE_CLASSES,
-    target_precision: float = 0.99,
-    batch_size: int = 64,
-    workers: int = 2,
-) -> Calibration:
-    """Fit a CNN model file's temperature, second look and review threshold on labelled
-    photos (one subfolder per class), in that order, each on the one before:
-
-    1. temperature: on the first look's logits (``calibrate.fit_temperature``);
-    2. ``below``: ``tune_below`` on first and second looks, at that temperature;
-    3. threshold: ``calibrate.pick_threshold`` on the final probabilities.
-
-    Use photos the model was not trained on."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tinytriage.data.datasets import scan_folder
-    from tinytriage.errors import DatasetError
-    from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
-
-    predictor, idx = _cnn_predictor(model, classes, "calibrate")
-    mf = predictor.model_file
-    dataset = scan_folder(data_dir)
-    unknown = [c for c in dataset.classes if c not in mf.classes]
-    if unknown:
-        raise DatasetError(f"{data_dir}: class folder(s) {', '.join(unknown)} are not classes of this model")
-    predictor.second_look = SecondLook(classes, below=1.01)  # look again at every device, for tuning
-    labels, first_logits, second_logits = [], [], []
-    failures = [(str(p), str(why)) for p, why in dataset.unreadable]
-    samples = [(str(p), mf.classes.index(dataset.classes[y])) for p, y in dataset.samples]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for ok, logits, features, geoms in _first_looks(predictor, samples, failures, batch_size, workers):
-            # the gate at below > 1 depends only on the top class, so the temperature can wait
-            closer = predictor._look_again([p for p, _ in ok], softmax(logits), features, geoms, pool)
-            labels += [y for _, y in ok]
-            first_logits.append(logits)
-            second_logits.append(np.stack([closer.get(j, logits[j]) for j in range(len(ok))]))
-    if not labels:
-        raise DatasetError(f"{data_dir}: no photo could be read")
-    y = np.array(labels)
-    L1, L2 = np.concatenate(first_logits), np.concatenate(second_logits)  # (N, K) each
-
-    temperature = fit_temperature(L1, y)
-    first, second = softmax(L1, temperature), softmax(L2, temperature)
-    below, rows = tune_below(first, second, y, idx)
-    final = np.where(gate(first, idx, below)[:, None], combine(first, second), first)
-    threshold = pick_threshold(final, y, target_precision)
-
-    mf.temperature, mf.threshold = temperature, threshold
-    mf.second_look = SecondLook(classes, below).to_dict()
-    result = Calibration(
-        model_file=mf,
-        n=len(y),
-        failures=failures,
-        temperature=temperature,
-        threshold=threshold,
-        below=below,
-        rows=rows,
-        ece_before=expected_calibration_error(softmax(L1), y),
-        ece_after=expected_calibration_error(final, y),
-        accuracy_first=float((first.argmax(1) == y).mean()),
-        accuracy=float((final.argmax(1) == y).mean()),
-    )
-    mf.metrics = {**mf.metrics, "calibration": result.to_json() | {"failures": len(failures)}}
-    return result
-
-
-# -- close-ups to train on -------------------------------------------------------------
-
-
-@dataclass
-class CloseUps:
-    """What ``write_close_ups`` wrote."""
-
-    written: int  # close-up photos
-    linked: int  # links to the original photos (with link_originals)
-    skipped: list[tuple[str, str]]  # (path, why): unreadable, or a map pointing nowhere
-    seconds: float
-
-
-def write_close_ups(
-    model: Any,
-    data_dir: str,
-    out_dir: str,
-    *,
-    classes: tuple[str, ...] = DEVICE_CLASSES,
-    max_side: int = 320,
-    link_originals: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-) -> CloseUps:
-    """For each photo of ``classes`` in ``data_dir``, the region its second look would see
-    (the model's CAM box, whatever the photo's confidence), saved as
-    ``out_dir/<class>/closeup_<name>.jpg`` (long side at most ``max_side``, JPEG quality
-    95), so that a model can be fine-tuned on close-ups as well as whole photos.
-    ``link_originals`` also links every photo of ``data_dir`` into ``out_dir``, which then
-    is a training folder by itself."""
-    import io
-    import os
-    import time
-    from pathlib import Path
-
-    from tinytriage.data.datasets import scan_folder
-    from tinytriage.data.preprocess import load_image, map_threads
-    from tinytriage.files import atomic_write_bytes
-
-    t0 = time.perf_counter()
-    predictor, idx = _cnn_predictor(model, classes, "close-ups")
-    mf, cfg = predictor.model_file, predictor.preprocess_config
-    dataset = scan_folder(data_dir)
-    out = Path(out_dir)
-    skipped = [(str(p), str(why)) for p, why in dataset.unreadable]
-    linked = 0
-    for c in dataset.classes:
-        (out / c).mkdir(parents=True, exist_ok=True)
-    if link_originals:
-        for path, y in dataset.samples:
-            link = out / dataset.classes[y] / Path(path).name
-            if not link.exists():
-                os.symlink(Path(path).resolve(), link)
-                linked += 1
-    todo = [(str(p), dataset.classes[y]) for p, y in dataset.samples if dataset.classes[y] in classes]
-
-    def close_up(job: tuple[str, str, tuple]) -> tuple[str, str] | None:
-        path, name, region = job
-        try:
-            img = load_image(path, max_pixels=cfg.max_pixels).crop(tuple(int(round(v)) for v in region))
-        except Exception as err:  # ImageError, MemoryError: skipped, the rest carry on
-            return (path, str(err))
-        img.thumbnail((max_side, max_side))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=95)
-        atomic_write_bytes(out / name / f"closeup_{Path(path).stem}.jpg", buf.getvalue())
-        return None
-
-    written = 0
-    for ok, _, features, geoms in _first_looks(predictor, todo, skipped, batch_size, workers):
-        cams = class_activation_maps(features, head_weight(mf), idx)  # (B, h, w)
-        jobs = []
-        for (path, name), geom, cam in zip(ok, geoms, cams, strict=True):
-            region = cam_region(cam, geom, cfg.input_size, DEFAULT_CAM_FRAC, DEFAULT_MARGIN)
-            if region is None:
-                skipped.append((path, "its class activation map is zero everywhere"))
-            else:
-                jobs.append((path, name, region))
-        failed = [r for r in map_threads(close_up, jobs, workers) if r is not None]
-        skipped += failed
-        written += len(jobs) - len(failed)
-    return CloseUps(written, linked, skipped, time.perf_counter() - t0)
-
-
-# -- shared by calibrate_folder and write_close_ups --------------------------------------
-
-
-def _cnn_predictor(model: Any, classes: tuple[str, ...], what: str) -> tuple[Predictor, list[int]]:
-    """The model, first look only, and the indices of ``classes``; a CNN with those classes
-    or a clear error (class activation maps need the CNN's head)."""
-    from tinytriage.errors import TinyTriageError
-    from tinytriage.inference.predict import Predictor
-
-    predictor = Predictor.load(model, second_look=False)
-    mf = predictor.model_file
-    if get_arch(mf.arch).features_module is None:
-        raise TinyTriageError(
-            f"{what}: the second look needs a CNN (class activation maps); this model is a {mf.arch}"
-        )
-    missing = [c for c in classes if c not in mf.classes]
-    if missing:
-        raise TinyTriageError(f"{what}: the model has no class {', '.join(missing)}")
-    return predictor, [mf.classes.index(c) for c in classes]
-
-
-def _first_looks(
-    predictor: Predictor, items: list[tuple[str, Any]], failures: list[tuple[str, str]], batch_size: int, workers: int
-) -> Iterator[tuple[list[tuple[str, Any]], np.ndarray, np.ndarray, list[LetterboxGeometry]]]:
-    """First looks at ``items`` ((path, anything) pairs), a batch at a time: yields (the
-    batch's items that decoded, logits (B, K), features (B, C, h, w), geometries). A photo
-    that does not decode is appended to ``failures`` as (path, why); the rest carry on."""
-    from tinytriage.data.preprocess import map_threads, preprocess_with_geometry
-
-    cfg = predictor.preprocess_config
-
-    def load(path: str):
-        try:
-            return preprocess_with_geometry(path, cfg)
-        except Exception as err:  # ImageError, MemoryError: recorded, the rest carry on
-            return err
-
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        loaded = map_threads(load, [path for path, _ in chunk], workers)
-        failures += [(item[0], str(r)) for item, r in zip(chunk, loaded, strict=True) if isinstance(r, BaseException)]
-        ok = [(item, r) for item, r in zip(chunk, loaded, strict=True) if not isinstance(r, BaseException)]
-        if ok:
-            logits, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
-            yield [item for item, _ in ok], logits, features, [r[1] for _, r in ok]
