@@ -183,7 +183,7 @@ def numpy_memory(make, x, y) -> dict:
     array memory to tracemalloc). The first step makes the reused buffers, so the peak
     counts them; what stays traced after a step is what the engine keeps between steps."""
     try:
-        from tinytriage.nn.memory import release_pool
+        from tinytriage.nn.fast.memory import release_pool
 
         release_pool()  # forget the arrays the other engine made, so this one makes its own
     except ImportError:  # an engine from before the pool
@@ -244,7 +244,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     try:
-        from tinytriage.nn.parallel import set_num_threads
+        from tinytriage.nn.fast.parallel import set_num_threads
 
         set_num_threads(args.threads)
     except ImportError:  # an engine from before set_num_threads

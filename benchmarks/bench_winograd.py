@@ -4,7 +4,7 @@
 
 For every conv -> BatchNorm -> ReLU [-> 2x2 max pool] block of the model (folded, as
 ``tinytriage predict`` runs it), on one thread (as a predict lane runs it), float32:
-  * ms per batch through ``conv2d_forward`` (im2col + one GEMM per chunk) and through
+  * ms per batch through ``conv2d_fused_forward`` (im2col + one GEMM per chunk) and through
     ``winograd_conv3x3`` (its kernel transform made beforehand, as ``nn.fuse`` keeps it),
     the median of --repeats, the two timed in turn, call by call
   * which of the two ``nn.fuse`` picks for that layer (``winograd.fits``: 3x3, stride 1,
@@ -32,10 +32,10 @@ from bench_predict import cpu_name, vector_units  # noqa: E402
 from tinytriage import nn  # noqa: E402
 from tinytriage.engines import load_engine  # noqa: E402
 from tinytriage.models.file import bundled_model_path, read_model  # noqa: E402
-from tinytriage.nn import winograd  # noqa: E402
-from tinytriage.nn.conv import conv2d_forward  # noqa: E402
-from tinytriage.nn.fuse import ConvBNReLU, fold_batchnorm  # noqa: E402
-from tinytriage.nn.memory import Workspace  # noqa: E402
+from tinytriage.nn.fast import winograd  # noqa: E402
+from tinytriage.nn.fast.fuse import ConvBNReLU, fold_batchnorm  # noqa: E402
+from tinytriage.nn.fast.im2col import conv2d_fused_forward  # noqa: E402
+from tinytriage.nn.fast.memory import Workspace  # noqa: E402
 
 
 def fused_blocks(engine, input_size: int) -> list[tuple[ConvBNReLU, tuple[int, ...]]]:
@@ -70,7 +70,7 @@ def main() -> None:
     rows = []
     for i, (block, shape) in enumerate(fused_blocks(engine, mf.preprocess["input_size"])):
         c, p = block.conv, block.pool
-        w, b = fold_batchnorm(c._params["weight"], c._params.get("bias"), block.bn)
+        w, b = fold_batchnorm(c.params["weight"], c.params.get("bias"), block.bn)
         if tuple(w.shape[2:]) != (3, 3) or tuple(c.stride) != (1, 1) or tuple(c.padding) != (1, 1):
             continue
         pool = None if p is None else (p.kernel_size, p.stride)
@@ -82,10 +82,10 @@ def main() -> None:
         ws_a, ws_b = Workspace(), Workspace()  # each kept between calls, as a layer keeps its own
 
         im2col = functools.partial(
-            conv2d_forward, x, w, b, c.stride, c.padding, c.dilation, c.groups, ws_a, relu=block.relu, pool=pool
+            conv2d_fused_forward, x, w, b, c.stride, c.padding, c.dilation, c.groups, ws_a, block.relu, pool
         )
         wino = functools.partial(winograd.winograd_conv3x3, x, w, b, block.relu, pool is not None, ws_b, u)
-        a, z = np.asarray(im2col()[0]), np.asarray(wino())
+        a, z = np.asarray(im2col()), np.asarray(wino())
         times = {"im2col": [], "winograd": []}
         for _ in range(args.repeats):
             for name, fn in (("im2col", im2col), ("winograd", wino)):

@@ -1,4 +1,4 @@
-"""Inference fusion (tinytriage.nn.fuse): conv + BatchNorm (+ ReLU, + max pool) as one conv.
+"""Inference fusion (tinytriage.nn.fast.fuse): conv + BatchNorm (+ ReLU, + max pool) as one conv.
 
 Checked against PyTorch's eval-mode conv -> bn -> relu and its own fuse_conv_bn_eval, on
 the whole triage CNN against its torch twin, and for staleness after training steps."""
@@ -18,7 +18,7 @@ from tinytriage.engines import OptimConfig  # noqa: E402
 from tinytriage.engines.numpy_engine import NumpyEngine  # noqa: E402
 from tinytriage.models import ARCHS  # noqa: E402
 from tinytriage.models.cnn import CNNConfig, TriageCNN  # noqa: E402
-from tinytriage.nn.conv import conv2d_forward  # noqa: E402
+from tinytriage.nn.fast.im2col import conv2d_forward, conv2d_fused_forward  # noqa: E402
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -47,7 +47,7 @@ FUSE_CASES = [
     pytest.param(dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), {}, True, (2, 2), (3, 3, 7, 9), id="relu-pool2-odd"),
     pytest.param(dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, bias=False), {}, False, (3, 2), (2, 4, 9, 8), id="groups-pool3s2-no-relu"),
     pytest.param(dict(in_channels=3, out_channels=5, kernel_size=1), {}, True, (2, 1), (2, 3, 4, 5), id="k1-pool2s1"),
-    # 32+ input channels, 3x3, padding 1, even map: Winograd (tinytriage.nn.winograd)
+    # 32+ input channels, 3x3, padding 1, even map: Winograd (tinytriage.nn.fast.winograd)
     pytest.param(dict(in_channels=32, out_channels=6, kernel_size=3, padding=1, bias=False), {}, True, (2, 2), (3, 32, 6, 8), id="winograd-relu-pool2"),
     pytest.param(dict(in_channels=36, out_channels=5, kernel_size=3, padding=1), {}, False, None, (2, 36, 4, 4), id="winograd-no-relu"),
 ]  # fmt: skip
@@ -91,7 +91,7 @@ def test_conv_relu_epilogue_is_max_of_conv_and_zero():
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
     plain, _ = conv2d_forward(x, w, b, 1, 1)
-    fused, _ = conv2d_forward(x, w, b, 1, 1, relu=True)
+    fused = conv2d_fused_forward(x, w, b, 1, 1, 1, 1, None, relu=True, pool=None)
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
 
 
@@ -103,7 +103,7 @@ def test_conv_pool_epilogue_is_maxpool_of_conv(relu):
     x, w, b = rng.standard_normal((5, 8, 33, 31)), rng.standard_normal((6, 8, 3, 3)), rng.standard_normal(6)
     plain, _ = conv2d_forward(x, w, b, 1, 1)
     expected, _ = nn.pool.maxpool2d_forward(np.maximum(plain, 0) if relu else plain, 2, 2)
-    fused, _ = conv2d_forward(x, w, b, 1, 1, relu=relu, pool=(2, 2))
+    fused = conv2d_fused_forward(x, w, b, 1, 1, 1, 1, None, relu=relu, pool=(2, 2))
     assert fused.shape == (5, 6, 16, 15)
     np.testing.assert_array_equal(fused, expected)
 

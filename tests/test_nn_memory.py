@@ -1,4 +1,4 @@
-"""Reused buffers and channels-last layout (tinytriage.nn.memory): fast, and never wrong."""
+"""Reused buffers and channels-last layout (tinytriage.nn.fast.memory): fast, and never wrong."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tinytriage.nn import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Sequential, memory
-from tinytriage.nn.memory import channels_last, empty, empty_like, layout, nchw
+from tinytriage.nn import BatchNorm2d, Conv2d, MaxPool2d, ReLU, Sequential
+from tinytriage.nn.fast import memory
+from tinytriage.nn.fast.memory import channels_last, empty, empty_like, layout, nchw
 
 
 def address(a: np.ndarray) -> int:

@@ -1,4 +1,4 @@
-"""The fast layers on several threads (tinytriage.nn.parallel): the same numbers as on one."""
+"""The fast layers on several threads (tinytriage.nn.fast.parallel): the same numbers as on one."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import pytest
 from tinytriage.engines.numpy_engine import NumpyEngine
 from tinytriage.models import ARCHS
 from tinytriage.models.cnn import CNNConfig, TriageCNN
-from tinytriage.nn import conv, get_num_threads, norm, parallel, set_num_threads
+from tinytriage.nn import get_num_threads, set_num_threads
+from tinytriage.nn.fast import im2col, norm, parallel
 
 
 @pytest.fixture
 def tiny_tasks(monkeypatch):
     """Tasks of a few KB, so that even a small batch makes many of them."""
     monkeypatch.setattr(parallel, "TASK_BYTES", 2**12)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 2**12)
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 2**12)
     monkeypatch.setattr(norm, "BLOCK_BYTES", 2**10)
     before = get_num_threads()
     yield
@@ -47,11 +48,21 @@ def test_without_threadpoolctl_matrix_work_stays_on_the_calling_thread(tiny_task
     import threading
 
     set_num_threads(2)
-    monkeypatch.setattr(parallel, "ThreadpoolController", None)
-    monkeypatch.setattr(parallel, "_blas", None)
+    monkeypatch.setattr(parallel, "_blas_limit", None)  # as when threadpoolctl is missing
     caller = threading.get_ident()
     assert set(parallel.parallel_map(lambda _: threading.get_ident(), range(8), blas=True)) == {caller}
     assert parallel.parallel_map(lambda t: t * t, range(5)) == [0, 1, 4, 9, 16]  # in task order
+
+
+def test_the_numpy_engine_hands_nn_threadpoolctls_blas_limit():
+    """nn imports NumPy alone; the engine gives it the switch that makes BLAS single-threaded."""
+    from threadpoolctl import threadpool_info
+
+    import tinytriage.engines.numpy_engine  # noqa: F401
+
+    with parallel._blas_single_threaded():
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
 
 
 def test_split_depends_on_sizes_only():

@@ -1,14 +1,14 @@
-"""Winograd's F(2x2, 3x3) (tinytriage.nn.winograd) against the direct convolution and PyTorch."""
+"""Winograd's F(2x2, 3x3) (tinytriage.nn.fast.winograd) against the direct convolution and PyTorch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tinytriage.nn import winograd
-from tinytriage.nn.conv import conv2d_forward
-from tinytriage.nn.memory import layout, nchw
-from tinytriage.nn.winograd import fits, kernel_transform, winograd_conv3x3
+from tinytriage.nn.fast import winograd
+from tinytriage.nn.fast.im2col import conv2d_fused_forward
+from tinytriage.nn.fast.memory import layout, nchw
+from tinytriage.nn.fast.winograd import fits, kernel_transform, winograd_conv3x3
 
 # (N, C, O, H, W, bias, relu, pool, channels-last input): chunks of one image and of several
 CASES = [
@@ -33,7 +33,7 @@ def _inputs(N, C, O, H, W, bias, cl, dtype):
 @pytest.mark.parametrize("N, C, O, H, W, bias, relu, pool, cl", CASES)
 def test_equals_the_direct_convolution(N, C, O, H, W, bias, relu, pool, cl, dtype, tol):
     x, w, b = _inputs(N, C, O, H, W, bias, cl, dtype)
-    want, _ = conv2d_forward(x, w, b, 1, 1, relu=relu, pool=((2, 2), (2, 2)) if pool else None)
+    want = conv2d_fused_forward(x, w, b, 1, 1, 1, 1, None, relu=relu, pool=((2, 2), (2, 2)) if pool else None)
     got = winograd_conv3x3(x, w, b, relu, pool)
     assert got.shape == want.shape and got.dtype == dtype and layout(got) == "channels-last"
     np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())

@@ -126,7 +126,7 @@ ArchOpt = typer.Option(
 def _blas_threads_off() -> None:
     """OpenBLAS without threads of its own, unless the environment sets
     ``OPENBLAS_NUM_THREADS``; only before NumPy loads (OpenBLAS reads it once, at load).
-    The NumPy engine multiplies on its own threads (``tinytriage.nn.parallel``), with BLAS
+    The NumPy engine multiplies on its own threads (``tinytriage.nn.fast.parallel``), with BLAS
     on one thread inside each, so OpenBLAS's workers only wait; on the 2-core machine their
     waiting took CPU from the rest (a one-photo ``predict``: 292 ms against 249 ms, median
     of 20 runs each, interleaved; README "Speed")."""

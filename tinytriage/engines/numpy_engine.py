@@ -14,6 +14,27 @@ from tinytriage.errors import TinyTriageError
 from tinytriage.models import Architecture
 
 
+def _blas_one_thread_limit():
+    """``nn``'s threads run BLAS single-threaded inside them (``nn.fast.parallel``): the
+    switch is threadpoolctl's, made once, on first use. Without threadpoolctl: none."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: nn then keeps multiplies on the calling thread
+        return None
+    controller = None
+
+    def limit():
+        nonlocal controller
+        if controller is None:
+            controller = ThreadpoolController()
+        return controller.limit(limits=1, user_api="blas")
+
+    return limit
+
+
+nn.fast.parallel.set_blas_limit(_blas_one_thread_limit())
+
+
 class NumpyEngine:
     """Our own engine: hand-written forward and backward passes (``tinytriage.nn``)."""
 
@@ -65,7 +86,7 @@ class NumpyEngine:
 
     def _fused(self) -> nn.Module:
         """The model with each conv-BatchNorm-ReLU folded into one convolution
-        (``tinytriage.nn.fuse``; it reads the live weights, so it is never stale)."""
+        (``tinytriage.nn.fast.fuse``; it reads the live weights, so it is never stale)."""
         self.model.eval()
         if self._inference_model is None or self._inference_model[0] is not self.model:
             self._inference_model = (self.model, nn.fuse_for_inference(self.model))

@@ -156,7 +156,7 @@ class Predictor:
         Otherwise (or ``workers=1``) in this process: ``workers`` threads decode ahead of
         the network."""
         if workers is None:
-            from tinytriage.nn.parallel import default_num_threads
+            from tinytriage.nn.fast.parallel import default_num_threads
 
             workers = default_num_threads()
         items = iter(paths)

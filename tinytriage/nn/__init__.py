@@ -2,34 +2,31 @@
 
 Layers keep PyTorch's class names, constructor arguments and parameter keys, so weights
 move between the two engines by name; every layer has ``forward`` and ``backward``.
+Each layer file reads as the textbook: the formula in its docstring, the literal loop as
+the reference, the layer class. What makes them fast lives in ``nn.fast``, tested equal
+to the references. Imports NumPy and the standard library only.
 """
 
 from tinytriage.nn.activation import ReLU
 from tinytriage.nn.conv import (
     Conv2d,
-    conv2d_backward,
     conv2d_backward_reference,
     conv2d_cell,
-    conv2d_forward,
     conv2d_reference,
     conv2d_window,
-    conv_output_size,
 )
 from tinytriage.nn.dropout import Dropout
-from tinytriage.nn.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
+from tinytriage.nn.fast.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
+from tinytriage.nn.fast.im2col import conv2d_backward, conv2d_forward
+from tinytriage.nn.fast.norm import batch_norm_backward, batch_norm_forward
+from tinytriage.nn.fast.parallel import get_num_threads, set_num_threads
+from tinytriage.nn.fast.pool import maxpool2d_backward, maxpool2d_forward
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
 from tinytriage.nn.module import Module, NoInit, Sequential
-from tinytriage.nn.norm import (
-    BatchNorm2d,
-    batch_norm_backward,
-    batch_norm_backward_reference,
-    batch_norm_forward,
-    batch_norm_reference,
-)
+from tinytriage.nn.norm import BatchNorm2d, batch_norm_backward_reference, batch_norm_reference
 from tinytriage.nn.optim import SGD, Adam, AdamW, Optimizer
-from tinytriage.nn.parallel import get_num_threads, set_num_threads
 from tinytriage.nn.pool import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -39,11 +36,10 @@ from tinytriage.nn.pool import (
     avgpool2d_backward_reference,
     avgpool2d_forward,
     avgpool2d_reference,
-    maxpool2d_backward,
     maxpool2d_backward_reference,
-    maxpool2d_forward,
     maxpool2d_reference,
 )
+from tinytriage.nn.sizes import conv_output_size
 from tinytriage.nn.transformer import (
     GELU,
     Attention,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytriage.nn.memory import empty_like, layout, memory_order
+from tinytriage.nn.fast.memory import empty_like, layout, memory_order
+from tinytriage.nn.fast.parallel import parallel_map, split
 from tinytriage.nn.module import Module, take_cache
-from tinytriage.nn.parallel import parallel_map, split
 
 
 def _elementwise(fn, *arrays: np.ndarray) -> None:

@@ -24,28 +24,10 @@ import math
 
 import numpy as np
 
-from tinytriage.errors import ShapeError
-from tinytriage.nn.conv import IntPair, _slab_cl, pad2d, pair, running_max_cl, sliding_output_hw
-from tinytriage.nn.memory import Workspace, channels_last, empty, nchw
+from tinytriage.nn.fast.memory import Workspace, channels_last, empty, nchw
+from tinytriage.nn.fast.pool import maxpool2d_backward, maxpool2d_forward
 from tinytriage.nn.module import Module, check_ndim, take_cache
-from tinytriage.nn.parallel import parallel_map, split
-
-
-def _pool_args(
-    layer: str, kernel_size: IntPair, stride: IntPair | None, padding: IntPair
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Normalise to pairs; stride defaults to the kernel size, as in PyTorch."""
-    kernel = pair(kernel_size, "kernel_size", layer, 1)
-    stride = kernel if stride is None else pair(stride, "stride", layer, 1)
-    padding = pair(padding, "padding", layer, 0)
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ShapeError(f"{layer}: padding {padding} must be at most half the kernel size {kernel}")
-    return kernel, stride, padding
-
-
-def _output_hw(layer: str, x: np.ndarray, kernel, stride, padding) -> tuple[int, int]:
-    check_ndim(x, 4, layer, "(N, C, H, W)")
-    return sliding_output_hw(layer, x.shape[2:], kernel, stride, padding)
+from tinytriage.nn.sizes import IntPair, pad2d, pair, pool_args, pool_output_hw
 
 
 def _slab(a: np.ndarray, u: int, v: int, stride: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
@@ -60,8 +42,8 @@ def maxpool2d_reference(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loop over output cells; returns ``(out, winners)``, winners (N, C, H', W', 2) the
     (row, col) in ``x`` of the input cell each output took its value from."""
-    kernel, stride, padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
-    Ho, Wo = _output_hw("MaxPool2d", x, kernel, stride, padding)
+    kernel, stride, padding = pool_args("MaxPool2d", kernel_size, stride, padding)
+    Ho, Wo = pool_output_hw("MaxPool2d", x, kernel, stride, padding)
     N, C, H, W = x.shape
     (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
@@ -98,86 +80,13 @@ def maxpool2d_backward_reference(dout: np.ndarray, winners: np.ndarray, x_shape:
     return dx
 
 
-def maxpool2d_forward(
-    x: np.ndarray,
-    kernel_size: IntPair,
-    stride: IntPair | None = None,
-    padding: IntPair = 0,
-    workspace: Workspace | None = None,
-) -> tuple[np.ndarray, tuple]:
-    """Fast max pooling; returns ``(out, cache)``. A running maximum over the K*K kernel
-    offsets, each one ``np.maximum`` over a strided slab of the whole batch, channels-last
-    (``out`` is a channels-last view; ``workspace`` keeps the buffers between calls)."""
-    kernel, stride, padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
-    Ho, Wo = _output_hw("MaxPool2d", x, kernel, stride, padding)
-    PH, PW = padding
-    ws = Workspace() if workspace is None else workspace
-    x_cl = channels_last(x)  # (N, H, W, C)
-    N, H, W, C = x_cl.shape
-    if PH or PW:  # the -inf border is written once, when the buffer is made
-        x_padded = ws.scratch("x padded", (N, H + 2 * PH, W + 2 * PW, C), x.dtype, fill=-np.inf)
-        x_padded[:, PH : PH + H, PW : PW + W] = x_cl
-    else:
-        x_padded = x_cl
-    out = empty((N, Ho, Wo, C), x.dtype)  # (N, H', W', C)
-
-    def running_max(images: slice) -> None:  # a few images, for one thread
-        running_max_cl(out[images], x_padded[images], kernel, stride)
-
-    parallel_map(running_max, split(N, x_padded[0].nbytes))
-    cache = ((N, C, H, W), x_padded, out, kernel, stride, padding)
-    return nchw(out), cache
-
-
-def maxpool2d_backward(dout: np.ndarray, cache: tuple, workspace: Workspace | None = None) -> np.ndarray:
-    """dx: each window's gradient goes to its winner, the first cell (row-major) equal to
-    the max; one strided operation per kernel offset. (A window whose max is NaN passes none.)"""
-    (N, C, H, W), x_padded, out, (KH, KW), stride, (PH, PW) = cache
-    Ho, Wo = out.shape[1:3]
-    ws = Workspace() if workspace is None else workspace
-    d = channels_last(dout).astype(out.dtype, copy=False)  # (N, H', W', C)
-    # Windows that tile the input (stride = kernel, no padding, sizes divisible) cover every
-    # cell exactly once: each offset's slab of dx is *set*, so dx needs no zeroing and no adds.
-    tiles = stride == (KH, KW) and (PH, PW) == (0, 0) and H % KH == 0 and W % KW == 0
-    dx = empty((N, H, W, C), out.dtype)  # (N, H, W, C)
-    if tiles:
-        dx_padded = dx
-    else:
-        dx_padded = dx if (PH, PW) == (0, 0) else ws.scratch("dx padded", x_padded.shape, out.dtype)
-        dx_padded.fill(0)
-    unclaimed_all = empty(out.shape, bool)  # windows whose winner is still to be found
-    wins_all = empty(out.shape, bool)
-    share_all = None if tiles else empty(out.shape, out.dtype)
-
-    def to_winners(images: slice) -> None:  # a few images, for one thread
-        xi, oi, di, dxi = x_padded[images], out[images], d[images], dx_padded[images]
-        unclaimed, wins = unclaimed_all[images], wins_all[images]
-        unclaimed.fill(True)
-        for u in range(KH):
-            for v in range(KW):
-                np.equal(_slab_cl(xi, u, v, stride, (Ho, Wo)), oi, out=wins)
-                wins &= unclaimed  # an earlier offset with the same value keeps the tie
-                unclaimed ^= wins
-                # d max / d x = 1 for the winner, 0 for the rest
-                slab = _slab_cl(dxi, u, v, stride, (Ho, Wo))
-                if tiles:
-                    np.multiply(di, wins, out=slab)
-                else:
-                    slab += np.multiply(di, wins, out=share_all[images])
-
-    parallel_map(to_winners, split(N, x_padded[0].nbytes))
-    if dx_padded is not dx:
-        dx[...] = dx_padded[:, PH : PH + H, PW : PW + W]
-    return nchw(dx)
-
-
 # -- average pooling ----------------------------------------------------------------------
 def avgpool2d_reference(
     x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
 ) -> np.ndarray:
     """Loop over output cells: the mean of each zero-padded window."""
-    kernel, stride, padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
-    Ho, Wo = _output_hw("AvgPool2d", x, kernel, stride, padding)
+    kernel, stride, padding = pool_args("AvgPool2d", kernel_size, stride, padding)
+    Ho, Wo = pool_output_hw("AvgPool2d", x, kernel, stride, padding)
     N, C, H, W = x.shape
     (KH, KW), (SH, SW) = kernel, stride
     x_padded = pad2d(x, padding)
@@ -194,7 +103,7 @@ def avgpool2d_backward_reference(
     dout: np.ndarray, x_shape: tuple, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
 ) -> np.ndarray:
     """Every cell of a window gets dout / (KH*KW)."""
-    kernel, stride, padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
+    kernel, stride, padding = pool_args("AvgPool2d", kernel_size, stride, padding)
     N, C, H, W = x_shape
     (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
     dx_padded = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dout.dtype)
@@ -210,8 +119,8 @@ def avgpool2d_forward(
     x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0
 ) -> tuple[np.ndarray, tuple]:
     """Fast average pooling; returns ``(out, cache)``. A sum of the K*K strided slabs."""
-    kernel, stride, padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
-    Ho, Wo = _output_hw("AvgPool2d", x, kernel, stride, padding)
+    kernel, stride, padding = pool_args("AvgPool2d", kernel_size, stride, padding)
+    Ho, Wo = pool_output_hw("AvgPool2d", x, kernel, stride, padding)
     KH, KW = kernel
     x_padded = pad2d(x, padding)
     out = np.zeros((x.shape[0], x.shape[1], Ho, Wo), dtype=x.dtype)
@@ -240,7 +149,7 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = pool_args("MaxPool2d", kernel_size, stride, padding)
         self._cache: tuple | None = None
         self._workspace = Workspace()  # the -inf padded input, when there is padding
 
@@ -261,7 +170,7 @@ class AvgPool2d(Module):
 
     def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = pool_args("AvgPool2d", kernel_size, stride, padding)
         self._cache: tuple | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ The convolution before it is linear, z = W * x + b, so the two are one convoluti
 with each output channel's kernel scaled by its s. The ReLU and the max pooling after it
 (when there are) are applied to each chunk of the convolution's output while that chunk
 is still in cache. A 3x3 convolution with 32 or more input channels runs as Winograd's
-F(2x2, 3x3) (``tinytriage.nn.winograd``), its 2x2 output tiles the pool's windows. What disappears is three full passes over every feature map
+F(2x2, 3x3) (``tinytriage.nn.fast.winograd``), its 2x2 output tiles the pool's windows. What disappears is three full passes over every feature map
 (BatchNorm's, ReLU's and the pool's), and the full-size map itself: only the pooled one
 is written out. PyTorch folds BatchNorm the same way in
 ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
@@ -30,9 +30,10 @@ import copy
 
 import numpy as np
 
-from tinytriage.nn import winograd
 from tinytriage.nn.activation import ReLU
-from tinytriage.nn.conv import Conv2d, conv2d_forward
+from tinytriage.nn.conv import Conv2d
+from tinytriage.nn.fast import winograd
+from tinytriage.nn.fast.im2col import conv2d_fused_forward
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.norm import BatchNorm2d
 from tinytriage.nn.pool import MaxPool2d
@@ -40,10 +41,11 @@ from tinytriage.nn.pool import MaxPool2d
 
 def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) of a conv followed by ``bn`` in eval mode -> (W', b') of the one conv doing both."""
-    mean, var = bn._buffers["running_mean"].astype(np.float64), bn._buffers["running_var"].astype(np.float64)
+    stats = bn.buffers
+    mean, var = stats["running_mean"].astype(np.float64), stats["running_var"].astype(np.float64)
     O = weight.shape[0]
-    gamma = bn._params["weight"].astype(np.float64) if bn.affine else np.ones(O)
-    beta = bn._params["bias"].astype(np.float64) if bn.affine else np.zeros(O)
+    gamma = bn.params["weight"].astype(np.float64) if bn.affine else np.ones(O)
+    beta = bn.params["bias"].astype(np.float64) if bn.affine else np.zeros(O)
     s = gamma / np.sqrt(var + bn.eps)  # (O,)  the per-channel scale, in float64
     b = np.zeros(O) if bias is None else bias.astype(np.float64)
     b_folded = s * (b - mean) + beta  # (O,)
@@ -64,15 +66,13 @@ class ConvBNReLU(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         c, p = self.conv, self.pool
-        w, b = fold_batchnorm(c._params["weight"], c._params.get("bias"), self.bn)
+        conv_params = c.params
+        w, b = fold_batchnorm(conv_params["weight"], conv_params.get("bias"), self.bn)
         pool = None if p is None else (p.kernel_size, p.stride)
         if winograd.fits(x.shape, w.shape, c.stride, c.padding, c.dilation, c.groups, pool):
             u = self._transformed(w)
-            return winograd.winograd_conv3x3(x, w, b, self.relu, pool is not None, c._workspace, u)
-        out, _ = conv2d_forward(
-            x, w, b, c.stride, c.padding, c.dilation, c.groups, c._workspace, relu=self.relu, pool=pool
-        )
-        return out
+            return winograd.winograd_conv3x3(x, w, b, self.relu, pool is not None, c.workspace, u)
+        return conv2d_fused_forward(x, w, b, c.stride, c.padding, c.dilation, c.groups, c.workspace, self.relu, pool)
 
     def _transformed(self, w: np.ndarray) -> np.ndarray:
         """Winograd's transform of the folded kernels ``w``, made again only when they

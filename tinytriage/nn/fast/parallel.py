@@ -17,9 +17,10 @@ which on a busy machine costs more than the multiply (hundreds of small multipli
 step: seconds). A call with a single task (one photo through a small layer), or with one
 thread, runs on the calling thread with BLAS single-threaded too: a task holds a few MB,
 too little for BLAS's threads to pay for waking up (one 96x96 photo's forward pass: 3 ms
-instead of 8-15 ms). That switch needs ``threadpoolctl``; without it, tasks that multiply
-matrices run on the calling thread (BLAS then uses its own threads, as the environment
-says), and only the elementwise work is shared out.
+instead of 8-15 ms). That switch is handed in by ``set_blas_limit`` (the NumPy engine
+gives it ``threadpoolctl``'s; ``nn`` itself imports NumPy alone); without one, tasks that
+multiply matrices run on the calling thread (BLAS then uses its own threads, as the
+environment says), and only the elementwise work is shared out.
 
 The results do not depend on the thread count: the tasks are cut by size alone, each
 writes its own slice of the output, and partial sums are added in task order, not in the
@@ -31,22 +32,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
-
-import numpy as np  # noqa: F401  (loaded before threadpoolctl looks for NumPy's BLAS)
-
-try:
-    from threadpoolctl import ThreadpoolController
-except ImportError:  # optional: see the module docstring
-    ThreadpoolController = None
 
 TASK_BYTES = 2**22  # about 4 MB of input per task: enough work that handing it to a thread
 # costs little next to it, few enough bytes that a 38 MB map makes several tasks
 
 _threads: int | None = None  # None until first asked for (get_num_threads)
 _pool: ThreadPoolExecutor | None = None
-_blas: Any = None  # a ThreadpoolController, made on first use
+_blas_limit: Callable[[], AbstractContextManager] | None = None  # see set_blas_limit
 
 
 def default_num_threads() -> int:
@@ -83,14 +77,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+def set_blas_limit(limit: Callable[[], AbstractContextManager] | None) -> None:
+    """``limit()`` gives a context in which BLAS uses one thread (``threadpoolctl``'s
+    ``ThreadpoolController().limit(limits=1, user_api="blas")``); None: no way to."""
+    global _blas_limit
+    _blas_limit = limit
+
+
 def _blas_single_threaded():
     """Context in which BLAS uses one thread; None when that cannot be arranged."""
-    global _blas
-    if ThreadpoolController is None:
-        return None
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+    return None if _blas_limit is None else _blas_limit()
 
 
 def parallel_map(fn: Callable[[Any], Any], tasks: Iterable, *, blas: bool = False) -> list:

@@ -32,7 +32,7 @@ It pays when the multiplies dominate: from 32 input channels up (``MIN_CHANNELS`
 2-core machine; below that the transforms cost more than the multiplies they save
 (``benchmarks/PROFILE.md``). The results equal the direct convolution's up to float
 rounding (the sums run in another order), and it is for inference only:
-``tinytriage.nn.fuse`` uses it where it fits; training uses ``tinytriage.nn.conv``.
+``tinytriage.nn.fast.fuse`` uses it where it fits; training uses ``tinytriage.nn.conv``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from tinytriage.nn.memory import Workspace, channels_last, empty, nchw
-from tinytriage.nn.parallel import parallel_map
+from tinytriage.nn.fast.memory import Workspace, channels_last, empty, nchw
+from tinytriage.nn.fast.parallel import parallel_map
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # (4, 4) input transform
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # (4, 3) kernel transform
