@@ -14,7 +14,8 @@ from test_gradcam import CLASSES, model_file, photo_with_spot, random_cnn
 
 from tinytriage.data.routes import DEFAULT_ROUTES
 from tinytriage.errors import TinyTriageError
-from tinytriage.explain.photo import _cnn_geometry, cell_input_window, explain_photo, model_summary, pointing_game
+from tinytriage.explain.photo import _cnn_geometry, cell_input_window, explain_photo, model_summary
+from tinytriage.explain.pointing import pointing_game
 from tinytriage.inference.predict import Predictor
 from tinytriage.models.cnn import CNNConfig, TriageCNN, count_macs
 from tinytriage.models.file import ModelFile, save_model

@@ -338,7 +338,7 @@ def evaluate(
     result = run_evaluation(str(data_dir), predictor, batch_size)
     pointing = None
     if explain:
-        from tinytriage.explain.photo import pointing_game
+        from tinytriage.explain.pointing import pointing_game
 
         pointing = pointing_game(str(data_dir), predictor, batch_size=min(batch_size, 32))
     print_eval(result, as_json=as_json, pointing=pointing)
