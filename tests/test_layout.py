@@ -140,3 +140,21 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
         "def f():\n    from tinytriage.cli import app\n    import threadpoolctl\n"
     )
     assert _imports(f) == {"typing", "tinytriage.cli.app", "threadpoolctl"}
+
+
+@pytest.mark.parametrize("old", sorted(__import__("tinytriage").MOVED))
+def test_old_module_names_still_import(old):
+    """0.1's flat module names keep working for users' imports: every public name of the
+    module it moved to is reachable through the old name, as the same object."""
+    import importlib
+
+    import tinytriage
+
+    new = importlib.import_module(f"tinytriage.{tinytriage.MOVED[old]}")
+    public = [n for n in dir(new) if not n.startswith("_") and not isinstance(getattr(new, n), type(sys))]
+    assert public
+    mod = importlib.import_module(f"tinytriage.{old}")
+    for name in public:
+        assert getattr(mod, name) is getattr(new, name), f"tinytriage.{old}.{name}"
+    with pytest.raises(AttributeError):
+        mod.no_such_name  # noqa: B018
