@@ -180,13 +180,15 @@ def test_init_at_another_input_size_carries_every_cnn_weight_over(toy, tmp_path)
 
 def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_path):
     from tinytriage.models.file import build_numpy_model
-    from tinytriage.training.loop import _init_weights
+    from tinytriage.training.checkpoint import init_weights
+    from tinytriage.training.run import RunState
 
     first_path = train(cfg_for(toy, tmp_path / "first", epochs=2)).model_path
     first = read_model(first_path)
     avgmax = cfg_for(toy, tmp_path / "wide", model_config={"widths": [4, 8], "pool": "avgmax"})
     arch_config = {**first.config, "pool": "avgmax"}
-    weights = _init_weights(first_path, arch_config, avgmax, list(first.classes))
+    run = RunState(cfg=avgmax, arch_config=arch_config, classes=list(first.classes), routes=first.routes)
+    weights = init_weights(first_path, run)
     assert weights["head.3.weight"].shape == (3, 16)  # [means | maxima] of 8 channels
     np.testing.assert_array_equal(weights["head.3.weight"][:, 8:], 0)
     old, new = build_numpy_model("cnn", first.config).eval(), build_numpy_model("cnn", arch_config).eval()
@@ -199,9 +201,9 @@ def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_
     w = read_model(wide.model_path).tensors["head.3.weight"]
     assert read_model(wide.model_path).config["pool"] == "avgmax" and w.shape == (3, 16)
     assert np.abs(w[:, 8:]).max() > 0  # training gave the maxima weight
-    back = _init_weights(
-        wide.model_path, first.config | {"pool": "avg"}, cfg_for(toy, tmp_path / "x"), list(first.classes)
-    )
+    run = RunState(cfg=cfg_for(toy, tmp_path / "x"), arch_config=first.config | {"pool": "avg"},
+                   classes=list(first.classes), routes=first.routes)  # fmt: skip
+    back = init_weights(wide.model_path, run)
     np.testing.assert_array_equal(back["head.3.weight"], w[:, :8])
 
 

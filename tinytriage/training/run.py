@@ -1,0 +1,110 @@
+"""A training run as data: its arguments, what each epoch measured, where it stands, how it ended.
+
+``TrainConfig`` is what the CLI's options fill and the run folder records; ``RunState`` is
+what the loop (``training.loop``) updates after every epoch and a checkpoint
+(``training.checkpoint``) saves and restores; ``TrainResult`` is what ``train`` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinytriage.errors import TinyTriageError, TrainingError
+from tinytriage.models import get_arch
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of one training run (the CLI's options fill it; stored in the run)."""
+
+    data_dir: str  # folder with one subfolder per class
+    out: str = "runs/train"  # run folder
+    arch: str = "cnn"  # "cnn" or "vit"
+    backend: str = "numpy"  # engine: "numpy" or "torch"
+    device: str = "cpu"  # torch backend only
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float | None = None  # peak learning rate; None: the arch's default (models.ARCHS)
+    warmup_epochs: float | None = None  # linear warm-up; None: the arch's default
+    optimizer: str | None = None  # "sgd" or "adamw"; None: the arch's default
+    weight_decay: float | None = None  # None: the arch's default
+    label_smoothing: float = 0.05
+    seed: int = 0
+    val_fraction: float = 0.15
+    val_dir: str | None = None  # validate on this folder (same classes) instead of a split of data_dir
+    input_size: int | None = None  # square input side in pixels; None: the arch's default
+    augment: bool = True
+    resume: bool = False
+    init: str | None = None  # start from this model file's weights (fine-tuning); new optimizer and schedule
+    target_precision: float = 0.99  # auto-routed photos must be this often right on validation
+    damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.training.damage_maps)
+    model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
+
+
+def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every option left at None filled from its architecture's
+    ``train_defaults`` (``models.ARCHS``) and config's input size."""
+    try:
+        spec = get_arch(cfg.arch)
+    except TinyTriageError as err:
+        raise TrainingError(str(err)) from None
+    defaults = {**spec.train_defaults, "input_size": spec.default_input_size}
+    unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
+    return replace(cfg, **unset)
+
+
+@dataclass
+class EpochMetrics:
+    """What one epoch measured: one row of the run's history."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean over the epoch's batches (with augmentation, label smoothing, dropout)
+    train_acc: float
+    val_loss: float  # on the validation photos, in eval mode
+    val_acc: float
+    lr: float  # the learning rate of the epoch's last step
+    seconds: float  # the training steps alone, not validation
+    images_per_s: float
+    damage_loss: float | None = None  # mean damage-map loss (unweighted), with --damage-weight
+
+
+@dataclass
+class RunState:
+    """One run: what it trains (fixed when it starts) and where it stands (after every epoch).
+
+    A checkpoint holds the second part with the engine's weights and optimizer, and the
+    first to check that ``--resume`` continues the same run."""
+
+    cfg: TrainConfig  # the arguments, the architecture's defaults filled in
+    arch_config: dict[str, Any]  # the model's full config (models.ARCHS: the arch's config dataclass)
+    classes: list[str]  # the dataset's classes, in label order
+    routes: dict[str, str]  # class -> queue, stored in the model file
+    epoch: int = 0  # epochs completed
+    history: list[EpochMetrics] = field(default_factory=list)  # one row per completed epoch
+    best_acc: float = -1.0  # the best validation accuracy so far (-1: no epoch yet)
+    best_epoch: int = 0  # the epoch it came from (1-based; 0: none yet)
+    best_state: dict[str, np.ndarray] | None = None  # that epoch's weights (None: no epoch completed)
+    interrupted: bool = False  # Ctrl-C ended the loop early
+
+
+@dataclass
+class TrainResult:
+    """Where a run went and how it did."""
+
+    run_dir: Path
+    model_path: Path  # the best epoch's weights, calibrated: the model to use
+    history: list[EpochMetrics]
+    best_epoch: int
+    best_val_acc: float
+    temperature: float  # softmax(logits / T), fitted on validation
+    threshold: float  # photos below this calibrated confidence go to a person
+    ece_before: float  # expected calibration error on validation at T = 1
+    ece_after: float  # ... and at the fitted T
+    duplicates: list[tuple[str, str]]  # (training photo, validation photo) pairs with the same bytes
+    scan_summary: str  # the training folder, for a person
+    interrupted: bool = False
+    train_seconds: float = 0.0
