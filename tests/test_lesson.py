@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from tinytriage.explain.lesson import LessonConfig, photo_set, shift_right, translation_test
+from tinytriage.explain.lesson import Generate, Generated, LessonConfig, photo_set, shift_right, translation_test
 from tinytriage.models.cnn import CNNConfig, TriageCNN
 from tinytriage.models.vit import ViTConfig, build_vit
 
@@ -55,9 +55,9 @@ def test_photo_sets_are_cached_and_grow(tmp_path):
     events = []
     first = photo_set(tmp_path, 3, 2, cfg, events.append)
     assert photo_set(tmp_path, 3, 1, cfg, events.append) == first  # fewer: reused
-    assert [e["event"] for e in events] == ["generate", "generated"]
+    assert [type(e) for e in events] == [Generate, Generated]
     photo_set(tmp_path, 3, 3, cfg, events.append)  # more: regenerated (photos 0, 1 unchanged)
-    assert [e["event"] for e in events].count("generate") == 2
+    assert [type(e) for e in events].count(Generate) == 2
     assert len(list((first / "parcel").glob("*.jpg"))) == 3
 
 

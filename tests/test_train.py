@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from tinytriage.errors import DatasetError, TrainingError
 from tinytriage.models.file import read_model
+from tinytriage.training.events import Duplicates, Scan
 from tinytriage.training.loop import TrainConfig, train
 
 CLASSES = ("document", "parcel", "screen_damage")
@@ -249,7 +250,7 @@ def test_val_dir_validates_on_another_folder_and_trains_on_all_of_data_dir(toy, 
     r = train(cfg_for(toy, tmp_path / "r", epochs=1, val_dir=str(val)), progress=events.append)
     mf = read_model(r.model_path)
     assert (mf.training["n_train"], mf.training["n_val"]) == (3 * 12, 3 * 5)  # no photo of toy held out
-    assert [e.get("name") for e in events if e["event"] == "scan"] == [None, "validation"]
+    assert [e.name for e in events if isinstance(e, Scan)] == ["dataset", "validation"]
     # the same folder for both is a leak, and is reported like any duplicate across the split
     assert train(cfg_for(toy, tmp_path / "same", epochs=1, val_dir=str(toy))).duplicates
     other = make_toy_dataset(tmp_path / "other", per_class=3, classes=("document", "parcel", "zebra"))
@@ -278,7 +279,7 @@ def test_duplicates_across_split_are_reported(tmp_path):
             (root / name / f"copy_{p.name}").write_bytes(p.read_bytes())
     events = []
     r = train(cfg_for(root, tmp_path / "r", epochs=1), progress=events.append)
-    assert r.duplicates and any(e["event"] == "duplicates" for e in events)
+    assert r.duplicates and any(isinstance(e, Duplicates) for e in events)
 
 
 def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):

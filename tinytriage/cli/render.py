@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from tinytriage.cli.lines import dumps, error_line, print_prediction_lines, write_json_line  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # imported where they are used: only training and the lesson load them
+    from tinytriage.explain import lesson
+    from tinytriage.training import events
 
 
 class _Console(Console):
@@ -96,50 +101,51 @@ class TrainProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def __call__(self, e: dict) -> None:
-        kind = e["event"]
-        if kind == "scan":
-            err.print(f"{e.get('name', 'dataset')}: {e['summary']}")
-            for path, why in e["unreadable"][:20]:
-                err.print(f"  [yellow]unreadable[/yellow] {path}: {why}")
-        elif kind == "duplicates":
-            err.print(
-                f"[yellow]warning:[/yellow] {len(e['pairs'])} photo(s) in validation are exact copies of training photos:"
-            )
-            for a, b in e["pairs"][:10]:
-                err.print(f"  {b} == {a}")
-        elif kind == "unreadable":
-            err.print(f"  [yellow]skipped[/yellow] {e['reason']}")
-        elif kind == "cache":
-            err.print(f"decoding {e['n']} photos once (cached as small uint8 arrays)...")
-        elif kind == "init":
-            err.print(f"starting from the weights of {e['path']}")
-        elif kind == "resume":
-            err.print(f"resuming after epoch {e['epoch']}")
-        elif kind == "damage_boxes":
-            err.print(f"damage maps: {e['n']} of {e['of']} training photos have a damage box")
-        elif kind == "step":
-            fields = dict(epoch=f"{e['epoch']}/{e['epochs']}", loss=e["loss"], acc=e["acc"], ips=e["images_per_s"])
-            if self.task is None:
-                self.task = self.progress.add_task("train", total=e["steps"], **fields)
-            self.progress.update(self.task, completed=e["step"], total=e["steps"], **fields)
-        elif kind == "epoch":
-            m = e["metrics"]
-            damage = "" if m.get("damage_loss") is None else f"  damage-map loss {m['damage_loss']:.4f}"
-            self.progress.console.print(
-                f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}  "
-                f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f}  lr {m['lr']:.4f}  "
-                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s{damage}"
-            )
-            if self.task is not None:
-                self.progress.reset(self.task)
-        elif kind == "interrupted":
-            where = e["checkpoint"]
-            msg = f"interrupted after {e['completed_epochs']} complete epoch(s)"
-            err.print(
-                f"[yellow]{msg}[/yellow]; "
-                + (f"checkpoint kept at {where}; continue with --resume" if where else "no checkpoint yet")
-            )
+    def __call__(self, e: events.Event) -> None:
+        from tinytriage.training import events
+
+        match e:
+            case events.Scan():
+                err.print(f"{e.name}: {e.summary}")
+                for path, why in e.unreadable[:20]:
+                    err.print(f"  [yellow]unreadable[/yellow] {path}: {why}")
+            case events.Duplicates():
+                err.print(
+                    f"[yellow]warning:[/yellow] {len(e.pairs)} photo(s) in validation are exact copies of training photos:"
+                )
+                for a, b in e.pairs[:10]:
+                    err.print(f"  {b} == {a}")
+            case events.Unreadable():
+                err.print(f"  [yellow]skipped[/yellow] {e.reason}")
+            case events.Cache():
+                err.print(f"decoding {e.n} photos once (cached as small uint8 arrays)...")
+            case events.Init():
+                err.print(f"starting from the weights of {e.path}")
+            case events.Resume():
+                err.print(f"resuming after epoch {e.epoch}")
+            case events.DamageBoxes():
+                err.print(f"damage maps: {e.n} of {e.of} training photos have a damage box")
+            case events.Step():
+                fields = dict(epoch=f"{e.epoch}/{e.epochs}", loss=e.loss, acc=e.acc, ips=e.images_per_s)
+                if self.task is None:
+                    self.task = self.progress.add_task("train", total=e.steps, **fields)
+                self.progress.update(self.task, completed=e.step, total=e.steps, **fields)
+            case events.Epoch(metrics=m):
+                damage = "" if m.damage_loss is None else f"  damage-map loss {m.damage_loss:.4f}"
+                self.progress.console.print(
+                    f"epoch {m.epoch:>3}  train loss {m.train_loss:.4f} acc {m.train_acc:.3f}  "
+                    f"val loss {m.val_loss:.4f} acc {m.val_acc:.3f}  lr {m.lr:.4f}  "
+                    f"{m.images_per_s:.0f} img/s  {m.seconds:.1f}s{damage}"
+                )
+                if self.task is not None:
+                    self.progress.reset(self.task)
+            case events.Interrupted():
+                where = e.checkpoint
+                msg = f"interrupted after {e.completed_epochs} complete epoch(s)"
+                err.print(
+                    f"[yellow]{msg}[/yellow]; "
+                    + (f"checkpoint kept at {where}; continue with --resume" if where else "no checkpoint yet")
+                )
 
 
 def print_train_result(r, *, as_json: bool) -> None:
@@ -663,7 +669,7 @@ class LessonProgress:
         )
         self.quiet = quiet
         self.task = None
-        self.run: dict = {}
+        self.run: lesson.RunStart | None = None  # the run now training
 
     def __enter__(self):
         self.progress.__enter__()
@@ -676,30 +682,33 @@ class LessonProgress:
         if not self.quiet:
             self.progress.console.print(text)
 
-    def __call__(self, e: dict) -> None:
-        kind = e["event"]
-        if kind == "generate":
-            self._print(f"generating {e['per_class']} photos per class ({e['classes']} classes) into {e['folder']} ...")
-        elif kind == "generated":
-            self._print(f"  {e['n_photos']} photos in {e['seconds']:.0f} s")
-        elif kind == "run":
-            self.run = e
-            desc = f"[{e['index']}/{e['total']}] {_ARCH_NAMES[e['arch']]} on {e['per_class']}/class"
-            if self.task is None:
-                self.task = self.progress.add_task(desc, total=e["steps"], loss=float("nan"))
-            self.progress.reset(self.task, total=e["steps"], description=desc, loss=float("nan"))
-        elif kind == "step" and self.task is not None:
-            done = (e["epoch"] - 1) * e["steps"] + e["step"]
-            self.progress.update(self.task, completed=done, loss=e["loss"])
-        elif kind == "run_done":
-            r = e["run"]
-            self._print(
-                f"[{self.run.get('index', '?')}/{self.run.get('total', '?')}] {_ARCH_NAMES[r['arch']]:>3} on "
-                f"{r['per_class']:>5}/class: test acc {r['test_acc']:.3f}  ({r['steps']} steps, "
-                f"{r['epochs']} epochs, {r['train_seconds']:.0f} s)"
-            )
-        elif kind == "translation":
-            self._print("translation test ...")
+    def __call__(self, e: lesson.LessonEvent) -> None:
+        from tinytriage.explain import lesson
+        from tinytriage.training import events
+
+        match e:
+            case lesson.Generate():
+                self._print(f"generating {e.per_class} photos per class ({e.classes} classes) into {e.folder} ...")
+            case lesson.Generated():
+                self._print(f"  {e.n_photos} photos in {e.seconds:.0f} s")
+            case lesson.RunStart():
+                self.run = e
+                desc = f"[{e.index}/{e.total}] {_ARCH_NAMES[e.arch]} on {e.per_class}/class"
+                if self.task is None:
+                    self.task = self.progress.add_task(desc, total=e.steps, loss=float("nan"))
+                self.progress.reset(self.task, total=e.steps, description=desc, loss=float("nan"))
+            case events.Step() if self.task is not None:
+                done = (e.epoch - 1) * e.steps + e.step
+                self.progress.update(self.task, completed=done, loss=e.loss)
+            case lesson.RunDone(run=r):
+                index, total = (self.run.index, self.run.total) if self.run else ("?", "?")
+                self._print(
+                    f"[{index}/{total}] {_ARCH_NAMES[r.arch]:>3} on "
+                    f"{r.per_class:>5}/class: test acc {r.test_acc:.3f}  ({r.steps} steps, "
+                    f"{r.epochs} epochs, {r.train_seconds:.0f} s)"
+                )
+            case lesson.TranslationStart():
+                self._print("translation test ...")
 
 
 _ARCH_NAMES = {"cnn": "CNN", "vit": "ViT"}

@@ -43,9 +43,9 @@ import numpy as np
 from tinytriage import __version__
 from tinytriage.errors import DatasetError, ModelFileError, TinyTriageError
 from tinytriage.models import get_arch
+from tinytriage.training.events import Step
 
 ARCHS = ("cnn", "vit")  # the lesson compares these two (the table in tinytriage.models has them all)
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -153,6 +153,50 @@ class LessonResult:
         return [by_size.get(n, math.nan) for n in sorted(set(self.config.sizes))]
 
 
+# -- progress: what a lesson tells whoever watches (the CLI's render.LessonProgress) ---------
+
+
+@dataclass(frozen=True)
+class Generate:
+    """A photo set is generated (the first time its seed and photo size are asked for)."""
+
+    folder: str
+    per_class: int  # photos per class
+    classes: int  # how many classes
+
+
+@dataclass(frozen=True)
+class Generated:
+    n_photos: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A model starts training on one training-set size (then its training's ``Step`` events)."""
+
+    index: int  # 1-based, of ``total`` runs
+    total: int
+    arch: str
+    per_class: int  # training photos per class
+    epochs: int
+    steps: int  # optimizer steps the run will take
+
+
+@dataclass(frozen=True)
+class RunDone:
+    run: LessonRun
+
+
+@dataclass(frozen=True)
+class TranslationStart:
+    """The translation test begins."""
+
+
+LessonEvent = Generate | Generated | RunStart | Step | RunDone | TranslationStart
+ProgressFn = Callable[[LessonEvent], None]
+
+
 # -- the photo sets: generated once, cached by seed and photo size ------------------------
 
 
@@ -178,10 +222,10 @@ def photo_set(root: Path, seed: int, per_class: int, cfg: LessonConfig, emit: Pr
         have = {}
     if {k: have.get(k) for k in want} == want and have.get("per_class", 0) >= per_class:
         return folder
-    emit({"event": "generate", "folder": str(folder), "per_class": per_class, "classes": len(CLASSES)})
+    emit(Generate(folder=str(folder), per_class=per_class, classes=len(CLASSES)))
     report = generate_dataset(folder, per_class, seed, classes=CLASSES, size_range=(lo, hi), workers=cfg.workers)
     manifest.write_text(json.dumps({**want, "per_class": per_class, "tinytriage_version": __version__}))
-    emit({"event": "generated", "n_photos": report.n_photos, "seconds": report.seconds})
+    emit(Generated(n_photos=report.n_photos, seconds=report.seconds))
     return folder
 
 
@@ -259,8 +303,8 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
             steps_per_epoch = max(1, n_train // cfg.batch_size)  # as train() counts them
             epochs = cfg.epochs if cfg.epochs is not None else max(1, round(cfg.steps / steps_per_epoch))
             for i_arch, arch in enumerate(ARCHS):
-                emit({"event": "run", "index": i_size * len(ARCHS) + i_arch + 1, "total": total, "arch": arch,
-                      "per_class": n, "epochs": epochs, "steps": epochs * steps_per_epoch})  # fmt: skip
+                emit(RunStart(index=i_size * len(ARCHS) + i_arch + 1, total=total, arch=arch, per_class=n,
+                              epochs=epochs, steps=epochs * steps_per_epoch))  # fmt: skip
                 tcfg = TrainConfig(
                     data_dir=str(data), out=str(work / "runs" / f"{arch}-n{n}"), arch=arch, backend=cfg.backend,
                     device=cfg.device, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -284,9 +328,9 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
                     model_path=str(result.model_path) if cfg.save else "",
                 )  # fmt: skip
                 runs.append(run)
-                emit({"event": "run_done", "run": asdict(run)})
+                emit(RunDone(run=run))
 
-        emit({"event": "translation"})
+        emit(TranslationStart())
         x = _per_class_photos(X_test, y_test, cfg.translation_photos)
         translation = translation_test(
             last_models["cnn"][0], last_models["vit"][0], x, cfg.shifts,
@@ -344,7 +388,7 @@ def run_translation(
 
 def _quiet(emit: ProgressFn) -> ProgressFn:
     """Pass on only the training events a lesson shows: its steps."""
-    return lambda e: emit(e) if e["event"] == "step" else None
+    return lambda e: emit(e) if isinstance(e, Step) else None
 
 
 def _per_class_photos(X: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:

@@ -27,11 +27,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -53,6 +51,7 @@ from tinytriage.files import atomic_write_bytes
 from tinytriage.models import get_arch
 from tinytriage.models.cnn import CNNConfig, feature_map_size
 from tinytriage.models.file import ModelFile, save_model
+from tinytriage.training import events
 from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
 from tinytriage.training.checkpoint import (
     CHECKPOINT,
@@ -63,6 +62,7 @@ from tinytriage.training.checkpoint import (
     save_checkpoint,
 )
 from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
+from tinytriage.training.events import ProgressFn
 from tinytriage.training.run import EpochMetrics, RunState, TrainConfig, TrainResult, with_arch_defaults
 from tinytriage.training.schedule import lr_at
 
@@ -83,8 +83,6 @@ __all__ = [
 # a model's input contract simple. Stored in the model file like everything else.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def evaluate_arrays(engine, X: np.ndarray, y: np.ndarray, batch_size: int = 128) -> tuple[float, float, np.ndarray]:
@@ -142,10 +140,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         engine.distribute()  # DDP: gradients averaged over ranks, BatchNorm over the global batch
     if start_weights is not None:
         engine.load_state_dict(start_weights)
-        emit({"event": "init", "path": cfg.init})
+        emit(events.Init(path=cfg.init))
     if checkpoint is not None:
         restore_checkpoint(engine, run, checkpoint)
-        emit({"event": "resume", "epoch": run.epoch})
+        emit(events.Resume(epoch=run.epoch))
 
     train_seconds = _fit(engine, run, data, _Batches(cfg, data, damage), emit)
     if run.best_state is None:  # interrupted before the first epoch ended: nothing to save
@@ -215,19 +213,11 @@ def _fit(engine: Engine, run: RunState, data: TrainingData, batches: _Batches, e
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(yb)
                 elapsed = time.perf_counter() - t0
-                emit(
-                    {
-                        "event": "step",
-                        "epoch": epoch + 1,
-                        "epochs": cfg.epochs,
-                        "step": b + 1,
-                        "steps": steps_per_epoch,
-                        "loss": loss_sum / seen,
-                        "acc": correct / seen,
-                        "images_per_s": seen / max(elapsed, 1e-9),
-                        "eta_s": elapsed / (b + 1) * (steps_per_epoch * (cfg.epochs - epoch) - b - 1),
-                    }
-                )
+                emit(events.Step(
+                    epoch=epoch + 1, epochs=cfg.epochs, step=b + 1, steps=steps_per_epoch, loss=loss_sum / seen,
+                    acc=correct / seen, images_per_s=seen / max(elapsed, 1e-9),
+                    eta_s=elapsed / (b + 1) * (steps_per_epoch * (cfg.epochs - epoch) - b - 1),
+                ))  # fmt: skip
             seconds = time.perf_counter() - t0
             val_loss, val_acc, _ = evaluate_arrays(engine, data.x_val, data.y_val)
             m = EpochMetrics(
@@ -241,17 +231,17 @@ def _fit(engine: Engine, run: RunState, data: TrainingData, batches: _Batches, e
                 run.best_acc, run.best_epoch, run.best_state = val_acc, epoch + 1, engine.state_dict()
             if distributed.is_main():
                 save_checkpoint(ckpt_path, engine, run)
-            emit({"event": "epoch", "metrics": asdict(m)})
+            emit(events.Epoch(metrics=m))
     except KeyboardInterrupt:
         run.interrupted = True
-        checkpoint_kept = str(ckpt_path) if run.history else None
-        emit({"event": "interrupted", "completed_epochs": len(run.history), "checkpoint": checkpoint_kept})
+        kept = str(ckpt_path) if run.history else None
+        emit(events.Interrupted(completed_epochs=len(run.history), checkpoint=kept))
     finally:
         ahead.shutdown(wait=True, cancel_futures=True)  # at most one batch still augmenting
     return time.perf_counter() - t_start
 
 
-def _ignore(event: dict[str, Any]) -> None:
+def _ignore(event: events.Event) -> None:
     """Progress nobody asked for."""
 
 
@@ -272,7 +262,7 @@ class _Folders:
 def _scan(cfg: TrainConfig, emit: ProgressFn) -> _Folders:
     """DATA_DIR scanned, then split (``--val-fraction``) or checked against ``--val-dir``."""
     dataset = scan_folder(cfg.data_dir)
-    emit({"event": "scan", "summary": dataset.summary(), "unreadable": dataset.unreadable})
+    emit(events.Scan(summary=dataset.summary(), unreadable=dataset.unreadable))
     if cfg.val_dir is None:
         train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
     else:  # a separate validation folder: every photo of data_dir trains
@@ -281,7 +271,7 @@ def _scan(cfg: TrainConfig, emit: ProgressFn) -> _Folders:
         except DatasetError as err:
             raise DatasetError(f"--val-dir: {err}") from None
         train_set = dataset
-        emit({"event": "scan", "name": "validation", "summary": val_set.summary(), "unreadable": val_set.unreadable})
+        emit(events.Scan(summary=val_set.summary(), unreadable=val_set.unreadable, name="validation"))
         if val_set.classes != dataset.classes:
             raise TrainingError(
                 f"--val-dir {cfg.val_dir}: its classes ({', '.join(val_set.classes)}) are not the training "
@@ -289,7 +279,7 @@ def _scan(cfg: TrainConfig, emit: ProgressFn) -> _Folders:
             )
     duplicates = [(str(a), str(b)) for a, b in find_duplicates(train_set, val_set)]
     if duplicates:
-        emit({"event": "duplicates", "pairs": duplicates})
+        emit(events.Duplicates(pairs=duplicates))
     return _Folders(
         train=train_set, val=val_set, classes=list(dataset.classes), summary=dataset.summary(), duplicates=duplicates
     )
@@ -319,12 +309,12 @@ class TrainingData:
 
 def _decode(cfg: TrainConfig, folders: _Folders, emit: ProgressFn) -> TrainingData:
     """Every photo decoded once, a little larger than the input, as uint8: augmented per epoch."""
-    emit({"event": "cache", "n": len(folders.train.samples) + len(folders.val.samples)})
+    emit(events.Cache(n=len(folders.train.samples) + len(folders.val.samples)))
     pcfg = Preprocess(input_size=cfg.input_size, mean=DEFAULT_MEAN, std=DEFAULT_STD, resize_mode="letterbox")
     train_cache = cache_resized(folders.train, pcfg, size=None if cfg.augment else cfg.input_size, workers=2)
     val_cache = cache_resized(folders.val, pcfg, size=cfg.input_size, workers=2)
     for path, why in train_cache.errors + val_cache.errors:
-        emit({"event": "unreadable", "path": str(path), "reason": why})
+        emit(events.Unreadable(path=str(path), reason=why))
     return TrainingData(
         preprocess=pcfg, train=train_cache, x_val=normalize(val_cache.images, pcfg), y_val=val_cache.labels
     )
@@ -350,7 +340,7 @@ def _attach_damage_head(engine: Engine, run: RunState, data: TrainingData, emit:
             f"--damage-weight: no training photo of {cfg.data_dir} has a damage box (a NAME.json sidecar "
             "with a damage_bbox, as `tinytriage samples` writes for screen_damage photos)"
         )
-    emit({"event": "damage_boxes", "n": n_boxes, "of": len(boxes)})
+    emit(events.DamageBoxes(n=n_boxes, of=len(boxes)))
     engine.attach_damage_head(damage_head_for(engine.model, cfg.damage_weight, cfg.seed))
     return _DamageMaps(boxes=boxes, grid=grid)
 
