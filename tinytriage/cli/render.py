@@ -15,8 +15,9 @@ from rich.table import Table
 
 from tinytriage.cli.lines import dumps, error_line, print_prediction_lines, write_json_line  # noqa: F401 (re-exported)
 
-if TYPE_CHECKING:  # imported where they are used: only training and the lesson load them
+if TYPE_CHECKING:  # for the type hints alone: each command imports what it needs when it runs
     from tinytriage.explain import lesson
+    from tinytriage.explain.photo import ConvCell, ExplainResult, FeatureMaps, Heatmap, PoolCell
     from tinytriage.training import events
 
 
@@ -416,16 +417,26 @@ def _n(v: float) -> str:
     return f"({v:.6f})" if v < 0 else f"{v:.6f}"
 
 
-def print_explain(r, *, as_json: bool) -> None:
+def print_explain(r: ExplainResult, *, as_json: bool) -> None:
     """The explanation of one photo, section by section, numbers checkable by hand."""
     if as_json:
         write_json_line(r.to_json())
         return
-    import numpy as np
+    draw = out.color_system is not None  # pictures need a colour terminal
+    _explain_network(r)
+    if r.features is not None:
+        _explain_feature_maps(r.features, draw=draw)
+    if r.cell is not None:
+        _explain_cell(r.cell, backend=r.backend)
+        _explain_pool(r.pool, r.cell, note=r.pool_note)
+    _explain_heatmap(r.heatmap, draw=draw)
+    _explain_decision(r)
 
+
+def _explain_network(r: ExplainResult) -> None:
+    """The photo's way into the model, then 1: the layer table with receptive fields."""
     p = out.print
     g = r.geometry
-    draw = out.color_system is not None  # pictures need a colour terminal
     p(
         f"[bold]{r.photo}[/bold]: {r.photo_size[0]}x{r.photo_size[1]} photo -> {r.input_size}x{r.input_size} input "
         f"(scale {g.scale:.4g}, padding x {g.pad_x:g} y {g.pad_y:g}); model {r.model} ({r.arch}), engine {r.backend}"
@@ -441,77 +452,93 @@ def print_explain(r, *, as_json: bool) -> None:
     out.print(t)
     p("   receptive field r = r_prev + (k - 1) * jump_prev, jump = product of strides so far (input pixels)")
 
-    f = r.features
-    if f is not None:
-        C, h, w = f.shape
-        which = f"channel {f.channels[0]}" if len(f.channels) == 1 else f"all {C} channels"
-        p(f"\n[bold]2. Feature maps[/bold] of {f.layer}: {which}, {h}x{w} each")
-        if draw:
-            _feature_tiles(f)
-            out.print(_legend(f.vmin, f.vmax))
-        else:
-            p(f"   values {f.vmin:.4g} .. {f.vmax:.4g} (pictures need a colour terminal; --save DIR writes a PNG)")
 
-    c = r.cell
-    if c is not None:
-        x0, y0, x1, y1 = c.input_box
-        px0, py0, px1, py1 = c.photo_box
-        p(
-            f"\n[bold]3. One cell by hand[/bold]: {c.conv} channel {c.channel}, cell (row {c.row}, col {c.col}). "
-            f"It sees {c.receptive_field}x{c.receptive_field} input pixels: x {x0}-{x1 - 1}, y {y0}-{y1 - 1} "
-            f"of the input, x {px0}-{px1 - 1}, y {py0}-{py1 - 1} of the photo."
-        )
-        source = "the normalised photo" if c.source == "input" else c.source
-        n_in = c.window.shape[0]
-        full = min(n_in, 3)
-        names = ("R", "G", "B") if c.source == "input" and n_in == 3 else None
-        p(f"   {c.conv} reads {source} ({n_in} channels); per input channel: window, kernel, window * kernel")
-        for k in range(full):
-            label = f"{k} ({names[k]})" if names else str(k)
-            p(f"\n   input channel {label}: products sum to {c.channel_sums[k]:+.5f}")
-            rows = zip(_grid(c.window[k], "{:+.3f}").split("\n"), _grid(c.kernel[k], "{:+.3f}").split("\n"),
-                       _grid(c.products[k], "{:+.4f}").split("\n"), strict=True)  # fmt: skip
-            for a, b, d in rows:
-                p(f"   {a}   |{b}   |{d}")
-        if n_in > full:
-            rest = ", ".join(f"{k}: {v:+.4f}" for k, v in enumerate(c.channel_sums) if k >= full)
-            n_k = c.kernel.shape[1] * c.kernel.shape[2]
-            p(f"\n   input channels {full}-{n_in - 1} (sums of their {n_k} products): {rest}")
-        p(
-            f"\n   conv: sum of all {c.products.size} products = [bold]{c.conv_sum:+.6f}[/bold] "
-            "(no bias: the conv has bias=False, BatchNorm's beta adds it)"
-        )
-        p(
-            f"   {c.bn} (eval, running statistics): x_hat = (s - mean) / sqrt(var + eps) = "
-            f"({_n(c.conv_sum)} - {_n(c.bn_mean)}) / sqrt({_n(c.bn_var)} + {c.bn_eps:g}) = {_n(c.bn_x_hat)}"
-        )
-        p(
-            f"   {' ' * len(c.bn)}  y = x_hat * gamma + beta = {_n(c.bn_x_hat)} * {_n(c.bn_gamma)} + {_n(c.bn_beta)} "
-            f"= [bold]{c.bn_out:.6f}[/bold]"
-        )
-        p(f"   {c.relu}: max({_n(c.bn_out)}, 0) = [bold]{c.relu_out:.6f}[/bold]")
-        mark = "[green]agree[/green]" if c.agrees else "[red]DISAGREE[/red]"
-        e = c.engine
-        p(
-            f"   the {r.backend} engine at this cell: conv {e['conv']:+.6f}, bn {e['bn']:+.6f}, relu {e['relu']:.6f}; "
-            f"max |diff| {c.max_abs_diff:.1e}: {mark}"
-        )
-        pc = r.pool
-        if pc is not None:
-            k = pc.window.shape[0]
-            at = (pc.winner[0] - pc.origin[0], pc.winner[1] - pc.origin[1])
-            p(
-                f"\n   {pc.pool}: window rows {pc.origin[0]}-{pc.origin[0] + k - 1}, cols {pc.origin[1]}-{pc.origin[1] + k - 1} "
-                f"of {c.relu} channel {c.channel} -> {pc.pool} cell ({pc.row}, {pc.col})"
-            )
-            for line in _grid(pc.window, "{:.4f}", highlight=at).split("\n"):
-                p(f"   {line}")
-            who = "the hand-computed cell won" if pc.cell_won else f"cell {pc.winner} won, not ({c.row}, {c.col})"
-            p(f"   winner {pc.winner} = {pc.value:.6f} (engine {pc.engine_value:.6f}): {who}")
-        elif r.pool_note:
-            p(f"\n   {r.pool_note}")
+def _explain_feature_maps(f: FeatureMaps, *, draw: bool) -> None:
+    """2: the maps of ``--layer``, as pictures on a colour terminal, else their range."""
+    p = out.print
+    C, h, w = f.shape
+    which = f"channel {f.channels[0]}" if len(f.channels) == 1 else f"all {C} channels"
+    p(f"\n[bold]2. Feature maps[/bold] of {f.layer}: {which}, {h}x{w} each")
+    if draw:
+        _feature_tiles(f)
+        out.print(_legend(f.vmin, f.vmax))
+    else:
+        p(f"   values {f.vmin:.4g} .. {f.vmax:.4g} (pictures need a colour terminal; --save DIR writes a PNG)")
 
-    hm = r.heatmap
+
+def _explain_cell(c: ConvCell, *, backend: str) -> None:
+    """3: one cell of the conv block by hand (window * kernel per input channel, their sum,
+    BatchNorm, ReLU), checked against what the engine computed there."""
+    p = out.print
+    x0, y0, x1, y1 = c.input_box
+    px0, py0, px1, py1 = c.photo_box
+    p(
+        f"\n[bold]3. One cell by hand[/bold]: {c.conv} channel {c.channel}, cell (row {c.row}, col {c.col}). "
+        f"It sees {c.receptive_field}x{c.receptive_field} input pixels: x {x0}-{x1 - 1}, y {y0}-{y1 - 1} "
+        f"of the input, x {px0}-{px1 - 1}, y {py0}-{py1 - 1} of the photo."
+    )
+    source = "the normalised photo" if c.source == "input" else c.source
+    n_in = c.window.shape[0]
+    full = min(n_in, 3)
+    names = ("R", "G", "B") if c.source == "input" and n_in == 3 else None
+    p(f"   {c.conv} reads {source} ({n_in} channels); per input channel: window, kernel, window * kernel")
+    for k in range(full):
+        label = f"{k} ({names[k]})" if names else str(k)
+        p(f"\n   input channel {label}: products sum to {c.channel_sums[k]:+.5f}")
+        rows = zip(_grid(c.window[k], "{:+.3f}").split("\n"), _grid(c.kernel[k], "{:+.3f}").split("\n"),
+                   _grid(c.products[k], "{:+.4f}").split("\n"), strict=True)  # fmt: skip
+        for a, b, d in rows:
+            p(f"   {a}   |{b}   |{d}")
+    if n_in > full:
+        rest = ", ".join(f"{k}: {v:+.4f}" for k, v in enumerate(c.channel_sums) if k >= full)
+        n_k = c.kernel.shape[1] * c.kernel.shape[2]
+        p(f"\n   input channels {full}-{n_in - 1} (sums of their {n_k} products): {rest}")
+    p(
+        f"\n   conv: sum of all {c.products.size} products = [bold]{c.conv_sum:+.6f}[/bold] "
+        "(no bias: the conv has bias=False, BatchNorm's beta adds it)"
+    )
+    p(
+        f"   {c.bn} (eval, running statistics): x_hat = (s - mean) / sqrt(var + eps) = "
+        f"({_n(c.conv_sum)} - {_n(c.bn_mean)}) / sqrt({_n(c.bn_var)} + {c.bn_eps:g}) = {_n(c.bn_x_hat)}"
+    )
+    p(
+        f"   {' ' * len(c.bn)}  y = x_hat * gamma + beta = {_n(c.bn_x_hat)} * {_n(c.bn_gamma)} + {_n(c.bn_beta)} "
+        f"= [bold]{c.bn_out:.6f}[/bold]"
+    )
+    p(f"   {c.relu}: max({_n(c.bn_out)}, 0) = [bold]{c.relu_out:.6f}[/bold]")
+    mark = "[green]agree[/green]" if c.agrees else "[red]DISAGREE[/red]"
+    e = c.engine
+    p(
+        f"   the {backend} engine at this cell: conv {e['conv']:+.6f}, bn {e['bn']:+.6f}, relu {e['relu']:.6f}; "
+        f"max |diff| {c.max_abs_diff:.1e}: {mark}"
+    )
+
+
+def _explain_pool(pc: PoolCell | None, c: ConvCell, *, note: str | None) -> None:
+    """3, continued: the pooling window the hand-computed cell falls in, and its winner
+    (``note`` says why there is none to show)."""
+    p = out.print
+    if pc is None:
+        if note:
+            p(f"\n   {note}")
+        return
+    k = pc.window.shape[0]
+    at = (pc.winner[0] - pc.origin[0], pc.winner[1] - pc.origin[1])
+    p(
+        f"\n   {pc.pool}: window rows {pc.origin[0]}-{pc.origin[0] + k - 1}, cols {pc.origin[1]}-{pc.origin[1] + k - 1} "
+        f"of {c.relu} channel {c.channel} -> {pc.pool} cell ({pc.row}, {pc.col})"
+    )
+    for line in _grid(pc.window, "{:.4f}", highlight=at).split("\n"):
+        p(f"   {line}")
+    who = "the hand-computed cell won" if pc.cell_won else f"cell {pc.winner} won, not ({c.row}, {c.col})"
+    p(f"   winner {pc.winner} = {pc.value:.6f} (engine {pc.engine_value:.6f}): {who}")
+
+
+def _explain_heatmap(hm: Heatmap, *, draw: bool) -> None:
+    """4: where the model looked: Grad-CAM (conv nets) or attention rollout (the ViT)."""
+    import numpy as np
+
+    p = out.print
     wh = hm.where
     if hm.method == "grad-cam":
         K = len(hm.alpha)
@@ -533,6 +560,10 @@ def print_explain(r, *, as_json: bool) -> None:
         (x, y), (u, v) = wh.peak, wh.peak_input
         p(f"   peak: photo pixel (x {x}, y {y}), model-input pixel (x {u}, y {v})")
 
+
+def _explain_decision(r: ExplainResult) -> None:
+    """5: the probabilities and the route; then the notes and the files written."""
+    p = out.print
     d = r.decision
     p(f"\n[bold]5. Decision[/bold]: {d.label} ({d.confidence:.3f})")
     for name, prob in sorted(d.probabilities.items(), key=lambda kv: -kv[1]):
