@@ -21,6 +21,22 @@ obviously right, and what ``explain`` shows (``conv2d_window``, ``conv2d_cell``)
 (im2col: copy every window into a row, then a GEMM, a few images at a time; they live in
 ``tinytriage.nn.fast.im2col``) and are what training uses. dx is computed the same way, as a convolution of dout (see
 ``conv2d_backward``). Tests hold the two equal.
+
+Two kinds of convolution are not worth im2col's copy, and ``Conv2d`` sends them down paths
+of their own (``Conv2d.path``): a depthwise convolution (groups = channels, one kernel per
+channel: ``tinytriage.nn.depthwise``) and a pointwise one (1x1, stride 1, no padding,
+groups 1: a plain matrix multiply, ``tinytriage.nn.fast.pointwise``). The numbers are the
+same; tests hold every path equal to these loops and to PyTorch.
+
+TensorFlow's "same" padding (``Conv2dSame``, as timm's) pads each axis so that the kernel
+takes ceil(H / S) positions:
+
+    total = max((ceil(H / S) - 1) * S + (K - 1) * D + 1 - H, 0),   top = total // 2,
+    bottom = total - top
+
+so on stride 2 the bottom and right often get one row more than the top and left. It is
+a ``Conv2d`` with that padding worked out for each input size; the weights and their keys
+are a ``Conv2d``'s.
 """
 
 from __future__ import annotations
@@ -30,10 +46,22 @@ import math
 import numpy as np
 
 from tinytriage.errors import ShapeError
+from tinytriage.nn.fast.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from tinytriage.nn.fast.im2col import conv2d_backward, conv2d_forward
 from tinytriage.nn.fast.memory import Workspace
+from tinytriage.nn.fast.pointwise import pointwise_conv2d_backward, pointwise_conv2d_forward
 from tinytriage.nn.module import Module, check_ndim, take_cache
-from tinytriage.nn.sizes import IntPair, check_conv, conv_output_size, pad2d, pair, sliding_output_hw  # noqa: F401 (conv_output_size: nn's own)
+from tinytriage.nn.sizes import (  # noqa: F401 (conv_output_size: nn's own)
+    IntPair,
+    Pads,
+    check_conv,
+    conv_output_size,
+    pad2d,
+    pad2d_asym,
+    pair,
+    same_padding,
+    sliding_output_hw,
+)
 
 
 # -- (a) the reference: one output cell at a time -----------------------------------------
@@ -158,7 +186,16 @@ def conv2d_cell(
     return dict(window=window.copy(), kernel=kernel.copy(), products=products, sum=total, bias=b, out=total + b)
 
 
-# -- the layer ----------------------------------------------------------------------------
+# -- the layers ---------------------------------------------------------------------------
+def im2col_padding(x: np.ndarray, pads: Pads) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(x, padding)`` for im2col, which pads both sides of an axis alike: symmetric pads
+    pass through; others (TF's "same" on stride 2) are applied to ``x`` here, padding 0."""
+    (PT, PB), (PL, PR) = pads
+    if PT == PB and PL == PR:
+        return x, (PT, PL)
+    return pad2d_asym(x, pads), (0, 0)
+
+
 class Conv2d(Module):
     """``torch.nn.Conv2d`` in NumPy: weight (O, C/groups, KH, KW), bias (O,)."""
 
@@ -198,27 +235,51 @@ class Conv2d(Module):
         self._cache: tuple | None = None
         self.workspace = Workspace()  # im2col columns and padded canvases, kept between steps
 
+    @property
+    def path(self) -> str:
+        """Which fast pair computes this layer: ``"depthwise"`` (one kernel per channel,
+        ``tinytriage.nn.fast.depthwise``), ``"pointwise"`` (1x1, stride 1, no padding, groups 1:
+        one matrix multiply, ``tinytriage.nn.fast.pointwise``) or ``"im2col"`` (the rest)."""
+        if self.groups == self.in_channels == self.out_channels and self.groups > 1:
+            return "depthwise"
+        if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1:
+            return "pointwise"
+        return "im2col"
+
+    def pads(self, hw: tuple[int, int]) -> Pads:
+        """The padding of an (H, W) input, ((top, bottom), (left, right)): ``padding`` on both sides."""
+        (PH, PW) = self.padding
+        return (PH, PH), (PW, PW)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         check_ndim(x, 4, "Conv2d", "(N, C, H, W)")
         if x.shape[1] != self.in_channels:
             raise ShapeError(
                 f"Conv2d: expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
-        out, self._cache = conv2d_forward(
-            x,
-            self._params["weight"],
-            self._params.get("bias"),
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.workspace,
-        )
+        w, b = self._params["weight"], self._params.get("bias")
+        pads, path = self.pads(x.shape[2:]), self.path
+        if path == "depthwise":
+            out, cache = depthwise_conv2d_forward(x, w, b, self.stride, pads, self.dilation, self.workspace)
+        elif path == "pointwise":
+            out, cache = pointwise_conv2d_forward(x, w, b)
+        else:
+            x, padding = im2col_padding(x, pads)
+            out, cache = conv2d_forward(x, w, b, self.stride, padding, self.dilation, self.groups, self.workspace)
+        self._cache = (path, pads, cache)
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        cache, self._cache = take_cache(self._cache, "Conv2d")
-        dx, dw, db = conv2d_backward(grad_out, cache, self.needs_input_grad, self.workspace)
+        (path, pads, cache), self._cache = take_cache(self._cache, "Conv2d")
+        if path == "depthwise":
+            dx, dw, db = depthwise_conv2d_backward(grad_out, cache, self.needs_input_grad, self.workspace)
+        elif path == "pointwise":
+            dx, dw, db = pointwise_conv2d_backward(grad_out, cache, self.needs_input_grad)
+        else:
+            dx, dw, db = conv2d_backward(grad_out, cache, self.needs_input_grad, self.workspace)
+            (PT, PB), (PL, PR) = pads
+            if dx is not None and (PT != PB or PL != PR):  # padded by hand: the border's gradient is dropped
+                dx = dx[:, :, PT : dx.shape[2] - PB, PL : dx.shape[3] - PR]
         self._grads = {"weight": dw, "bias": db} if "bias" in self._params else {"weight": dw}
         return dx
 
@@ -231,3 +292,32 @@ class Conv2d(Module):
         if self.groups != 1:
             s += f", groups={self.groups}"
         return s + ("" if "bias" in self._params else ", bias=False")
+
+
+class Conv2dSame(Conv2d):
+    """timm's ``Conv2dSame``: a ``Conv2d`` with TensorFlow's "same" padding, worked out for
+    each input size (the module docstring's formula; ``padding`` is ignored, as in timm).
+    The same parameters and keys as ``Conv2d``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        dtype: type = np.float32,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, dtype, rng)
+
+    def pads(self, hw: tuple[int, int]) -> Pads:
+        """((top, bottom), (left, right)) for an (H, W) input: the kernel takes ceil(H / S) positions."""
+        (H, W), (KH, KW), (SH, SW), (DH, DW) = hw, self.kernel_size, self.stride, self.dilation
+        return same_padding(H, KH, SH, DH), same_padding(W, KW, SW, DW)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", padding=same (TF)"

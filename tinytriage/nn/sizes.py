@@ -11,6 +11,7 @@ from tinytriage.errors import ShapeError
 from tinytriage.nn.module import check_ndim
 
 IntPair = int | Sequence[int]
+Pads = tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
@@ -61,6 +62,49 @@ def pad2d(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> np.nda
     if PH == PW == 0:
         return x
     return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=value)
+
+
+def as_pads(padding: IntPair | Pads, layer: str = "Conv2d") -> Pads:
+    """``P`` or ``(PH, PW)`` -> ((PH, PH), (PW, PW)); ((top, bottom), (left, right)) stays."""
+    if not isinstance(padding, (int, np.integer)) and all(isinstance(p, Sequence) for p in padding):
+        (PT, PB), (PL, PR) = (pair(p, "padding", layer, 0) for p in padding)
+        return (PT, PB), (PL, PR)
+    PH, PW = pair(padding, "padding", layer, 0)
+    return (PH, PH), (PW, PW)
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's "same" padding along one axis, (before, after): enough that the kernel
+    takes ceil(size / stride) positions, half before, the odd one after.
+
+        total = max((ceil(H / S) - 1) * S + (K - 1) * D + 1 - H, 0)
+        before = total // 2,  after = total - total // 2
+    """
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad2d_asym(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
+    """Pad the last two axes of (N, C, H, W) by ((top, bottom), (left, right))."""
+    (PT, PB), (PL, PR) = pads
+    if PT == PB == PL == PR == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (PT, PB), (PL, PR)), constant_values=value)
+
+
+def padded_output_hw(
+    layer: str,
+    hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pads: Pads,
+    dilation: tuple[int, int] = (1, 1),
+) -> tuple[int, int]:
+    """``sliding_output_hw`` for padding that may differ between the two sides of an axis."""
+    (PT, PB), (PL, PR) = pads
+    if PT == PB and PL == PR:
+        return sliding_output_hw(layer, hw, kernel, stride, (PT, PL), dilation)
+    return sliding_output_hw(layer, (hw[0] + PT + PB, hw[1] + PL + PR), kernel, stride, (0, 0), dilation)
 
 
 def check_conv(x: np.ndarray, weight: np.ndarray, groups: int) -> None:
