@@ -7,23 +7,32 @@ the reference, the layer class. What makes them fast lives in ``nn.fast``, teste
 to the references. Imports NumPy and the standard library only.
 """
 
-from tinytriage.nn.activation import ReLU
+from tinytriage.nn.activation import ReLU, ReLU6
 from tinytriage.nn.conv import (
     Conv2d,
+    Conv2dSame,
     conv2d_backward_reference,
     conv2d_cell,
     conv2d_reference,
     conv2d_window,
 )
+from tinytriage.nn.depthwise import (
+    depthwise_conv2d_backward,
+    depthwise_conv2d_backward_reference,
+    depthwise_conv2d_forward,
+    depthwise_conv2d_reference,
+)
 from tinytriage.nn.dropout import Dropout
-from tinytriage.nn.fast.fuse import ConvBNReLU, fold_batchnorm, fuse_for_inference
+from tinytriage.nn.fast.fuse import ConvBNReLU, FusedBlock, fold_batchnorm, fuse_for_inference
 from tinytriage.nn.fast.im2col import conv2d_backward, conv2d_forward
 from tinytriage.nn.fast.norm import batch_norm_backward, batch_norm_forward
 from tinytriage.nn.fast.parallel import get_num_threads, set_num_threads
+from tinytriage.nn.fast.pointwise import pointwise_conv2d_backward, pointwise_conv2d_forward
 from tinytriage.nn.fast.pool import maxpool2d_backward, maxpool2d_forward
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
+from tinytriage.nn.mobile import DepthwiseSeparableConv, InvertedResidual, make_divisible
 from tinytriage.nn.module import Module, NoInit, Sequential
 from tinytriage.nn.norm import BatchNorm2d, batch_norm_backward_reference, batch_norm_reference
 from tinytriage.nn.optim import SGD, Adam, AdamW, Optimizer
@@ -39,7 +48,7 @@ from tinytriage.nn.pool import (
     maxpool2d_backward_reference,
     maxpool2d_reference,
 )
-from tinytriage.nn.sizes import conv_output_size
+from tinytriage.nn.sizes import conv_output_size, pad2d_asym, same_padding
 from tinytriage.nn.transformer import (
     GELU,
     Attention,
@@ -55,17 +64,23 @@ from tinytriage.nn.transformer import (
 __all__ = [
     "BCEWithLogitsLoss",
     "ConvBNReLU",
+    "FusedBlock",
     "fold_batchnorm",
     "fuse_for_inference",
     "Module",
     "NoInit",
     "Sequential",
     "Conv2d",
+    "Conv2dSame",
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",
     "GlobalAvgMaxPool2d",
     "ReLU",
+    "ReLU6",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "make_divisible",
     "Linear",
     "Flatten",
     "BatchNorm2d",
@@ -82,12 +97,20 @@ __all__ = [
     "Adam",
     "AdamW",
     "conv_output_size",
+    "same_padding",
+    "pad2d_asym",
     "conv2d_window",
     "conv2d_cell",
     "conv2d_reference",
     "conv2d_backward_reference",
     "conv2d_forward",
     "conv2d_backward",
+    "depthwise_conv2d_reference",
+    "depthwise_conv2d_backward_reference",
+    "depthwise_conv2d_forward",
+    "depthwise_conv2d_backward",
+    "pointwise_conv2d_forward",
+    "pointwise_conv2d_backward",
     "maxpool2d_reference",
     "maxpool2d_backward_reference",
     "maxpool2d_forward",

@@ -1,4 +1,8 @@
-"""Activations. ReLU(x) = max(x, 0), so d relu / dx = 1[x > 0] (0 at x = 0, as PyTorch)."""
+"""Activations. ReLU(x) = max(x, 0), so d relu / dx = 1[x > 0] (0 at x = 0, as PyTorch).
+
+ReLU6(x) = min(max(x, 0), 6), the ReLU of MobileNets (its output fits a fixed range, for
+low-precision arithmetic), so d relu6 / dx = 1[0 < x < 6] (0 at both ends, as PyTorch's
+hardtanh)."""
 
 from __future__ import annotations
 
@@ -42,4 +46,30 @@ class ReLU(Module):
         positive, self._positive = take_cache(self._positive, "ReLU")
         dx = empty_like(grad_out)
         _elementwise(lambda g, p, dx: np.multiply(g, p, out=dx), grad_out, positive, dx)  # d relu/dx = 1[x > 0]
+        return dx
+
+
+class ReLU6(Module):
+    """``torch.nn.ReLU6()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inside: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        inside, out = empty_like(x, bool), empty_like(x)  # in x's layout
+
+        def relu6(x: np.ndarray, inside: np.ndarray, out: np.ndarray) -> None:
+            np.greater(x, 0, out=inside)
+            np.logical_and(inside, x < 6, out=inside)
+            np.clip(x, 0, 6, out=out)
+
+        _elementwise(relu6, x, inside, out)
+        self._inside = inside
+        return out
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        inside, self._inside = take_cache(self._inside, "ReLU6")
+        dx = empty_like(grad_out)
+        _elementwise(lambda g, i, dx: np.multiply(g, i, out=dx), grad_out, inside, dx)  # d relu6/dx = 1[0 < x < 6]
         return dx

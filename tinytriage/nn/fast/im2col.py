@@ -151,9 +151,11 @@ def _correlate(
     bias: np.ndarray | None = None,
     relu: bool = False,
     pool: tuple | None = None,
+    cap: float | None = None,
 ) -> None:
     """Step 3 for every chunk: out rows (N*H'*W', O) = cols @ w_mat, group by group, then
-    ``+ bias`` and (``relu``) ``max(., 0)`` on the chunk while it is still in cache.
+    ``+ bias``, (``relu``) ``max(., 0)`` and (``cap``) ``min(., cap)`` on the chunk while it
+    is still in cache.
 
     ``pool`` = (kernel, stride, (H', W'), workspace): the chunk's product goes to scratch
     and only its max pooling lands in ``out`` (N, H'', W'', O). The pooling runs first: a
@@ -187,6 +189,8 @@ def _correlate(
             mine += bias_g  # broadcasts over the rows
         if relu:
             np.maximum(mine, 0, out=mine)
+        if cap is not None:
+            np.minimum(mine, cap, out=mine)
 
     parallel_map(task, chunks, blas=True)
 
@@ -219,11 +223,13 @@ def conv2d_fused_forward(
     workspace: Workspace | None,
     relu: bool,
     pool: tuple[IntPair, IntPair] | None,
+    cap: float | None = None,
 ) -> np.ndarray:
     """Inference only (``tinytriage.nn.fast.fuse``): the convolution, then ``max(., 0)``
-    when ``relu``, then max pooling when ``pool`` = (kernel, stride) (no padding), each
-    chunk of images while it is in cache. No cache: there is no backward."""
-    out, _ = _conv2d(x, weight, bias, stride, padding, dilation, groups, workspace, relu, pool)
+    when ``relu`` and ``min(., cap)`` when ``cap`` (ReLU6: 6), then max pooling when
+    ``pool`` = (kernel, stride) (no padding), each chunk of images while it is in cache.
+    No cache: there is no backward."""
+    out, _ = _conv2d(x, weight, bias, stride, padding, dilation, groups, workspace, relu, pool, cap)
     return out
 
 
@@ -238,6 +244,7 @@ def _conv2d(
     workspace: Workspace | None,
     relu: bool = False,
     pool: tuple[IntPair, IntPair] | None = None,
+    cap: float | None = None,
 ) -> tuple[np.ndarray, tuple]:
     check_conv(x, weight, groups)
     stride, padding = pair(stride, "stride", "Conv2d", 1), pair(padding, "padding", "Conv2d", 0)
@@ -254,12 +261,12 @@ def _conv2d(
     plan = _im2col_plan(src, cl, (KH, KW), stride, dilation, G, canvas, padding, (1, 1), ws, "x")
     if pool is None:
         out = empty((N, Ho, Wo, O), dtype)  # (N, H', W', O)
-        _correlate(*plan, w_mat, out, bias, relu)
+        _correlate(*plan, w_mat, out, bias, relu, cap=cap)
     else:
         pool_k, pool_s = pair(pool[0], "kernel_size", "MaxPool2d", 1), pair(pool[1], "stride", "MaxPool2d", 1)
         Hp, Wp = sliding_output_hw("MaxPool2d", (Ho, Wo), pool_k, pool_s, (0, 0), (1, 1))
         out = empty((N, Hp, Wp, O), dtype)  # (N, H'', W'', O): the pooled map
-        _correlate(*plan, w_mat, out, bias, relu, pool=(pool_k, pool_s, (Ho, Wo), ws))
+        _correlate(*plan, w_mat, out, bias, relu, pool=(pool_k, pool_s, (Ho, Wo), ws), cap=cap)
     cache = (src, cl, weight, bias is not None, stride, padding, dilation, groups)
     return nchw(out), cache
 
