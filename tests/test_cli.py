@@ -29,7 +29,7 @@ def test_predict_imports_neither_torch_nor_numpy_random(tmp_path, tiny_model_pat
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
     extra = ", '--json'" if as_json else ""
     code = (
-        f"import sys; from tinytriage.cli.app import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2]{extra}]\n"
+        f"import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2]{extra}]\n"
         "try: main()\nexcept SystemExit: pass\n"
         "print('LOADED', 'torch' in sys.modules, 'numpy.random' in sys.modules, 'rich' in sys.modules)"
     )
@@ -48,7 +48,7 @@ def test_predict_runs_openblas_without_threads_of_its_own_unless_told(tmp_path, 
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "p.png")
     code = (
-        "import sys; from tinytriage.cli.app import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2], '--json']\n"
+        "import sys; from tinytriage.cli import main; sys.argv = ['tinytriage', 'predict', sys.argv[1], '-m', sys.argv[2], '--json']\n"
         "try: main()\nexcept SystemExit: pass\n"
         "from threadpoolctl import threadpool_info\n"
         "print('BLAS', [i['num_threads'] for i in threadpool_info() if i['internal_api'] == 'openblas'])"
@@ -74,7 +74,7 @@ def test_predict_leaves_the_process_at_once_with_its_output_and_exit_code(tmp_pa
     (tmp_path / "bad.jpg").write_bytes(b"not a photo")
     args = ["predict", str(tmp_path), "-m", str(tiny_model_path), "--json"] if command == "predict" else [command]
     code = (
-        "import atexit, sys; from tinytriage.cli.app import entry\n"
+        "import atexit, sys; from tinytriage.cli import entry\n"
         "atexit.register(lambda: print('EXIT HANDLER RAN', flush=True))\n"
         f"sys.argv = ['tinytriage', *{args!r}]\nentry()"
     )

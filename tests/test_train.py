@@ -230,6 +230,29 @@ def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize(
+    "arch, options, option, message",
+    [
+        ("vit", {"widths": "4,8"}, "--widths", "only for --arch cnn"),
+        ("vit", {"pool": "avgmax"}, "--pool", "only for --arch cnn"),
+        ("cnn", {"widths": "4,x"}, "--widths", "expected positive integers"),
+        ("cnn", {"widths": "4,8", "depths": "1,2,1"}, "--depths", r"one count >= 1 per stage \(2 stages\)"),
+        ("cnn", {"pool": "median"}, "--pool", "choose one of avg, avgmax"),
+    ],
+)
+def test_model_options_are_checked_by_the_library(arch, options, option, message):
+    """``train``'s --widths, --depths and --pool become the model config beside TrainConfig;
+    the error names the option, which the CLI turns into a usage error."""
+    from tinytriage.errors import ConfigError
+    from tinytriage.training.run import model_config_from_options
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        model_config_from_options(arch, **options)
+    assert caught.value.option == option
+    both = model_config_from_options("cnn", widths="4,8", depths="1,2", pool="avgmax")
+    assert both == {"widths": [4, 8], "depths": [1, 2], "pool": "avgmax"}
+
+
 def test_a_model_file_from_before_the_pool_option_reads_as_avg(toy, tmp_path):
     """Files written before CNNConfig.pool existed have no "pool" key: --init and --resume take them."""
     from tinytriage.models.file import save_model

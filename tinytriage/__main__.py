@@ -1,6 +1,6 @@
 """`python -m tinytriage` (also what `torchrun -m tinytriage` runs)."""
 
-from tinytriage.cli.app import entry
+from tinytriage.cli import entry
 
 if __name__ == "__main__":
     entry()

@@ -29,5 +29,14 @@ class TrainingError(TinyTriageError):
     """Training cannot go on (e.g. the loss became NaN or Inf)."""
 
 
+class ConfigError(TinyTriageError):
+    """An option's value cannot work (e.g. --depths that do not match --widths). ``option``
+    names it, so the CLI can point at it as a usage error (exit code 2)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class BackendUnavailable(TinyTriageError):
     """A backend was asked for but its dependency (PyTorch) is not installed."""

@@ -2,17 +2,14 @@
 
 Nothing here computes anything. Heavy modules (NumPy layers, PyTorch, Pillow) are
 imported inside the commands that need them, so `tinytriage --help` stays instant and
-torch is only ever imported when a torch backend is chosen.
-
-Exit codes: 0 success, 1 a photo/model/dataset error (or any photo in a batch failed),
-2 usage error, 130 interrupted.
+torch is only ever imported when a torch backend is chosen. Exit codes, one-line errors,
+Ctrl-C and a reader that left are ``tinytriage.cli.process``'s.
 
 No ``from __future__ import annotations`` here: Typer reads every command's annotations
 at each start, and evaluating them from strings costs a few ms of the 0.25 s a one-photo
 ``predict`` may take.
 """
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -20,7 +17,8 @@ from pathlib import Path
 import typer
 
 from tinytriage import __version__
-from tinytriage.errors import TinyTriageError
+from tinytriage.cli.process import ReaderLeft, ends_cleanly, exit_quickly, show_tracebacks
+from tinytriage.errors import ConfigError, TinyTriageError
 
 app = typer.Typer(
     name="tinytriage",
@@ -31,16 +29,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_DEBUG = False
-_QUICK_EXIT = False  # set by predict: see entry()
-
 
 def _version(value: bool) -> None:
     if value:
         try:  # a broken pipe ends here, not in click, which makes it exit code 1
             print(f"tinytriage {__version__}", flush=True)
         except BrokenPipeError:
-            raise _ReaderLeft from None
+            raise ReaderLeft from None
         raise typer.Exit()
 
 
@@ -55,8 +50,7 @@ def _root(
         help="Print the version and exit.",
     ),
 ) -> None:
-    global _DEBUG
-    _DEBUG = debug or bool(os.environ.get("TINYTRIAGE_DEBUG"))
+    show_tracebacks(debug or bool(os.environ.get("TINYTRIAGE_DEBUG")))
 
 
 @app.command()
@@ -170,8 +164,7 @@ def predict(
     second_look: bool = SecondLookOpt,
 ) -> None:
     """Route each photo to a queue: class, confidence, top 3 and route."""
-    global _QUICK_EXIT
-    _QUICK_EXIT = True
+    exit_quickly()  # it writes nothing but stdout and stderr (process.entry)
     _blas_threads_off()
     from tinytriage.inference.predict import Predictor, expand_inputs, load_routes
 
@@ -261,31 +254,13 @@ def train(
     from tinytriage.engines.distributed import is_main
     from tinytriage.training.loop import TrainConfig
     from tinytriage.training.loop import train as run_training
+    from tinytriage.training.run import model_config_from_options
 
     backend, arch = _engine(backend, arch)
-    model_config = {}
-    if widths is not None:
-        if (arch or "cnn") != "cnn":
-            raise typer.BadParameter("only for --arch cnn", param_hint="--widths")
-        model_config["widths"] = _parse_counts(widths, "--widths")
-    if depths is not None:
-        from tinytriage.models.cnn import CNNConfig
-
-        if (arch or "cnn") != "cnn":
-            raise typer.BadParameter("only for --arch cnn", param_hint="--depths")
-        model_config["depths"] = _parse_counts(depths, "--depths")
-        try:
-            CNNConfig.from_dict(model_config)
-        except ValueError as err:
-            raise typer.BadParameter(str(err), param_hint="--depths") from None
-    if pool is not None:
-        from tinytriage.models.cnn import HEAD_POOLS
-
-        if (arch or "cnn") != "cnn":
-            raise typer.BadParameter("only for --arch cnn", param_hint="--pool")
-        if pool not in HEAD_POOLS:
-            raise typer.BadParameter(f"choose one of {', '.join(HEAD_POOLS)}, got {pool!r}", param_hint="--pool")
-        model_config["pool"] = pool
+    try:
+        model_config = model_config_from_options(arch or "cnn", widths=widths, depths=depths, pool=pool)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err), param_hint=err.option) from None
     cfg = TrainConfig(
         data_dir=str(data_dir), out=str(out), arch=arch or "cnn", backend=backend, device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
@@ -300,17 +275,6 @@ def train(
         print_train_result(result, as_json=as_json)
     if result.interrupted:
         raise typer.Exit(130)
-
-
-def _parse_counts(text: str, option: str) -> list[int]:
-    """``--widths`` / ``--depths``: positive integers separated by commas."""
-    try:
-        counts = [int(w) for w in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or any(w < 1 for w in counts):
-        raise typer.BadParameter(f"expected positive integers separated by commas, got {text!r}", param_hint=option)
-    return counts
 
 
 @app.command()
@@ -522,111 +486,6 @@ def samples(
     )
 
 
-class _ReaderLeft(Exception):
-    """stdout's reader went away (``| head -1``): the command ends quietly, exit code 0."""
-
-
-class _Interrupted(Exception):
-    """Ctrl-C inside a command: ``main`` says so on stderr, exit code 130."""
-
-
-def _ends_cleanly(command):
-    """A broken pipe inside ``command`` becomes ``_ReaderLeft`` (as an OSError it would
-    reach click, which makes it exit code 1) and Ctrl-C ``_Interrupted`` (typer would turn
-    it into a silent exit code 130)."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except BrokenPipeError:
-            raise _ReaderLeft from None
-        except KeyboardInterrupt:
-            raise _Interrupted from None
-
-    return run
-
-
+# every command: a broken pipe or Ctrl-C inside it comes back to process.main as its own exception
 for _command in app.registered_commands:
-    _command.callback = _ends_cleanly(_command.callback)
-
-
-def entry() -> None:
-    """The ``tinytriage`` command and ``python -m tinytriage``: ``main()``, and after a
-    ``predict``, the quickest way out of the process.
-
-    A Python process that has loaded NumPy, Pillow and rich takes 30-50 ms to end on the
-    2-core machine (finalizing every module and freeing every object), a fifth of a
-    one-photo predict. predict writes nothing but stdout and stderr, so once both are
-    flushed there is nothing left to finish: it leaves by ``os._exit`` with its exit code.
-    Every other command, a run that loaded torch (its exit handlers stay), and ``main()``
-    called from Python end as usual."""
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as done:
-        code = done.code
-    if not (_QUICK_EXIT and isinstance(code, int | None) and "torch" not in sys.modules):
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # the reader left (| head), or the stream is closed
-            pass
-    os._exit(code or 0)
-
-
-def main() -> None:
-    """Run the app, turn library errors into one line on stderr."""
-    try:
-        # standalone_mode=False: errors come back to us; typer.Exit(n) comes back as n
-        rc = app(standalone_mode=False)
-        if isinstance(rc, int) and rc:
-            _flush_stdout()
-            sys.exit(rc)
-    except TinyTriageError as err:
-        if _DEBUG:
-            raise
-        print(f"tinytriage: error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except (typer.Exit, SystemExit) as err:
-        code = getattr(err, "exit_code", getattr(err, "code", 0))
-        _flush_stdout()  # now, so that a reader gone away (| head) ends it quietly
-        sys.exit(code if code is not None else 0)
-    except typer.Abort:
-        print("tinytriage: aborted", file=sys.stderr)
-        sys.exit(130)
-    except (KeyboardInterrupt, _Interrupted):
-        print("tinytriage: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (BrokenPipeError, _ReaderLeft):
-        # `tinytriage predict ... | head -1`: the reader left; end quietly.
-        _silence_stdout()
-        sys.exit(0)
-    except Exception as err:
-        # usage errors (click's, or the click vendored by newer Typer) arrive here in
-        # standalone_mode=False: they know how to show themselves and their exit code (2)
-        if hasattr(err, "show") and isinstance(getattr(err, "exit_code", None), int):
-            err.show()
-            sys.exit(err.exit_code)
-        if _DEBUG:
-            raise
-        print(f"tinytriage: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        print(
-            "  (run with --debug for the traceback, and please report it)",
-            file=sys.stderr,
-        )
-        sys.exit(1)
-    _flush_stdout()
-
-
-def _flush_stdout() -> None:
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    _command.callback = ends_cleanly(_command.callback)

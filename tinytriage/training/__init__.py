@@ -10,7 +10,7 @@ from tinytriage.training.loop import (
     train,
     with_arch_defaults,
 )
-from tinytriage.training.run import RunState
+from tinytriage.training.run import RunState, model_config_from_options
 
 __all__ = [
     "EpochMetrics",
@@ -19,6 +19,7 @@ __all__ = [
     "TrainResult",
     "convert_head_weight",
     "evaluate_arrays",
+    "model_config_from_options",
     "train",
     "with_arch_defaults",
 ]

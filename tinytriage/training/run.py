@@ -7,14 +7,15 @@ what the loop (``training.loop``) updates after every epoch and a checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinytriage.errors import TinyTriageError, TrainingError
-from tinytriage.models import get_arch
+from tinytriage.errors import ConfigError, TinyTriageError, TrainingError
+from tinytriage.models import ARCHS, get_arch
+from tinytriage.models.cnn import HEAD_POOLS
 
 
 @dataclass
@@ -55,6 +56,50 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     defaults = {**spec.train_defaults, "input_size": spec.default_input_size}
     unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     return replace(cfg, **unset)
+
+
+def model_config_from_options(
+    arch: str, *, widths: str | None = None, depths: str | None = None, pool: str | None = None
+) -> dict[str, Any]:
+    """``TrainConfig.model_config`` from ``train``'s --widths, --depths and --pool as typed
+    (``"16,32,64"``), checked before any photo is read: each sets a field of the
+    architecture's config (only the CNN's has them), --depths gives one count per stage,
+    --pool names a head pooling. Raises ``ConfigError`` naming the option."""
+    model_config: dict[str, Any] = {}
+    if widths is not None:
+        _takes(arch, "widths")
+        model_config["widths"] = _counts(widths, "--widths")
+    if depths is not None:
+        _takes(arch, "depths")
+        model_config["depths"] = _counts(depths, "--depths")
+        try:
+            get_arch(arch).from_dict(model_config)  # one count per stage of --widths (or the default widths)
+        except ValueError as err:
+            raise ConfigError(str(err), option="--depths") from None
+    if pool is not None:
+        _takes(arch, "pool")
+        if pool not in HEAD_POOLS:
+            raise ConfigError(f"choose one of {', '.join(HEAD_POOLS)}, got {pool!r}", option="--pool")
+        model_config["pool"] = pool
+    return model_config
+
+
+def _takes(arch: str, name: str) -> None:
+    """--NAME sets the config field NAME: refused for an architecture whose config has none."""
+    takers = [a for a, spec in ARCHS.items() if name in {f.name for f in fields(spec.config)}]
+    if arch not in takers:
+        raise ConfigError(f"only for {' or '.join(f'--arch {a}' for a in takers)}", option=f"--{name}")
+
+
+def _counts(text: str, option: str) -> list[int]:
+    """``--widths`` / ``--depths``: positive integers separated by commas."""
+    try:
+        counts = [int(w) for w in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(w < 1 for w in counts):
+        raise ConfigError(f"expected positive integers separated by commas, got {text!r}", option)
+    return counts
 
 
 @dataclass
