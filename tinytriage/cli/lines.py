@@ -26,7 +26,7 @@ def write_json_line(obj: Any) -> None:
 
 def error_line(message: str) -> None:
     if sys.stderr.isatty():
-        from tinytriage.cli.render import err
+        from tinytriage.cli.consoles import err  # rich: only for a person at a terminal
 
         if err.is_terminal:
             err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)

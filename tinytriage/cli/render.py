@@ -2,6 +2,7 @@
 
 Results go to stdout; progress, warnings and errors to stderr, so `--json` output can be
 piped into `jq` untouched. JSON never contains NaN or Infinity (they become null).
+The consoles themselves are ``cli.consoles``, the JSON lines ``cli.lines``.
 """
 
 from __future__ import annotations
@@ -10,27 +11,15 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
+from tinytriage.cli.consoles import PipeConsole, err, out
 from tinytriage.cli.lines import dumps, error_line, print_prediction_lines, write_json_line  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # for the type hints alone: each command imports what it needs when it runs
     from tinytriage.explain import lesson
     from tinytriage.explain.photo import ConvCell, ExplainResult, FeatureMaps, Heatmap, PoolCell
     from tinytriage.training import events
-
-
-class _Console(Console):
-    """rich's Console, except that a broken pipe (``| head -1``) stays a BrokenPipeError
-    for the CLI to end on quietly with exit code 0; rich itself would exit with 1."""
-
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError
-
-
-out = _Console(soft_wrap=True, highlight=False)
-err = _Console(stderr=True, highlight=False)
 
 
 # -- predict ----------------------------------------------------------------------------
@@ -70,7 +59,7 @@ def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
             from rich.measure import Measurement
 
             natural = Measurement.get(out, out.options.update_width(10**6), table).maximum
-            _Console(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
+            PipeConsole(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
     return ok, failed
 
 
