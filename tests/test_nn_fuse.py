@@ -176,3 +176,103 @@ def test_fused_layers_refuse_backward_and_non_conv_models_pass_through():
     assert nn.fuse_for_inference(plain) is plain
     batch_stats = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False))
     assert nn.fuse_for_inference(batch_stats) is batch_stats  # no running statistics: nothing to fold
+
+
+# -- ReLU6, the depthwise and pointwise paths, TF "same" padding, and the mobile blocks ----
+# (conv class, Conv2d or Conv2dSame; its kwargs; max pool (kernel, stride) or None; input shape)
+RELU6_CASES = [
+    pytest.param(nn.Conv2d, dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6), None, (2, 6, 7, 8), id="depthwise-k3"),
+    pytest.param(nn.Conv2dSame, dict(in_channels=4, out_channels=4, kernel_size=5, stride=2, groups=4, bias=False), None, (2, 4, 9, 8), id="depthwise-same-k5-s2"),
+    pytest.param(nn.Conv2d, dict(in_channels=5, out_channels=7, kernel_size=1), None, (2, 5, 4, 6), id="pointwise"),
+    pytest.param(nn.Conv2dSame, dict(in_channels=3, out_channels=8, kernel_size=3, stride=2, bias=False), None, (2, 3, 10, 9), id="im2col-same-s2"),
+    pytest.param(nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), (2, 2), (2, 3, 8, 8), id="im2col-pool2"),
+    pytest.param(nn.Conv2d, dict(in_channels=32, out_channels=4, kernel_size=3, padding=1), (2, 2), (1, 32, 4, 4), id="no-winograd-for-relu6"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("conv_cls, conv_kw, pool, shape", RELU6_CASES)
+def test_fused_conv_bn_relu6_matches_torch_eval(conv_cls, conv_kw, pool, shape, dtype):
+    from tinytriage.models import torch_efficientnet
+
+    rng = np.random.default_rng(0)
+    O = conv_kw["out_channels"]
+    layers = [conv_cls(**conv_kw, rng=rng), nn.BatchNorm2d(O, eps=1e-3), nn.ReLU6()] + (
+        [nn.MaxPool2d(*pool)] if pool else []
+    )
+    model = nn.Sequential(*layers).astype(dtype)
+    randomise_batchnorms(model, rng)
+    model.eval()
+    fused = nn.fuse_for_inference(model)
+    assert [type(m).__name__ for m in fused] == ["ConvBNReLU"] and fused[0].relu6
+
+    t_conv = torch_efficientnet.Conv2dSame if conv_cls is nn.Conv2dSame else tnn.Conv2d
+    t_layers = [t_conv(**conv_kw), tnn.BatchNorm2d(O, eps=1e-3), tnn.ReLU6()] + ([tnn.MaxPool2d(*pool)] if pool else [])
+    twin = tnn.Sequential(*t_layers).to(TORCH_DTYPE[dtype]).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    x = (10 * rng.standard_normal(shape)).astype(dtype)
+    assert model[1](model[0](x)).max() > 6  # the cap has work to do
+    ours = fused(x)
+    assert ours.dtype == dtype and ours.max() == 6.0
+    assert fused[0]._winograd is None  # Winograd's epilogue has no cap: ReLU6 stays on im2col
+    with torch.no_grad():
+        assert_close("fused vs torch conv-bn-relu6", ours, twin(torch.from_numpy(x)), **TOL[dtype])
+    assert_close("fused vs unfused", ours, model(x), **TOL[dtype])
+
+
+BLOCKS = [
+    pytest.param(lambda rng: nn.DepthwiseSeparableConv(8, 8, 3, 1, rng=rng), (2, 8, 7, 6), id="ds-residual"),
+    pytest.param(lambda rng: nn.DepthwiseSeparableConv(8, 4, 5, 2, rng=rng), (2, 8, 9, 8), id="ds-s2"),
+    pytest.param(lambda rng: nn.InvertedResidual(4, 4, 3, 1, 6.0, rng=rng), (2, 4, 8, 7), id="ir-residual"),
+    pytest.param(lambda rng: nn.InvertedResidual(4, 6, 5, 2, 6.0, rng=rng), (2, 4, 9, 10), id="ir-s2-k5"),
+]
+
+
+@pytest.mark.parametrize("make, shape", BLOCKS)
+def test_fused_block_equals_the_unfused_block_in_eval(make, shape):
+    rng = np.random.default_rng(5)
+    block = make(rng).astype(np.float64)
+    randomise_batchnorms(block, rng)
+    block.eval()
+    x = 2 * rng.standard_normal(shape)
+    expected = block(x).copy()
+    fused = nn.fuse_for_inference(block)
+    assert isinstance(fused, nn.FusedBlock) and fused.has_skip == block.has_skip
+    kinds = [(type(m).__name__, m.conv.path, m.relu6) for m in fused.branch]
+    paths = (
+        ["depthwise", "pointwise"]
+        if isinstance(block, nn.DepthwiseSeparableConv)
+        else ["pointwise", "depthwise", "pointwise"]
+    )
+    assert kinds == [
+        ("ConvBNReLU", p, k < len(paths) - 1) for k, p in enumerate(paths)
+    ]  # no ReLU6 after the last BatchNorm
+    assert_close("fused block vs unfused", fused(x), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.backward(expected)
+
+
+def test_a_stack_of_blocks_fuses_every_block_and_follows_training():
+    rng = np.random.default_rng(6)
+    model = nn.Sequential(
+        nn.Conv2dSame(3, 8, 3, stride=2, bias=False, rng=rng),
+        nn.BatchNorm2d(8, eps=1e-3),
+        nn.ReLU6(),
+        nn.DepthwiseSeparableConv(8, 8, rng=rng),
+        nn.InvertedResidual(8, 12, 3, 2, 6.0, rng=rng),
+        nn.InvertedResidual(12, 12, 5, 1, 6.0, rng=rng),
+    )
+    randomise_batchnorms(model, rng)
+    x = rng.standard_normal((3, 3, 16, 15)).astype(np.float32)
+    fused = nn.fuse_for_inference(model)
+    assert [type(m).__name__ for m in fused] == ["ConvBNReLU", "FusedBlock", "FusedBlock", "FusedBlock"]
+    model.eval()
+    assert_close("stack: fused vs unfused", fused(x), model(x), rtol=1e-4, atol=1e-5)
+    # a training step changes weights and statistics: the fused model reads the live ones
+    model.train()
+    out = model(x)
+    model.backward(np.ones_like(out))
+    for name, p in model.params.items():
+        p -= 0.1 * model.grads[name]
+    model.eval()
+    assert_close("after a step", fused(x), model(x), rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ tnn = torch.nn
 from parity import assert_close, assert_matches_torch  # noqa: E402
 
 from tinytriage.errors import ShapeError  # noqa: E402
+from tinytriage.models import torch_efficientnet as torch_eff  # noqa: E402
 from tinytriage.models import torch_vit  # noqa: E402
 from tinytriage.models.torch_cnn import TorchGlobalAvgMaxPool2d  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
@@ -23,15 +24,19 @@ from tinytriage.nn import (  # noqa: E402
     BatchNorm2d,
     BCEWithLogitsLoss,
     Conv2d,
+    Conv2dSame,
     CrossEntropyLoss,
+    DepthwiseSeparableConv,
     Dropout,
     Flatten,
     GlobalAvgMaxPool2d,
     GradcheckError,
+    InvertedResidual,
     Linear,
     MaxPool2d,
     Module,
     ReLU,
+    ReLU6,
     Sequential,
     avgpool2d_backward,
     avgpool2d_backward_reference,
@@ -46,12 +51,19 @@ from tinytriage.nn import (  # noqa: E402
     conv2d_cell,
     conv2d_forward,
     conv2d_reference,
+    depthwise_conv2d_backward,
+    depthwise_conv2d_backward_reference,
+    depthwise_conv2d_forward,
+    depthwise_conv2d_reference,
     gradcheck,
     maxpool2d_backward,
     maxpool2d_backward_reference,
     maxpool2d_forward,
     maxpool2d_reference,
+    pointwise_conv2d_backward,
+    pointwise_conv2d_forward,
 )
+from tinytriage.nn.fast import depthwise as fast_depthwise  # noqa: E402
 from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -94,6 +106,22 @@ STATS = {
     "num_batches_tracked": np.array(7),
 }
 
+
+def bn_stats(**channels):
+    """Eval-mode state for a block's BatchNorms, e.g. ``bn_stats(bn1=8, bn2=4)``: running
+    statistics and affine parameters away from their initial 0 and 1."""
+    state = {}
+    for name, C in channels.items():
+        state |= {
+            f"{name}.running_mean": np.linspace(-1.0, 1.0, C),
+            f"{name}.running_var": np.linspace(0.5, 2.0, C),
+            f"{name}.weight": np.linspace(0.5, 1.5, C),
+            f"{name}.bias": np.linspace(-0.5, 0.5, C),
+            f"{name}.num_batches_tracked": np.array(3),
+        }
+    return state
+
+
 # fmt: off
 LAYERS = [
     # -- convolution: kernel 1/3/5, stride 1/2/3, padding 0/1/2, dilation, groups, odd and non-square sizes
@@ -121,6 +149,37 @@ LAYERS = [
     case("conv-depthwise",          twins(Conv2d, tnn.Conv2d, 4, 4, 3, padding=1, groups=4),                (2, 4, 5, 6)),
     case("conv-groups-3-s2",        twins(Conv2d, tnn.Conv2d, 6, 6, 3, stride=2, groups=3),                 (2, 6, 7, 7)),
     case("conv-no-bias",            twins(Conv2d, tnn.Conv2d, 3, 4, 3, bias=False),                         (2, 3, 5, 5)),
+    # -- depthwise (Conv2d.path "depthwise"): kernel 3/5, stride 1/2, odd and even sizes, batch 1
+    case("dw-k3-s1-odd",            twins(Conv2d, tnn.Conv2d, 6, 6, 3, padding=1, groups=6),                (2, 6, 7, 7)),
+    case("dw-k3-s1-even",           twins(Conv2d, tnn.Conv2d, 4, 4, 3, padding=1, groups=4),                (2, 4, 6, 8)),
+    case("dw-k3-s2-odd",            twins(Conv2d, tnn.Conv2d, 4, 4, 3, stride=2, padding=1, groups=4),      (2, 4, 7, 9)),
+    case("dw-k3-s2-even",           twins(Conv2d, tnn.Conv2d, 4, 4, 3, stride=2, padding=1, groups=4),      (2, 4, 8, 8)),
+    case("dw-k5-s1-odd",            twins(Conv2d, tnn.Conv2d, 3, 3, 5, padding=2, groups=3),                (2, 3, 7, 9)),
+    case("dw-k5-s1-even",           twins(Conv2d, tnn.Conv2d, 3, 3, 5, padding=2, groups=3),                (2, 3, 6, 6)),
+    case("dw-k5-s2-odd",            twins(Conv2d, tnn.Conv2d, 3, 3, 5, stride=2, padding=2, groups=3),      (2, 3, 9, 7)),
+    case("dw-k5-s2-even",           twins(Conv2d, tnn.Conv2d, 3, 3, 5, stride=2, padding=2, groups=3),      (2, 3, 10, 8)),
+    case("dw-batch-1",              twins(Conv2d, tnn.Conv2d, 5, 5, 3, padding=1, groups=5),                (1, 5, 6, 7)),
+    case("dw-no-padding-no-bias",   twins(Conv2d, tnn.Conv2d, 4, 4, 3, groups=4, bias=False),               (2, 4, 6, 5)),
+    case("dw-k3x5-s2x1-dilated",    twins(Conv2d, tnn.Conv2d, 4, 4, (3, 5), stride=(2, 1), padding=(2, 1), dilation=(2, 1), groups=4), (2, 4, 8, 7)),
+    case("dw-kernel-is-input",      twins(Conv2d, tnn.Conv2d, 2, 2, 5, groups=2),                           (2, 2, 5, 5)),
+    # -- pointwise (Conv2d.path "pointwise"): 1x1, stride 1, no padding
+    case("pw",                      twins(Conv2d, tnn.Conv2d, 5, 7, 1),                                     (2, 5, 4, 3)),
+    case("pw-fewer-out-no-bias",    twins(Conv2d, tnn.Conv2d, 8, 3, 1, bias=False),                         (2, 8, 5, 6)),
+    case("pw-batch-1-1x1-map",      twins(Conv2d, tnn.Conv2d, 6, 4, 1),                                     (1, 6, 1, 1)),
+    # -- TensorFlow "same" padding (timm's Conv2dSame): kernel 3/5, stride 1/2, odd and even sizes
+    case("same-k3-s1-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3),                       (2, 3, 7, 7)),
+    case("same-k3-s1-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3),                       (2, 3, 6, 8)),
+    case("same-k3-s2-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3, stride=2),             (2, 3, 7, 9)),
+    case("same-k3-s2-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3, stride=2),             (2, 3, 8, 8)),
+    case("same-k5-s1-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5),                       (2, 2, 6, 8)),
+    case("same-k5-s2-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5, stride=2),             (2, 2, 9, 7)),
+    case("same-k5-s2-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5, stride=2),             (2, 2, 8, 10)),
+    case("same-k3-s2-batch-1",      twins(Conv2dSame, torch_eff.Conv2dSame, 3, 8, 3, stride=2, bias=False), (1, 3, 10, 10)),
+    case("same-k1-s1",              twins(Conv2dSame, torch_eff.Conv2dSame, 4, 5, 1),                       (2, 4, 5, 6)),
+    case("same-dw-k3-s2-even",      twins(Conv2dSame, torch_eff.Conv2dSame, 4, 4, 3, stride=2, groups=4),   (2, 4, 8, 8)),
+    case("same-dw-k5-s2-odd",       twins(Conv2dSame, torch_eff.Conv2dSame, 4, 4, 5, stride=2, groups=4),   (2, 4, 9, 9)),
+    case("same-dw-k5-s1-batch-1",   twins(Conv2dSame, torch_eff.Conv2dSame, 3, 3, 5, groups=3, bias=False), (1, 3, 6, 7)),
+    case("same-dw-k3-s2-tiny",      twins(Conv2dSame, torch_eff.Conv2dSame, 2, 2, 3, stride=2, groups=2),   (2, 2, 1, 2)),
     # -- pooling
     case("maxpool-k2",              twins(MaxPool2d, tnn.MaxPool2d, 2),                                     (2, 3, 6, 8)),
     case("maxpool-k2-odd",          twins(MaxPool2d, tnn.MaxPool2d, 2),                                     (2, 3, 7, 9)),
@@ -145,6 +204,8 @@ LAYERS = [
     # -- activations, linear, flatten
     case("relu",                    twins(ReLU, tnn.ReLU),                                                  (2, 3, 4, 5)),
     case("relu-exact-zeros",        twins(ReLU, tnn.ReLU),                                                  ints(-2, 3, (4, 6))),
+    case("relu6",                   twins(ReLU6, tnn.ReLU6),                                                scaled(5.0, (2, 3, 4, 5))),
+    case("relu6-exact-0-and-6",     twins(ReLU6, tnn.ReLU6),                                                ints(-2, 9, (4, 6))),
     case("linear",                  twins(Linear, tnn.Linear, 6, 4),                                        (3, 6)),
     case("linear-3d",               twins(Linear, tnn.Linear, 6, 4),                                        (2, 5, 6)),
     case("linear-batch-1",          twins(Linear, tnn.Linear, 7, 3),                                        (1, 7)),
@@ -197,6 +258,21 @@ LAYERS = [
     case("block",                   twins(Block, torch_vit.Block, 8, 2, mlp_ratio=2.0),                     (2, 5, 8)),
     case("block-3-heads-no-bias",   twins(Block, torch_vit.Block, 12, 3, qkv_bias=False),                   (1, 4, 12)),
     case("patch-embed",             twins(PatchEmbed, torch_vit.PatchEmbed, 12, 4, 3, 8),                   (2, 3, 12, 12)),
+    # -- mobile blocks: twins in tinytriage.models.torch_efficientnet, timm's names; train and eval, with and without the residual
+    case("ds-residual",             twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7)),
+    case("ds-residual-eval",        twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7), train=False,
+         params=bn_stats(bn1=4, bn2=4)),
+    case("ds-s2-k5",                twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 6, 5, 2), (2, 4, 9, 8)),
+    case("ds-wider-eval",           twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 3, 5, 3, 1), (2, 3, 5, 6), train=False,
+         params=bn_stats(bn1=3, bn2=5)),
+    case("ir-residual",             twins(InvertedResidual, torch_eff.InvertedResidual, 4, 4, 3, 1, 2.0),   (2, 4, 6, 7)),
+    case("ir-residual-eval",        twins(InvertedResidual, torch_eff.InvertedResidual, 4, 4, 3, 1, 2.0),   (2, 4, 6, 7), train=False,
+         params=bn_stats(bn1=8, bn2=8, bn3=4)),
+    case("ir-s2-k5-e3",             twins(InvertedResidual, torch_eff.InvertedResidual, 4, 6, 5, 2, 3.0),   (2, 4, 9, 8)),
+    case("ir-s2-k3-e6-eval",        twins(InvertedResidual, torch_eff.InvertedResidual, 4, 6, 3, 2, 6.0),   (1, 4, 8, 7), train=False,
+         params=bn_stats(bn1=24, bn2=24, bn3=6)),
+    case("ir-k5-residual-batch-1",  twins(InvertedResidual, torch_eff.InvertedResidual, 8, 8, 5, 1, 6.0),   (1, 8, 5, 6)),
+    case("ir-eps-1e-5",             twins(InvertedResidual, torch_eff.InvertedResidual, 4, 8, 3, 1, 6.0, bn_eps=1e-5), (2, 4, 5, 5)),
 ]
 # fmt: on
 
@@ -358,6 +434,114 @@ def test_conv_fast_equals_reference(x_shape, ok, stride, padding, dilation, grou
     np.testing.assert_array_equal(dw, fast[1])
 
 
+DEPTHWISE_CONFIGS = [
+    # x shape, kernel, stride, padding (P, (PH, PW) or ((top, bottom), (left, right))), dilation
+    ((2, 4, 7, 7), 3, 1, 1, 1),
+    ((2, 4, 6, 8), 3, 2, 1, 1),
+    ((1, 3, 9, 8), 5, 2, 2, 1),
+    ((2, 3, 8, 9), 3, 2, ((0, 1), (0, 1)), 1),  # TF "same" on stride 2: the odd row and column at the end
+    ((2, 3, 7, 7), 5, 2, ((1, 2), (2, 2)), 1),
+    ((2, 3, 9, 7), 3, 1, 2, 2),
+    ((2, 3, 6, 5), (3, 5), (2, 1), (1, 2), 1),
+    ((3, 5, 6, 6), 3, 3, 0, 1),  # stride 3: dx cells no window reads
+    ((1, 2, 3, 3), 5, 1, 2, 1),  # kernel larger than the input: every tap cut at the border
+]
+
+
+@LAYOUTS
+@pytest.mark.parametrize("bands", ["one", "many"])
+@pytest.mark.parametrize("x_shape, kernel, stride, padding, dilation", DEPTHWISE_CONFIGS)
+def test_depthwise_fast_equals_reference(x_shape, kernel, stride, padding, dilation, bands, layout, monkeypatch):
+    if bands == "many":  # a band of a row or two: the tasks' seams must not show
+        monkeypatch.setattr(fast_depthwise, "BAND_BYTES", 64)
+    rng = np.random.default_rng(0)
+    C = x_shape[1]
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal((C, 1, kh, kw)), rng.standard_normal(C)
+    args = (stride, padding, dilation)
+    out, cache = depthwise_conv2d_forward(in_layout(x, layout), w, b, *args)
+    np.testing.assert_allclose(out, depthwise_conv2d_reference(x, w, b, *args), rtol=1e-12, atol=1e-12)
+    # and the reference is PyTorch's grouped convolution of the padded input
+    padded = np.pad(x, ((0, 0), (0, 0), *fast_depthwise.as_pads(padding)))
+    expected = tnn.functional.conv2d(
+        torch.from_numpy(padded), torch.from_numpy(w), torch.from_numpy(b), stride, 0, dilation, C
+    )
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    fast = depthwise_conv2d_backward(in_layout(dout, layout), cache)
+    slow = depthwise_conv2d_backward_reference(x, w, dout, *args)
+    for name, a, r in zip(("dx", "dw", "db"), fast, slow, strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=name)
+    dx_none, dw, _ = depthwise_conv2d_backward(dout, cache, needs_input_grad=False)
+    assert dx_none is None
+    np.testing.assert_array_equal(dw, fast[1])
+    _, no_bias = depthwise_conv2d_forward(x, w, None, *args)
+    assert depthwise_conv2d_backward(dout, no_bias)[2] is None
+
+
+def test_depthwise_float32_stays_float32():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 4, 6, 6), np.float32), rng.standard_normal((4, 1, 3, 3), np.float32)
+    out, cache = depthwise_conv2d_forward(x, w, np.zeros(4, np.float32), 1, 1)
+    assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in depthwise_conv2d_backward(out, cache))
+
+
+@LAYOUTS
+@pytest.mark.parametrize("x_shape, O", [((2, 5, 4, 3), 7), ((3, 8, 6, 5), 3), ((1, 6, 1, 1), 4)])
+def test_pointwise_equals_the_im2col_path(x_shape, O, layout):
+    """A 1x1 convolution as one matrix multiply gives im2col's numbers, forward and backward."""
+    rng = np.random.default_rng(0)
+    C = x_shape[1]
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal((O, C, 1, 1)), rng.standard_normal(O)
+    out, cache = pointwise_conv2d_forward(in_layout(x, layout), w, b)
+    out_im2col, cache_im2col = conv2d_forward(in_layout(x, layout), w, b)
+    np.testing.assert_allclose(out, out_im2col, rtol=1e-13, atol=1e-13)
+    dout = rng.standard_normal(out.shape)
+    fast = pointwise_conv2d_backward(in_layout(dout, layout), cache)
+    for name, a, r in zip(("dx", "dw", "db"), fast, conv2d_backward(dout, cache_im2col), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-13, atol=1e-13, err_msg=name)
+    assert pointwise_conv2d_backward(dout, cache, needs_input_grad=False)[0] is None
+
+
+# fmt: off
+PATHS = [
+    # the layer                                         its path
+    (lambda: Conv2d(8, 8, 3, padding=1, groups=8),      "depthwise"),
+    (lambda: Conv2d(8, 8, 5, stride=2, groups=8),       "depthwise"),
+    (lambda: Conv2dSame(8, 8, 3, stride=2, groups=8),   "depthwise"),
+    (lambda: Conv2d(8, 16, 3, padding=1, groups=8),     "im2col"),     # depth multiplier 2: im2col
+    (lambda: Conv2d(8, 8, 3, padding=1, groups=4),      "im2col"),
+    (lambda: Conv2d(8, 16, 1),                          "pointwise"),
+    (lambda: Conv2dSame(8, 16, 1),                      "pointwise"),
+    (lambda: Conv2d(8, 16, 1, stride=2),                "im2col"),
+    (lambda: Conv2d(8, 16, 1, padding=1),               "im2col"),
+    (lambda: Conv2d(8, 16, 1, groups=2),                "im2col"),
+    (lambda: Conv2d(8, 16, 3, padding=1),               "im2col"),
+    (lambda: Conv2dSame(3, 8, 3, stride=2),             "im2col"),
+    (lambda: Conv2d(1, 1, 3),                           "im2col"),     # one channel: an ordinary convolution
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("make, path", PATHS)
+def test_conv2d_takes_its_path(make, path, monkeypatch):
+    from tinytriage.nn import conv as conv_module
+
+    layer = make().astype(np.float64)
+    assert layer.path == path
+    called = []
+    for name in ("depthwise_conv2d", "pointwise_conv2d", "conv2d"):
+        for step in ("forward", "backward"):
+            real = getattr(conv_module, f"{name}_{step}")
+            spy = lambda *a, _real=real, _name=f"{name}_{step}", **k: called.append(_name) or _real(*a, **k)  # noqa: E731
+            monkeypatch.setattr(conv_module, f"{name}_{step}", spy)
+    x = np.random.default_rng(0).standard_normal((2, layer.in_channels, 6, 7))
+    out = layer(x)
+    layer.backward(np.ones_like(out))
+    fast = {"depthwise": "depthwise_conv2d", "pointwise": "pointwise_conv2d", "im2col": "conv2d"}[path]
+    assert called == [f"{fast}_forward", f"{fast}_backward"]
+
+
 POOL_CONFIGS = [
     ((2, 3, 6, 8), 2, None, 0),
     ((2, 3, 7, 9), 2, None, 0),
@@ -469,6 +653,12 @@ GRADCHECK = [
     pytest.param(lambda: Conv2d(2, 3, 3, stride=2, padding=1), [(2, 2, 5, 5)], id="conv-s2-p1"),
     pytest.param(lambda: Conv2d(4, 2, 3, padding=2, dilation=2), [(1, 4, 4, 5)], id="conv-dilated-fewer-out"),
     pytest.param(lambda: Conv2d(4, 4, 3, padding=1, groups=2), [(1, 4, 4, 4)], id="conv-groups"),
+    pytest.param(lambda: Conv2d(3, 3, 3, stride=2, padding=1, groups=3), [(2, 3, 5, 4)], id="depthwise-s2"),
+    pytest.param(lambda: Conv2d(3, 4, 1), [(2, 3, 3, 2)], id="pointwise"),
+    pytest.param(lambda: Conv2dSame(2, 3, 3, stride=2), [(1, 2, 6, 5)], id="conv-same-s2"),
+    pytest.param(lambda: ReLU6(), [lambda rng: 4 * rng.standard_normal((3, 7))], id="relu6"),
+    pytest.param(lambda: InvertedResidual(2, 2, 3, 1, 2.0, bn_eps=1e-2), [(2, 2, 3, 3)], id="inverted-residual"),
+    pytest.param(lambda: DepthwiseSeparableConv(2, 3, 3, 2).eval(), [(1, 2, 4, 5)], id="ds-eval"),
     pytest.param(lambda: MaxPool2d(2), [(2, 2, 4, 5)], id="maxpool"),
     pytest.param(lambda: MaxPool2d(3, 2, 1), [(1, 2, 5, 5)], id="maxpool-overlap"),
     pytest.param(lambda: AvgPool2d(3, 2, 1), [(1, 2, 5, 5)], id="avgpool"),
@@ -490,7 +680,7 @@ GRADCHECK = [
 @pytest.mark.parametrize("make, inputs", GRADCHECK)
 def test_gradcheck(make, inputs):
     rng = np.random.default_rng(0)
-    x, *extra = [rng.standard_normal(s) if isinstance(s, tuple) else s for s in inputs]
+    x, *extra = [rng.standard_normal(s) if isinstance(s, tuple) else s(rng) if callable(s) else s for s in inputs]
     errors = gradcheck(make().astype(np.float64), x, *extra)
     assert "input" in errors
 
@@ -575,6 +765,9 @@ BAD = [
     (lambda x: Conv2d(3, 4, 3, padding=-1),                             None,                  r"Conv2d: padding must be non-negative"),
     (lambda x: Conv2d(3, 4, 3, groups=2),                               None,                  r"Conv2d: groups=2 must divide in_channels=3 and out_channels=4"),
     (lambda x: conv2d_forward(x, np.ones((4, 2, 3, 3)), None),          (1, 3, 5, 5),          r"Conv2d: the input has 3 channels but the weight expects 2"),
+    (lambda x: depthwise_conv2d_forward(x, np.ones((8, 1, 3, 3)), None), (1, 4, 5, 5),         r"Conv2d: the depthwise path takes one kernel per channel"),
+    (lambda x: depthwise_conv2d_forward(x, np.ones((4, 1, 5, 5)), None), (1, 4, 3, 3),         r"Conv2d: kernel 5x5 does not fit the padded input 3x3"),
+    (lambda x: Conv2dSame(4, 4, 3, groups=4)(x),                        (1, 3, 5, 5),          r"Conv2d: expected 4 input channels, got 3"),
     (lambda x: MaxPool2d(3)(x),                                         (1, 1, 2, 5),          r"MaxPool2d: kernel 3x3 does not fit the padded input 2x5"),
     (lambda x: MaxPool2d(2, stride=0),                                  None,                  r"MaxPool2d: stride must be positive"),
     (lambda x: MaxPool2d(2, padding=2),                                 None,                  r"MaxPool2d: padding \(2, 2\) must be at most half the kernel size"),
@@ -600,10 +793,14 @@ def test_impossible_shapes_raise_clear_errors(call, shape, message):
 def test_every_layer_is_a_module():
     for layer in (
         Conv2d(1, 1, 1),
+        Conv2dSame(1, 1, 3),
         MaxPool2d(2),
         AvgPool2d(2),
         AdaptiveAvgPool2d(1),
         ReLU(),
+        ReLU6(),
+        DepthwiseSeparableConv(2, 2),
+        InvertedResidual(2, 2),
         Linear(1, 1),
         Flatten(),
         BatchNorm2d(1),

@@ -8,8 +8,16 @@ import pytest
 from tinytriage.engines.numpy_engine import NumpyEngine
 from tinytriage.models import ARCHS
 from tinytriage.models.cnn import CNNConfig, TriageCNN
-from tinytriage.nn import get_num_threads, set_num_threads
-from tinytriage.nn.fast import im2col, norm, parallel
+from tinytriage.nn import (
+    Conv2d,
+    DepthwiseSeparableConv,
+    InvertedResidual,
+    Sequential,
+    fuse_for_inference,
+    get_num_threads,
+    set_num_threads,
+)
+from tinytriage.nn.fast import depthwise, im2col, norm, parallel, pointwise
 
 
 @pytest.fixture
@@ -18,6 +26,8 @@ def tiny_tasks(monkeypatch):
     monkeypatch.setattr(parallel, "TASK_BYTES", 2**12)
     monkeypatch.setattr(im2col, "CHUNK_BYTES", 2**12)
     monkeypatch.setattr(norm, "BLOCK_BYTES", 2**10)
+    monkeypatch.setattr(depthwise, "BAND_BYTES", 2**9)
+    monkeypatch.setattr(pointwise, "CHUNK_BYTES", 2**10)
     before = get_num_threads()
     yield
     set_num_threads(before)
@@ -42,6 +52,34 @@ def test_training_gives_the_same_numbers_on_any_thread_count(tiny_tasks, threads
     for name in state:
         np.testing.assert_array_equal(state_t[name], state[name], err_msg=name)
     np.testing.assert_array_equal(logits_t, logits)
+
+
+def mobile_pass(threads: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """A training pass and a fused inference pass through depthwise and pointwise layers."""
+    set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    model = Sequential(
+        InvertedResidual(8, 8, 3, 1, 6.0, rng=rng),
+        DepthwiseSeparableConv(8, 8, 5, 2, rng=rng),
+        Conv2d(8, 8, 3, stride=2, padding=1, groups=8, rng=rng),  # with a bias: db's band sums too
+    )
+    x = rng.standard_normal((4, 8, 13, 12)).astype(np.float32)
+    out = model(x).copy()
+    dx = model.backward(rng.standard_normal(out.shape).astype(np.float32)).copy()
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    model.eval()
+    return out, dx, grads, fuse_for_inference(model)(x).copy()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_depthwise_and_pointwise_give_the_same_numbers_on_any_thread_count(tiny_tasks, threads):
+    out, dx, grads, fused = mobile_pass(1)
+    out_t, dx_t, grads_t, fused_t = mobile_pass(threads)
+    np.testing.assert_array_equal(out_t, out)
+    np.testing.assert_array_equal(dx_t, dx)
+    for name in grads:
+        np.testing.assert_array_equal(grads_t[name], grads[name], err_msg=name)
+    np.testing.assert_array_equal(fused_t, fused)
 
 
 def test_without_threadpoolctl_matrix_work_stays_on_the_calling_thread(tiny_tasks, monkeypatch):
