@@ -212,7 +212,9 @@ def depthwise_conv2d_backward(
     dtype = x_cl.dtype
     d_cl = channels_last(dout).astype(dtype, copy=False)  # (N, H', W', C)
     Ho, Wo = d_cl.shape[1:3]
-    cells = _column_taps(weight, dtype, SW, PL, DW, W, Wo, flat=False)
+    flat = SW == 1  # slabs' rows are runs of numbers: index (N, H, W*C) rows
+    cols = _column_taps(weight, dtype, SW, PL, DW, W, Wo, flat)
+    x_rows, d_rows = _rows(x_cl, flat), _rows(d_cl, flat)
 
     # dw and db, by bands of output rows: each band's sums in float64, added in band order
     def sums(task: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -221,11 +223,14 @@ def depthwise_conv2d_backward(
         for u in range(KH):
             r = _tap(u * DH - PT, SH, (rows.start, rows.stop), (0, H))
             for v in range(KW):
-                if r is None or cells[v] is None:
+                if r is None or cols[v] is None:
                     continue
-                (o_r, x_r), (o_c, x_c, _) = r, cells[v]
-                # d out[i, j] / d w[u, v] = x_pad[i*S + u*D, j*S + v*D]
-                dw[u, v] = np.einsum("nijc,nijc->c", d_cl[images, o_r, o_c], x_cl[images, x_r, x_c])
+                (o_r, x_r), (o_c, x_c, _) = r, cols[v]
+                # d out[i, j] / d w[u, v] = x_pad[i*S + u*D, j*S + v*D], summed over the band's cells:
+                # over its rows here, (W'*C,) per number of a flat row or (C,), then over the columns
+                d, xs = d_rows[images, o_r, o_c], x_rows[images, x_r, x_c]
+                part = np.einsum("nij,nij->j", d, xs) if flat else np.einsum("nijc,nijc->c", d, xs)
+                dw[u, v] = part.reshape(-1, C).sum(axis=0, dtype=np.float64)
         if not has_bias:
             return dw, None
         d_band = d_cl[images, rows]  # (n, R, W', C), d out / d b = 1
@@ -245,9 +250,7 @@ def depthwise_conv2d_backward(
     # dx, by bands of input rows: offset (u, v) scatters dout * w[u, v] into the strided slab
     # of the band's rows that it lands on (rows i*S + u*D - P_top); the border's share is dropped
     dx = empty((N, H, W, C), dtype)  # (N, H, W, C)
-    flat = SW == 1
-    cols = _column_taps(weight, dtype, SW, PL, DW, W, Wo, flat)
-    dx_rows, d_rows = _rows(dx, flat), _rows(d_cl, flat)
+    dx_rows = _rows(dx, flat)
     tasks = _bands(N, H, W * C * dx.itemsize)
     tmp_size = max((im.stop - im.start) * (r.stop - r.start) for im, r in tasks) * W * C if tasks else 0
 
