@@ -40,3 +40,18 @@ def test_ab_latency_reports_every_install_given():
     for r in report["installs"]:
         for key in ("table_median_s", "json_median_s", "table_min_s", "json_min_s"):
             assert math.isfinite(r[key]) and 0 < r[key] < 60, r
+
+
+def test_bench_depthwise_times_both_engines_and_they_agree():
+    report = run_json(
+        "bench_depthwise.py", "--batch", "2", "--channels", "8", "--size", "12", "--blocks", "1", "--steps", "1"
+    )
+    assert [(r["engine"], r["layout"]) for r in report["rows"]] == [
+        ("numpy", "channels-last"),
+        ("torch", "nchw"),
+        ("torch", "channels_last"),
+    ]
+    assert report["largest_difference"] < 1e-4  # the same layer: NumPy's numbers are PyTorch's
+    for r in report["rows"]:
+        assert r["forward_ms"] > 0 and math.isfinite(r["backward_ms"]), r
+    assert report["machine"] and report["input"] == [2, 8, 12, 12]
