@@ -6,13 +6,14 @@
             loss, logits = engine.train_step(x, y, lr_at(step))   # forward, backward, step
         validate; keep best and last weights; write a checkpoint
 
-``_train`` is that loop. Beside it, each step of the run as its own function: scan the
-folders (``_scan``), check the settings (``_new_run``), decode every photo once
-(``_decode``), make the batches (``_Batches``, one batch ahead on a thread), and afterwards
-calibrate the probabilities on the validation split (temperature scaling) and choose the
-human-review threshold there too (``_calibrate``, with ``tinytriage.training.calibration``)
-before writing the run folder. The run's state is one dataclass (``training.run.RunState``);
-``training.checkpoint`` saves and restores it.
+``_fit`` is that loop; ``_train`` runs the rest in order, each step its own function:
+scan the folders (``_scan``), check the settings (``_new_run``), decode every photo once
+(``_decode``), build the engine, run the loop (its batches from ``_Batches``, one batch
+ahead on a thread), then calibrate the probabilities on the validation split (temperature
+scaling) and choose the human-review threshold there too (``_calibrate``, with
+``tinytriage.training.calibration``), and write the run folder. The run's state is one
+dataclass (``training.run.RunState``); ``training.checkpoint`` saves and restores it, and
+the progress the loop reports is ``training.events``.
 
 The run folder (``--out``) holds:
   model.safetensors       best weights by validation accuracy (the model to use)
