@@ -171,6 +171,7 @@ LAYERS = [
     case("same-k3-s1-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3),                       (2, 3, 6, 8)),
     case("same-k3-s2-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3, stride=2),             (2, 3, 7, 9)),
     case("same-k3-s2-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 3, 4, 3, stride=2),             (2, 3, 8, 8)),
+    case("same-k5-s1-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5),                       (2, 2, 7, 9)),
     case("same-k5-s1-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5),                       (2, 2, 6, 8)),
     case("same-k5-s2-odd",          twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5, stride=2),             (2, 2, 9, 7)),
     case("same-k5-s2-even",         twins(Conv2dSame, torch_eff.Conv2dSame, 2, 3, 5, stride=2),             (2, 2, 8, 10)),
