@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -64,7 +62,6 @@ def test_package_paths_helper():
     assert package_paths(text) == {"tinytriage/nn/fast/im2col.py", "tinytriage/data/synth/", "tinytriage/files.py"}
 
 
-@pytest.mark.xfail(strict=False, reason="layout move in progress")
 def test_package_paths_in_readme_and_docs_exist():
     missing = sorted(
         f"{doc.relative_to(REPO)}: {path}"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.errors import TinyTriageError
-from tinytriage.models import cnn, vit
+from tinytriage.models import cnn, efficientnet, vit
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,23 @@ ARCHS: dict[str, Architecture] = {
         train_defaults={"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0},
         # the position embedding is tied to the input size: only the config's pool-free rest must match
         finetune_free=("pool",),
+    ),
+    "efficientnet_lite0": Architecture(
+        name="efficientnet_lite0",
+        config=efficientnet.EfficientNetConfig,
+        build=lambda cfg, rng: efficientnet.EfficientNet(cfg, rng=rng),
+        torch_twin="tinytriage.models.torch_efficientnet:TorchEfficientNet",
+        input_size_field="input_size",
+        count_macs=efficientnet.count_macs,
+        heatmap="grad-cam",
+        # fine-tuning a pretrained backbone: AdamW (per-parameter steps suit the mix of
+        # depthwise, pointwise and BatchNorm weights), a short warm-up
+        train_defaults={"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1.0},
+        # every weight is a convolution, a BatchNorm channel or the classifier after global
+        # pooling: none is tied to the photo's size
+        finetune_free=("input_size",),
+        layer_names=efficientnet.layer_names,
+        features_module="features",
     ),
 }
 

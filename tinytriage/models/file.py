@@ -249,6 +249,8 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
         t = mf.tensors[name]
         if shape == () and tuple(t.shape) == (1,):  # safetensors' numpy API stores 0-d as (1,)
             t = mf.tensors[name] = t.reshape(())
+        if t.dtype == np.float16:  # half-precision storage (pretrained weights): computed in float32
+            t = mf.tensors[name] = t.astype(np.float32)
         if tuple(t.shape) != shape:
             problems.append(f"{name} has shape {tuple(t.shape)}, expected {shape}")
         elif np.issubdtype(dtype, np.floating) != np.issubdtype(t.dtype, np.floating) or (
@@ -259,7 +261,8 @@ def check_tensors(mf: ModelFile, path: Path | str = "model") -> None:
             problems.append(f"{name} contains NaN or Inf")
     problems += [f"unexpected tensor {name}" for name in sorted(set(mf.tensors) - set(expected))]
     if problems:
-        raise ModelFileError(f"{path}: " + "; ".join(problems))
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ModelFileError(f"{path}: " + "; ".join(problems[:5]) + more)
 
 
 def full_config(arch: str, config: dict) -> dict:

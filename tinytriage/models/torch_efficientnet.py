@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinytriage.models.efficientnet import EfficientNetConfig, block_specs
 from tinytriage.nn.mobile import make_divisible
 
 
@@ -93,3 +94,46 @@ class InvertedResidual(nn.Module):
         x = self.act2(self.bn2(self.conv_dw(x)))
         x = self.bn3(self.conv_pwl(x))
         return x + shortcut if self.has_skip else x
+
+
+class TorchEfficientNet(nn.Module):
+    """PyTorch twin of ``tinytriage.models.efficientnet.EfficientNet``: the same children,
+    so the same state-dict keys (timm's ``tf_efficientnet_lite0``)."""
+
+    def __init__(self, cfg: EfficientNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        eps = cfg.bn_eps
+        self.conv_stem = Conv2dSame(cfg.in_chans, cfg.stem_chs, 3, 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(cfg.stem_chs, eps=eps)
+        self.act1 = nn.ReLU6()
+        stages = []
+        for blocks in block_specs(cfg):
+            stage = [
+                DepthwiseSeparableConv(c_in, c_out, k, s, bn_eps=eps)
+                if kind == "ds"
+                else InvertedResidual(c_in, c_out, k, s, e, bn_eps=eps)
+                for kind, c_in, c_out, k, s, e in blocks
+            ]
+            stages.append(nn.Sequential(*stage))
+        self.blocks = nn.Sequential(*stages)
+        self.conv_head = nn.Conv2d(block_specs(cfg)[-1][-1][2], cfg.head_chs, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cfg.head_chs, eps=eps)
+        self.act2 = nn.ReLU6()
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(cfg.drop_rate)
+        self.classifier = nn.Linear(cfg.head_chs, cfg.num_classes)
+
+    @property
+    def features(self) -> nn.Sequential:
+        """Stem, every block, head convolution (a view: the same modules, no keys of its own)."""
+        blocks = [block for stage in self.blocks for block in stage]
+        return nn.Sequential(self.conv_stem, self.bn1, self.act1, *blocks, self.conv_head, self.bn2, self.act2)
+
+    @property
+    def head(self) -> nn.Sequential:
+        return nn.Sequential(self.global_pool, self.flatten, self.dropout, self.classifier)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

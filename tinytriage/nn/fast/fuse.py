@@ -166,7 +166,13 @@ def fuse_for_inference(model: Module) -> Module:
             fused_any |= child is not layer
             layers.append(child)
             i += 1
-        return Sequential(*layers) if fused_any else model
+        if not fused_any:
+            return model
+        if type(model) is Sequential:
+            return Sequential(*layers)
+        clone = copy.copy(model)  # a model that is a Sequential (EfficientNet): keeps its methods
+        clone._modules = {str(i): layer for i, layer in enumerate(layers)}
+        return clone
     children = {name: fuse_for_inference(child) for name, child in model.children()}
     if all(children[name] is child for name, child in model.children()):
         return model

@@ -1,0 +1,195 @@
+"""EfficientNet-Lite0 (Tan & Le 2019; the Lite variant of TensorFlow's 2020 release), built
+from ``tinytriage.nn``'s mobile blocks.
+
+A stem (3x3 convolution, stride 2, 32 channels), seven stages of the blocks of
+``tinytriage.nn.mobile``, a 1x1 head convolution to 1280 channels, global average pooling,
+dropout and one linear layer. Each stage is a short string, as timm writes them:
+
+    ds_r1_k3_s1_e1_c16   a depthwise-separable block (ds), repeated once, kernel 3, stride 1,
+                         expansion 1, 16 output channels
+    ir_r2_k5_s2_e6_c40   two inverted residuals, 5x5 depthwise, the first with stride 2,
+                         channels widened 6x inside, 40 out
+
+The Lite variant (for phones' integer arithmetic): ReLU6 instead of swish, no squeeze-and-
+excitation, and the stem and head widths fixed at 32 and 1280. BatchNorm's eps is 1e-3 and
+convolutions with a stride pad TensorFlow's "same" way (one more row and column at the
+bottom and right), as the original weights expect.
+
+Children are named as timm's ``tf_efficientnet_lite0`` (``conv_stem``, ``bn1``,
+``blocks.S.B.conv_pw``, ..., ``conv_head``, ``bn2``, ``classifier``), so its ImageNet
+weights load by name (``models/convert_efficientnet_lite0.py``), and the PyTorch twin
+(``torch_efficientnet.py``) has the same keys.
+
+The model is a ``Sequential`` of those children: ``features`` is everything before the
+global pool (the last spatial map, 7x7 at 224 px, is where Grad-CAM looks) and ``head``
+the rest, as the triage CNN's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tinytriage import nn
+from tinytriage.nn.module import Module, Sequential
+
+LITE0_STAGES = (
+    "ds_r1_k3_s1_e1_c16",
+    "ir_r2_k3_s2_e6_c24",
+    "ir_r2_k5_s2_e6_c40",
+    "ir_r3_k3_s2_e6_c80",
+    "ir_r3_k5_s1_e6_c112",
+    "ir_r4_k5_s2_e6_c192",
+    "ir_r1_k3_s1_e6_c320",
+)
+
+
+@dataclass
+class EfficientNetConfig:
+    """Everything that decides the network's shape. Stored in the model file."""
+
+    in_chans: int = 3  # RGB photos
+    num_classes: int = 1000  # one logit per class in the model file's class list
+    input_size: int = 224  # photos are fitted to input_size x input_size pixels
+    stem_chs: int = 32  # channels of the stem convolution (fixed in the Lite variant)
+    head_chs: int = 1280  # channels of the 1x1 head convolution (fixed in the Lite variant)
+    stages: tuple[str, ...] = field(default=LITE0_STAGES)  # one block string per stage (see the docstring)
+    drop_rate: float = 0.2  # dropout before the classifier, training only
+    bn_eps: float = 1e-3  # TensorFlow's BatchNorm epsilon, which the ImageNet weights were trained with
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(self.stages)
+        for s in self.stages:
+            decode_stage(s)  # raises on a malformed string
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "stages": list(self.stages)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EfficientNetConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "stages" in known:
+            known["stages"] = tuple(str(s) for s in known["stages"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One decoded stage string."""
+
+    kind: str  # "ds" (depthwise separable) or "ir" (inverted residual)
+    repeats: int  # blocks in the stage; only the first has the stride
+    kernel: int  # depthwise kernel size
+    stride: int
+    expansion: int  # channel widening inside an inverted residual
+    channels: int  # output channels
+
+
+def decode_stage(s: str) -> Stage:
+    """``"ir_r2_k5_s2_e6_c40"`` -> Stage("ir", 2, 5, 2, 6, 40)."""
+    kind, *options = s.split("_")
+    values = {o[0]: int(o[1:]) for o in options if o[:1] in "rksec" and o[1:].isdigit()}
+    if kind not in ("ds", "ir") or set(values) != set("rksec") or len(options) != 5:
+        raise ValueError(f"a stage is kind_rR_kK_sS_eE_cC with kind ds or ir, got {s!r}")
+    return Stage(kind, values["r"], values["k"], values["s"], values["e"], values["c"])
+
+
+def block_specs(cfg: EfficientNetConfig) -> list[list[tuple[str, int, int, int, int, int]]]:
+    """Per stage, per block: (kind, in_chs, out_chs, kernel, stride, expansion)."""
+    specs, c_in = [], cfg.stem_chs
+    for stage in map(decode_stage, cfg.stages):
+        blocks = []
+        for b in range(stage.repeats):
+            stride = stage.stride if b == 0 else 1
+            blocks.append((stage.kind, c_in, stage.channels, stage.kernel, stride, stage.expansion))
+            c_in = stage.channels
+        specs.append(blocks)
+    return specs
+
+
+class EfficientNet(Sequential):
+    """``conv_stem -> bn1 -> act1 -> blocks -> conv_head -> bn2 -> act2 -> global_pool ->
+    flatten -> dropout -> classifier``, timm's names."""
+
+    def __init__(self, cfg: EfficientNetConfig, *, rng: np.random.Generator | None = None, dtype=np.float32):
+        Module.__init__(self)
+        self.cfg = cfg
+        rng = rng if rng is not None else np.random.default_rng(0)
+        eps = cfg.bn_eps
+        stages = []
+        for blocks in block_specs(cfg):
+            stage = []
+            for kind, c_in, c_out, k, s, e in blocks:
+                if kind == "ds":
+                    stage.append(nn.DepthwiseSeparableConv(c_in, c_out, k, s, bn_eps=eps, dtype=dtype, rng=rng))
+                else:
+                    stage.append(nn.InvertedResidual(c_in, c_out, k, s, e, bn_eps=eps, dtype=dtype, rng=rng))
+            stages.append(Sequential(*stage))
+        c_last = block_specs(cfg)[-1][-1][2]
+        layers = {
+            "conv_stem": nn.Conv2dSame(cfg.in_chans, cfg.stem_chs, 3, 2, bias=False, dtype=dtype, rng=rng),
+            "bn1": nn.BatchNorm2d(cfg.stem_chs, eps=eps, dtype=dtype),
+            "act1": nn.ReLU6(),
+            "blocks": Sequential(*stages),
+            "conv_head": nn.Conv2d(c_last, cfg.head_chs, 1, bias=False, dtype=dtype, rng=rng),
+            "bn2": nn.BatchNorm2d(cfg.head_chs, eps=eps, dtype=dtype),
+            "act2": nn.ReLU6(),
+            "global_pool": nn.AdaptiveAvgPool2d(1),  # (N, 1280, h, w) -> (N, 1280, 1, 1)
+            "flatten": nn.Flatten(),
+            "dropout": nn.Dropout(cfg.drop_rate, rng=rng),
+            "classifier": nn.Linear(cfg.head_chs, cfg.num_classes, dtype=dtype, rng=rng),
+        }
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+        self[0].needs_input_grad = False  # the photo's own gradient is never used
+        self.astype(dtype)
+
+    def _split(self) -> int:
+        """Index of the global pool: features before it, head from it (fused or not)."""
+        return next(i for i, layer in enumerate(self) if isinstance(layer, nn.AdaptiveAvgPool2d))
+
+    @property
+    def features(self) -> Sequential:
+        """Stem, every block (stages flattened) and head convolution: x -> the last map (N, 1280, h, w)."""
+        return Sequential(*_flatten(list(self)[: self._split()]))
+
+    @property
+    def head(self) -> Sequential:
+        """Global pool, flatten, dropout, classifier: (N, 1280, h, w) -> logits (N, classes)."""
+        return Sequential(*list(self)[self._split() :])
+
+
+def _flatten(layers: list[Module]) -> list[Module]:
+    """Nested Sequentials (the stages) opened into one list of layers and blocks."""
+    out = []
+    for layer in layers:
+        out += _flatten(list(layer)) if type(layer) is Sequential else [layer]
+    return out
+
+
+def layer_names(cfg: EfficientNetConfig) -> list[str]:
+    """Names aligned with ``model.features``: conv_stem, bn1, act1, blocks.S.B ..., conv_head, bn2, act2."""
+    blocks = [f"blocks.{s}.{b}" for s, stage in enumerate(block_specs(cfg)) for b in range(len(stage))]
+    return ["conv_stem", "bn1", "act1", *blocks, "conv_head", "bn2", "act2"]
+
+
+def same_out(size: int, stride: int) -> int:
+    """A "same"-padded convolution's output side: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def count_macs(cfg: EfficientNetConfig) -> int:
+    """Multiply-adds of one forward pass for one photo (convolutions and the classifier)."""
+    size = same_out(cfg.input_size, 2)
+    macs = size * size * cfg.stem_chs * cfg.in_chans * 9
+    for stage in block_specs(cfg):
+        for kind, c_in, c_out, k, s, e in stage:
+            mid = c_in if kind == "ds" else nn.mobile.make_divisible(c_in * e)
+            if kind == "ir":
+                macs += size * size * c_in * mid  # expand 1x1, at the input's size
+            size = same_out(size, s)
+            macs += size * size * mid * k * k  # depthwise
+            macs += size * size * mid * c_out  # project 1x1
+    c_last = block_specs(cfg)[-1][-1][2]
+    return macs + size * size * c_last * cfg.head_chs + cfg.head_chs * cfg.num_classes
