@@ -40,3 +40,12 @@ class ConfigError(TinyTriageError):
 
 class BackendUnavailable(TinyTriageError):
     """A backend was asked for but its dependency (PyTorch) is not installed."""
+
+
+def listed(names, limit: int = 12) -> str:
+    """Names for a message, comma-separated; past ``limit`` the first few and a count (an
+    ImageNet model has 1000 classes: a message should still fit on a screen)."""
+    names = [str(n) for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])}, ... ({len(names)} in all)"

@@ -61,7 +61,11 @@ def explain(
     backend: str = typer.Option("numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch."),
     arch: str | None = typer.Option(None, "--arch", help="cnn or vit: picks the bundled model. Default: cnn."),
     device: str = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda."),
-    layer: str | None = typer.Option(None, "--layer", help="Layer to show: relu1 (default), conv2, pool2..."),
+    layer: str | None = typer.Option(
+        None,
+        "--layer",
+        help="Layer to show: relu1 (default), conv2, pool2...; EfficientNet: act1 (default), blocks.1.0, act2...",
+    ),
     channel: int | None = typer.Option(None, "--channel", min=0, help="Only this channel (its cell by hand)."),
     at: str | None = typer.Option(None, "--at", metavar="ROW,COL", help="Cell to compute by hand."),
     class_name: str | None = typer.Option(None, "--class", help="Grad-CAM for this class; default: the predicted one."),
@@ -72,8 +76,10 @@ def explain(
 
     For a PHOTO: the layer table (shapes, parameters, receptive fields), the feature maps of
     --layer, one cell of that layer's conv block computed by hand (default: its strongest
-    activation) and checked against the engine, Grad-CAM (attention rollout for a ViT) mapped
-    onto the photo, and the routing decision. --at ROW,COL is a cell of the conv's output.
+    activation) and checked against the engine (EfficientNet: one cell of the depthwise and
+    one of the pointwise convolution of that layer's block), Grad-CAM (attention rollout for a
+    ViT) mapped onto the photo, and the routing decision. --at ROW,COL is a cell of the
+    conv's output (EfficientNet: of the depthwise conv's).
     """
     _blas_threads_off()
     if demo:
@@ -194,15 +200,20 @@ def train(
     ),
     backend: str = BackendOpt,
     device: str = DeviceOpt,
-    arch: str | None = typer.Option(None, "--arch", help="Architecture: cnn (default) or vit."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture: cnn (default), vit or efficientnet_lite0."),
     epochs: int = typer.Option(12, "--epochs", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=2),
     lr: float | None = typer.Option(
-        None, "--lr", help="Peak learning rate (warm-up then cosine decay). Default: cnn 0.05, vit 1e-3."
+        None,
+        "--lr",
+        help="Peak learning rate (warm-up then cosine decay). Default: cnn 0.05, vit and efficientnet_lite0 1e-3.",
     ),
     seed: int = typer.Option(0, "--seed"),
     input_size: int | None = typer.Option(
-        None, "--input-size", min=16, help="Photos are letterboxed to this square size. Default: cnn 128, vit 96."
+        None,
+        "--input-size",
+        min=16,
+        help="Photos are letterboxed to this square size. Default: cnn 128, vit 96, efficientnet_lite0 224.",
     ),
     widths: str | None = typer.Option(
         None, "--widths", help="cnn: output channels per conv stage, comma-separated. Default: 16,32,64,128,256."
@@ -219,9 +230,13 @@ def train(
         "With --init from an avg model, avgmax starts as that model (the maxima's weights start at zero).",
     ),
     optimizer: str | None = typer.Option(
-        None, "--optimizer", help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit adamw."
+        None,
+        "--optimizer",
+        help="sgd (nesterov momentum) or adamw. Default: cnn sgd, vit and efficientnet_lite0 adamw.",
     ),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Default: cnn 5e-4, vit 0.05."),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", help="Default: cnn 5e-4, vit 0.05, efficientnet_lite0 0.01."
+    ),
     val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.0, max=0.9),
     val_dir: Path | None = typer.Option(
         None,

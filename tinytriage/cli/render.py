@@ -18,7 +18,15 @@ from tinytriage.cli.lines import dumps, error_line, print_prediction_lines, writ
 
 if TYPE_CHECKING:  # for the type hints alone: each command imports what it needs when it runs
     from tinytriage.explain import lesson
-    from tinytriage.explain.photo import ConvCell, ExplainResult, FeatureMaps, Heatmap, PoolCell
+    from tinytriage.explain.photo import (
+        ConvCell,
+        DepthwiseCell,
+        ExplainResult,
+        FeatureMaps,
+        Heatmap,
+        PointwiseCell,
+        PoolCell,
+    )
     from tinytriage.training import events
 
 
@@ -418,6 +426,9 @@ def print_explain(r: ExplainResult, *, as_json: bool) -> None:
     if r.cell is not None:
         _explain_cell(r.cell, backend=r.backend)
         _explain_pool(r.pool, r.cell, note=r.pool_note)
+    if r.depthwise is not None:
+        _explain_depthwise(r.depthwise, backend=r.backend)
+        _explain_pointwise(r.pointwise, backend=r.backend)
     _explain_heatmap(r.heatmap, draw=draw)
     _explain_decision(r)
 
@@ -523,6 +534,97 @@ def _explain_pool(pc: PoolCell | None, c: ConvCell, *, note: str | None) -> None
     p(f"   winner {pc.winner} = {pc.value:.6f} (engine {pc.engine_value:.6f}): {who}")
 
 
+_BLOCKS = {"ds": "depthwise separable", "ir": "inverted residual"}
+
+
+def _explain_depthwise(c: DepthwiseCell, *, backend: str) -> None:
+    """3 for mobile blocks: one cell of the block's depthwise convolution by hand (ONE
+    channel's window times its kernel, summed, BatchNorm, ReLU6), checked against the engine."""
+    p = out.print
+    x0, y0, x1, y1 = c.input_box
+    px0, py0, px1, py1 = c.photo_box
+    (pt, pb), (pl, pr) = c.pads
+    p(
+        f"\n[bold]3. One cell by hand[/bold], in {c.block} ({_BLOCKS.get(c.block_kind, c.block_kind)}): "
+        f"{c.conv} channel {c.channel}, cell (row {c.row}, col {c.col}). It sees {c.receptive_field}x"
+        f"{c.receptive_field} input pixels: x {x0}-{x1 - 1}, y {y0}-{y1 - 1} of the input, "
+        f"x {px0}-{px1 - 1}, y {py0}-{py1 - 1} of the photo."
+    )
+    k = c.kernel_size
+    p(
+        f"   depthwise {k}x{k}, stride {c.stride}: channel {c.channel} of {c.source} alone, times its own kernel "
+        f'("same" padding: {pt} row(s) above, {pb} below, {pl} column(s) left, {pr} right)'
+    )
+    p("   window, kernel, window * kernel")
+    rows = zip(_grid(c.window, "{:+.3f}").split("\n"), _grid(c.kernel, "{:+.3f}").split("\n"),
+               _grid(c.products, "{:+.4f}").split("\n"), strict=True)  # fmt: skip
+    for a, b, d in rows:
+        p(f"   {a}   |{b}   |{d}")
+    p(
+        f"\n   conv: sum of the {c.products.size} products = [bold]{c.conv_sum:+.6f}[/bold] "
+        "(no bias: the conv has bias=False, BatchNorm's beta adds it)"
+    )
+    _explain_bn(c.bn, c.conv_sum, c)
+    p(f"   {c.act}: ReLU6 = min(max({_n(c.bn_out)}, 0), 6) = [bold]{c.act_out:.6f}[/bold]")
+    mark = "[green]agree[/green]" if c.agrees else "[red]DISAGREE[/red]"
+    e = c.engine
+    p(
+        f"   the {backend} engine at this cell: conv {e['conv']:+.6f}, bn {e['bn']:+.6f}, act {e['act']:.6f}; "
+        f"max |diff| {c.max_abs_diff:.1e}: {mark}"
+    )
+
+
+def _explain_bn(name: str, s: float, c) -> None:
+    """BatchNorm in eval mode, written out with the running statistics."""
+    out.print(
+        f"   {name} (eval, running statistics): x_hat = (s - mean) / sqrt(var + eps) = "
+        f"({_n(s)} - {_n(c.bn_mean)}) / sqrt({_n(c.bn_var)} + {c.bn_eps:g}) = {_n(c.bn_x_hat)}"
+    )
+    out.print(
+        f"   {' ' * len(name)}  y = x_hat * gamma + beta = {_n(c.bn_x_hat)} * {_n(c.bn_gamma)} + {_n(c.bn_beta)} "
+        f"= [bold]{c.bn_out:.6f}[/bold]"
+    )
+
+
+POINTWISE_TERMS = 6  # the dot product's largest terms shown (the JSON has them all)
+
+
+def _explain_pointwise(c: PointwiseCell, *, backend: str) -> None:
+    """3, continued: at the same pixel, one output of the 1x1 convolution after the
+    depthwise one (a dot product over channels, BatchNorm, the residual), checked."""
+    import numpy as np
+
+    p = out.print
+    n = len(c.inputs)
+    p(
+        f"\n   pointwise 1x1: {c.conv} output channel {c.channel} at (row {c.row}, col {c.col}): a dot product "
+        f"over the {n} channels of {c.source} at this one pixel"
+    )
+    top = [int(i) for i in np.argsort(-np.abs(c.products))[:POINTWISE_TERMS]]
+    if c.depthwise_channel not in top:
+        top.append(c.depthwise_channel)
+    for i in top:
+        mine = "   <- the depthwise cell above" if i == c.depthwise_channel else ""
+        p(f"   channel {i:>4}: {c.inputs[i]:+.6f} * {c.weights[i]:+.6f} = {c.products[i]:+.6f}{mine}")
+    if n > len(top):
+        p(f"   ... and {n - len(top)} more terms")
+    p(f"   conv: sum of all {n} products = [bold]{c.conv_sum:+.6f}[/bold] (no bias)")
+    _explain_bn(c.bn, c.conv_sum, c)
+    if c.residual is None:
+        p("   no activation after it (the linear bottleneck) and no residual: this is the block's output")
+    else:
+        p(
+            f"   no activation (the linear bottleneck); the residual adds the block's input: "
+            f"{_n(c.bn_out)} + {_n(c.residual)} = [bold]{c.block_out:.6f}[/bold]"
+        )
+    mark = "[green]agree[/green]" if c.agrees else "[red]DISAGREE[/red]"
+    e = c.engine
+    p(
+        f"   the {backend} engine at this cell: conv {e['conv']:+.6f}, bn {e['bn']:+.6f}, block {e['block']:+.6f}; "
+        f"max |diff| {c.max_abs_diff:.1e}: {mark}"
+    )
+
+
 def _explain_heatmap(hm: Heatmap, *, draw: bool) -> None:
     """4: where the model looked: Grad-CAM (conv nets) or attention rollout (the ViT)."""
     import numpy as np
@@ -550,14 +652,21 @@ def _explain_heatmap(hm: Heatmap, *, draw: bool) -> None:
         p(f"   peak: photo pixel (x {x}, y {y}), model-input pixel (x {u}, y {v})")
 
 
+DECISION_ROWS = 10  # classes listed in the decision, most probable first
+
+
 def _explain_decision(r: ExplainResult) -> None:
     """5: the probabilities and the route; then the notes and the files written."""
     p = out.print
     d = r.decision
     p(f"\n[bold]5. Decision[/bold]: {d.label} ({d.confidence:.3f})")
-    for name, prob in sorted(d.probabilities.items(), key=lambda kv: -kv[1]):
+    ranked = sorted(d.probabilities.items(), key=lambda kv: -kv[1])
+    for name, prob in ranked[:DECISION_ROWS]:
         bar = "#" * round(prob * 30)
         p(f"   {name:>14} {prob:.4f} {bar}")
+    if len(ranked) > DECISION_ROWS:  # an ImageNet model: 1000 classes
+        rest = ranked[DECISION_ROWS:]
+        p(f"   ... and {len(rest)} more classes, {sum(q for _, q in rest):.4f} in all")
     route = f"[yellow]{d.route}[/yellow] ({d.review_reason})" if d.needs_review else f"[green]{d.route}[/green]"
     p(f"   route: {route}")
     for n in r.notes:

@@ -35,6 +35,7 @@ class Engine(Protocol):
 
     name: str  # "numpy" or "torch", for people (reports, JSON); never branched on
     model: Any  # the engine's own model object
+    arch: Any  # its row of the architecture table (``models.Architecture``): layer names, ...
 
     # -- inference (eval mode, no gradients) --
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -51,6 +52,12 @@ class Engine(Protocol):
 
     def layer_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every layer of ``features``, by name, for the first photo: (C, h, w) each. Conv nets."""
+        ...
+
+    def block_outputs(self, x: np.ndarray, layer: str) -> dict[str, np.ndarray]:
+        """The input of ``features`` layer ``layer`` ("input") and the output of each of its
+        children in order, by name (a block's branch, before any residual add), for the first
+        photo: (C, h, w) each. Conv nets built of blocks."""
         ...
 
     def activations_and_gradients(

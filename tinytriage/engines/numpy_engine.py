@@ -121,6 +121,21 @@ class NumpyEngine:
             outs[name] = a[0]
         return outs
 
+    def block_outputs(self, x: np.ndarray, layer: str) -> dict[str, np.ndarray]:
+        """A ``features`` block's input and each child's output, by name, for the first photo,
+        in eval mode (explain computes one of their cells by hand)."""
+        self.model.eval()
+        layers = list(self.model.features)
+        i = self.arch.layer_names(self.model.cfg).index(layer)
+        a = x
+        for earlier in layers[:i]:
+            a = earlier(a)
+        outs = {"input": a[0]}
+        for name, child in layers[i].children():
+            a = child(a)
+            outs[name] = a[0]
+        return outs
+
     def activations_and_gradients(
         self, x: np.ndarray, class_index: np.ndarray, layer_index: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

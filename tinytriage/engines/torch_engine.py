@@ -99,6 +99,19 @@ class TorchEngine:
             outs[name] = a[0].float().cpu().numpy()
         return outs
 
+    @torch.no_grad()
+    def block_outputs(self, x: np.ndarray, layer: str) -> dict[str, np.ndarray]:
+        """A ``features`` block's input and each child's output, by name, for the first photo."""
+        self.model.eval()
+        features = self.model.features
+        i = self.arch.layer_names(self.model.cfg).index(layer)
+        a = features[:i](self._tensor(x))
+        outs = {"input": a[0].float().cpu().numpy()}
+        for name, child in features[i].named_children():
+            a = child(a)
+            outs[name] = a[0].float().cpu().numpy()
+        return outs
+
     def activations_and_gradients(
         self, x: np.ndarray, class_index: np.ndarray, layer_index: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

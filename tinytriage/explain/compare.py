@@ -13,6 +13,13 @@ amplified a little by depth):
 
 Dropout is switched off for the gradient and training checks (its random masks are the
 one thing the two engines cannot share); everything else runs as in training.
+
+Gradients and trained weights are compared per parameter relative to that parameter's
+size, but never to less than ``NOISE_FLOOR`` times the model's largest: some gradients are
+zero in exact arithmetic and float32 noise in both engines. A BatchNorm's bias whose output
+goes through a 1x1 convolution into another BatchNorm in training mode is one (an inverted
+residual's projection, EfficientNet's last block): the second BatchNorm subtracts its
+batch mean, and with it any constant the first one adds, so the loss cannot depend on it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import numpy as np
 
 from tinytriage.engines import load_engine, make_engine
 from tinytriage.errors import TinyTriageError
+from tinytriage.models import get_arch
 from tinytriage.models.file import ModelFile, read_model_or_bundled
 from tinytriage.training.calibration import softmax
 
@@ -65,9 +73,18 @@ class CompareResult:
         return d
 
 
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+NOISE_FLOOR = 1e-4  # a parameter's scale is at least this share of the model's largest (see above)
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
+    """max |a - b| / max |b|, the scale no smaller than ``floor``."""
     scale = float(np.max(np.abs(b))) if b.size else 0.0
-    return float(np.max(np.abs(a - b)) / max(scale, 1e-12)) if a.size else 0.0
+    return float(np.max(np.abs(a - b)) / max(scale, floor, 1e-12)) if a.size else 0.0
+
+
+def _floor(arrays: dict[str, np.ndarray]) -> float:
+    """NOISE_FLOOR times the largest magnitude over all of a model's (float) arrays."""
+    return NOISE_FLOOR * max((float(np.max(np.abs(v))) for v in arrays.values() if v.size), default=0.0)
 
 
 def abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,7 +113,9 @@ def sample_batch(
 
 
 def _without_dropout(mf: ModelFile) -> dict:
-    return {**mf.config, "dropout": 0.0} if "dropout" in mf.config else dict(mf.config)
+    """The model's config with its dropout rate at 0 (the architecture table names the field)."""
+    rate = get_arch(mf.arch).dropout_field
+    return dict(mf.config) if rate is None else {**mf.config, rate: 0.0}
 
 
 def compare(
@@ -142,8 +161,10 @@ def compare(
     ga, gb = _fresh(a_name, mf, cfg), _fresh(b_name, mf, cfg)
     loss_a, _, grads_a = ga.loss_and_grads(x, y)
     loss_b, _, grads_b = gb.loss_and_grads(x, y)
+    floor = _floor(grads_b)
     per_param = {
-        k: {"max_abs": abs_diff(grads_a[k], grads_b[k]), "max_rel": rel_diff(grads_a[k], grads_b[k])} for k in grads_b
+        k: {"max_abs": abs_diff(grads_a[k], grads_b[k]), "max_rel": rel_diff(grads_a[k], grads_b[k], floor)}
+        for k in grads_b
     }
     res.backward = {
         "loss": [loss_a, loss_b],
@@ -163,11 +184,9 @@ def compare(
         curve_a.append(ta.train_step(x[idx], y[idx], lr)[0])
         curve_b.append(tb.train_step(x[idx], y[idx], lr)[0])
     wa, wb = ta.state_dict(), tb.state_dict()
-    weight_rel = {
-        k: rel_diff(wa[k].astype(np.float64), wb[k].astype(np.float64))
-        for k in wb
-        if np.issubdtype(wb[k].dtype, np.floating)
-    }
+    floats = [k for k in wb if np.issubdtype(wb[k].dtype, np.floating)]
+    floor = _floor({k: wb[k] for k in floats})
+    weight_rel = {k: rel_diff(wa[k].astype(np.float64), wb[k].astype(np.float64), floor) for k in floats}
     res.training = {
         "steps": steps,
         "lr": lr,

@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al., 2017, "Grad-CAM: Visual Explanations from Deep Networks via
 Gradient-based Localization"): where in the photo the evidence for a class lies.
 
-Take A, the feature maps of the last conv block after its ReLU, (K, h, w), and y_c, the
+Take A, the feature maps of the last conv block after its ReLU (ReLU6 in EfficientNet), (K, h, w), and y_c, the
 score of class c (its logit, before softmax). Then
 
     alpha_k = 1/(h*w) * sum_ij d y_c / d A_k[i, j]     how much channel k matters for class c
@@ -33,7 +33,6 @@ import numpy as np
 
 from tinytriage.data.preprocess import LetterboxGeometry
 from tinytriage.errors import TinyTriageError
-from tinytriage.models.cnn import CNNConfig, feature_layers
 
 
 @dataclass
@@ -59,12 +58,12 @@ class Localization:
     content_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the photo in the model input
 
 
-def target_layer(cfg: CNNConfig, layer: str | None = None) -> tuple[int, str]:
-    """Index in ``features`` and name of the Grad-CAM layer: by default the last ReLU
-    (the last conv block's output, the last layer that still has a spatial map)."""
-    names = [role for _kind, role, _args in feature_layers(cfg)]
+def target_layer(names: list[str], layer: str | None = None) -> tuple[int, str]:
+    """Index in ``features`` (whose layers are ``names``) and name of the Grad-CAM layer: by
+    default the last one, the last conv block's activation (the CNN's last ReLU,
+    EfficientNet's ``act2``): the last layer that still has a spatial map."""
     if layer is None:
-        layer = [role for kind, role, _ in feature_layers(cfg) if kind == "relu"][-1]
+        layer = names[-1]
     if layer not in names:
         raise TinyTriageError(f"unknown layer {layer!r}; this model's layers are {', '.join(names)}")
     return names.index(layer), layer
@@ -79,11 +78,12 @@ def cam_from(activations: np.ndarray, gradients: np.ndarray) -> tuple[np.ndarray
 
 
 def grad_cam(
-    engine, cfg: CNNConfig, x: np.ndarray, class_index: int | np.ndarray | None = None, layer: str | None = None
+    engine, cfg, x: np.ndarray, class_index: int | np.ndarray | None = None, layer: str | None = None
 ) -> CamMaps:
     """Grad-CAM of photos x (N, 3, S, S) for ``class_index`` (one int, one per photo, or
-    None for each photo's predicted class) at ``layer`` (default: the last ReLU)."""
-    t, name = target_layer(cfg, layer)
+    None for each photo's predicted class) at ``layer`` (default: the last layer of
+    ``features``). ``cfg``: the model's config; the engine's architecture names its layers."""
+    t, name = target_layer(engine.arch.layer_names(cfg), layer)
     N = len(x)
     if class_index is None:
         class_index = engine.logits(x).argmax(axis=1)

@@ -5,16 +5,27 @@ Every number is computed here and printed by ``render.print_explain``:
 1. **Model summary**, from the architecture's config (so the same for every engine): each
    layer's output shape, trainable parameters, and its receptive field r and jump in input
    pixels (``tinytriage.explain.receptive``: r_l = r_(l-1) + (k_l - 1) * jump_(l-1)).
-2. **Feature maps** of one layer. The default is ``relu1``, the first conv block's output:
-   it keeps the input's resolution and its 3x3x3 kernels read the photo itself, so its maps
-   still look like the photo (edges, colour blobs) and its cell can be computed by hand in
-   27 products. ``--layer`` picks any other (conv2, bn2, relu2, pool2, ...).
-3. **One cell by hand**, for the conv block of that layer: the input window of every input
-   channel, the kernel, their products and sum (``conv2d_cell``, the reference loop's cell),
-   then BatchNorm as eval mode computes it, (s - running_mean) / sqrt(running_var + eps) *
-   gamma + beta (the convs have no bias: BatchNorm's beta plays its role), then ReLU; each
-   checked against the fast engine's activation at that cell. Then the max-pool window the
-   cell falls in and which cell won it (``maxpool2d_reference``'s winners).
+2. **Feature maps** of one layer. The default is the architecture's ``explain_layer``: for
+   the CNN ``relu1``, the first conv block's output: it keeps the input's resolution and its
+   3x3x3 kernels read the photo itself, so its maps still look like the photo (edges, colour
+   blobs) and its cell can be computed by hand in 27 products. ``--layer`` picks any other
+   (conv2, bn2, relu2, pool2, ...; EfficientNet's conv_stem, act1, blocks.S.B, act2, ...).
+3. **One cell by hand**, as the architecture's ``hand_cell`` says:
+
+   * a conv block (the CNN), for the block of that layer: the input window of every input
+     channel, the kernel, their products and sum (``conv2d_cell``, the reference loop's
+     cell), then BatchNorm as eval mode computes it, (s - running_mean) / sqrt(running_var
+     + eps) * gamma + beta (the convs have no bias: BatchNorm's beta plays its role), then
+     ReLU; each checked against the fast engine's activation at that cell. Then the
+     max-pool window the cell falls in and which cell won it (``maxpool2d_reference``'s
+     winners).
+   * a mobile block (EfficientNet), the block of that layer or the first one after it: one
+     cell of its depthwise convolution, the k x k window of ONE channel times that
+     channel's kernel, summed (TensorFlow's "same" padding: zeros before and after the
+     input, the odd one after), BatchNorm, ReLU6 = min(max(y, 0), 6); then at the same
+     pixel one cell of the pointwise (1x1) convolution after it, a dot product over its
+     input channels (the depthwise cell among them), BatchNorm, and the block's input added
+     back when the block has a residual. Each checked against the engine's value there.
 4. **Where the evidence is**: Grad-CAM (``tinytriage.explain.gradcam``) for a CNN, attention rollout
    (``tinytriage.explain.rollout``) for a ViT, mapped back to the photo's own pixels.
 5. **The decision**: probabilities, route, review flag, as ``predict`` gives them.
@@ -35,15 +46,14 @@ from typing import Any
 import numpy as np
 
 from tinytriage.data.preprocess import LetterboxGeometry
-from tinytriage.errors import ImageError, TinyTriageError
+from tinytriage.errors import ImageError, TinyTriageError, listed
 from tinytriage.explain.gradcam import Localization, grad_cam, heat_on_photo, localize
 from tinytriage.explain.receptive import receptive_fields
-from tinytriage.models import get_arch
-from tinytriage.models.cnn import CNNConfig, feature_layers
-from tinytriage.nn.conv import conv2d_cell, conv_output_size
+from tinytriage.models import Architecture, get_arch
+from tinytriage.nn.conv import conv2d_cell
 from tinytriage.nn.pool import maxpool2d_reference
+from tinytriage.nn.sizes import pad2d_asym
 
-DEFAULT_LAYER = "relu1"  # see the module docstring, point 2
 OVERLAY_MAX_SIDE = 1024  # the saved overlay PNG is the photo scaled to at most this long side
 PREVIEW_WIDTH = 48  # pixels (= terminal columns) of the heatmap preview
 AGREE_ATOL = 1e-4  # |by hand - engine| allowed at one cell (float64 by hand vs float32 engine)
@@ -71,50 +81,27 @@ class ModelSummary:
     total_params: int
 
 
-def _cnn_geometry(cfg: CNNConfig) -> list[tuple[str, str, int, int, int]]:
-    """(name, kind, kernel, stride, padding) per layer of ``features``; BN and ReLU are 1x1."""
-    out = []
-    for kind, role, args in feature_layers(cfg):
-        if kind == "conv":
-            out.append((role, kind, args["kernel_size"], 1, args["padding"]))
-        elif kind == "maxpool":
-            out.append((role, kind, args["kernel_size"], args["stride"], 0))
-        else:
-            out.append((role, kind, 1, 1, 0))
-    return out
+def layer_geometry(arch: Architecture, cfg) -> list[tuple[str, str, int, int, int]]:
+    """(name, kind, kernel, stride, padding) per layer of ``features``, from the
+    architecture's layer table (``tinytriage.models.layers``)."""
+    n = len(arch.layer_names(cfg))
+    return [(r.name, r.kind, r.kernel, r.stride, r.padding) for r in arch.layer_table(cfg)[:n]]
 
 
-def _cnn_summary(cfg: CNNConfig) -> ModelSummary:
-    rows: list[tuple[str, str, str, tuple[int, ...], int]] = []
-    C, S = cfg.in_channels, cfg.input_size
-    spec = []  # (name, kernel, stride) for receptive_fields
-    for i, ((kind, role, args), (_, _, k, s, p)) in enumerate(
-        zip(feature_layers(cfg), _cnn_geometry(cfg), strict=True)
-    ):
-        params = 0
-        if kind == "conv":
-            c_in, C = args["in_channels"], args["out_channels"]
-            params = C * c_in * k * k + (C if args["bias"] else 0)  # one k x k x C_in kernel per output channel
-        elif kind == "bn":
-            params = 2 * C  # gamma and beta per channel
-        S = conv_output_size(S, k, s, p)
-        rows.append((role, kind, f"features.{i}" if params else "", (C, S, S), params))
-        spec.append((role, k, s))
-    n, F = cfg.num_classes, cfg.head_features
-    pool = "avgpool" if cfg.pool == "avg" else "avgmaxpool"  # avgmax: mean and max of each map, 2C values
-    rows += [
-        (pool, pool, "", (F, 1, 1), 0),  # global pooling: one window the size of the map
-        ("flatten", "flatten", "", (F,), 0),
-        ("dropout", "dropout", "", (F,), 0),  # identity in eval mode
-        ("head", "linear", "head.3", (n,), F * n + n),
+def _cnn_geometry(cfg) -> list[tuple[str, str, int, int, int]]:
+    """The CNN's ``layer_geometry`` (by the name tests/test_explain.py knows it by)."""
+    return layer_geometry(get_arch("cnn"), cfg)
+
+
+def _table_summary(arch: Architecture, config: dict) -> ModelSummary:
+    """A conv net's summary: its layer table, with receptive fields from kernels and strides."""
+    table = arch.layer_table(arch.from_dict(config))
+    rf = receptive_fields([(r.name, r.kernel, r.stride) for r in table])
+    rows = [
+        LayerRow(r.name, r.kind, r.tensors, r.output_shape, r.params, f.receptive_field, f.jump)
+        for r, f in zip(table, rf, strict=True)
     ]
-    spec += [(pool, S, 1), ("flatten", 1, 1), ("dropout", 1, 1), ("head", 1, 1)]
-    rf = receptive_fields(spec)
-    table = [
-        LayerRow(name, kind, t, shape, p, r.receptive_field, r.jump)
-        for (name, kind, t, shape, p), r in zip(rows, rf, strict=True)
-    ]
-    return ModelSummary("cnn", cfg.input_size, table, sum(r.params for r in table))
+    return ModelSummary(arch.name, arch.input_size(config), rows, sum(r.params for r in rows))
 
 
 def _vit_summary(config: dict) -> ModelSummary:
@@ -139,13 +126,11 @@ def _vit_summary(config: dict) -> ModelSummary:
     return ModelSummary("vit", cfg.img_size, rows, sum(r.params for r in rows))
 
 
-# how each family of the architecture table is summarised, by what explain shows for it
-_SUMMARIES = {"grad-cam": lambda config: _cnn_summary(CNNConfig.from_dict(config)), "attention rollout": _vit_summary}
-
-
 def model_summary(arch: str, config: dict) -> ModelSummary:
-    """The layer table of an architecture, computed from its config alone."""
-    return _SUMMARIES[get_arch(arch).heatmap](config)
+    """The layer table of an architecture, computed from its config alone: from its
+    ``layer_table`` (conv nets), else the transformer's (every token sees every patch)."""
+    spec = get_arch(arch)
+    return _vit_summary(config) if spec.layer_table is None else _table_summary(spec, config)
 
 
 def cell_input_window(
@@ -221,34 +206,80 @@ class PoolCell:
     cell_won: bool  # did the hand-computed cell win?
 
 
-def _hand_cell(
-    predictor, x: np.ndarray, outs: dict[str, np.ndarray], conv_i: int, channel: int, row: int, col: int,
-    geom: LetterboxGeometry,
-) -> ConvCell:  # fmt: skip
-    """Cell (row, col) of output channel ``channel`` of the conv at ``features[conv_i]``, by
-    the reference formulas in float64 from the model file's weights, beside the engine's."""
-    cfg = predictor.engine.model.cfg
-    layers = feature_layers(cfg)
-    geometry = _cnn_geometry(cfg)
-    names = [role for _kind, role, _args in layers]
-    conv, bn, relu = names[conv_i], names[conv_i + 1], names[conv_i + 2]
-    t = predictor.model_file.tensors
-    f64 = lambda key: np.asarray(t[key], dtype=np.float64)  # noqa: E731
-    src = x[0] if conv_i == 0 else outs[names[conv_i - 1]]  # (C_in, H, W) what the conv reads
-    pad = layers[conv_i][2]["padding"]
-    c = conv2d_cell(src[None].astype(np.float64), f64(f"features.{conv_i}.weight"), None, 0, channel, row, col, 1, pad)
-    b = f"features.{conv_i + 1}."
-    mean, var = float(f64(b + "running_mean")[channel]), float(f64(b + "running_var")[channel])
-    gamma, beta = float(f64(b + "weight")[channel]), float(f64(b + "bias")[channel])
-    eps = float(predictor.engine.model.features[conv_i + 1].eps)
-    x_hat = (c["sum"] - mean) / math.sqrt(var + eps)  # eval mode: the running statistics
-    bn_out = x_hat * gamma + beta
-    relu_out = max(bn_out, 0.0)
-    engine = {k: float(outs[name][channel, row, col]) for k, name in (("conv", conv), ("bn", bn), ("relu", relu))}
-    diff = max(abs(engine["conv"] - c["out"]), abs(engine["bn"] - bn_out), abs(engine["relu"] - relu_out))
+@dataclass
+class DepthwiseCell:
+    """One output cell of a mobile block's depthwise convolution, conv -> BatchNorm (eval) ->
+    ReLU6, computed by hand: one channel's k x k window times that channel's kernel."""
 
-    (r0, r1), (c0, c1) = cell_input_window(geometry, conv_i, row, col)
-    S = cfg.input_size
+    block: str  # blocks.1.0
+    block_kind: str  # "ds" (depthwise separable) or "ir" (inverted residual)
+    conv: str  # blocks.1.0.conv_dw
+    bn: str  # blocks.1.0.bn2
+    act: str  # blocks.1.0.act2
+    source: str  # what the depthwise conv reads: the layer before the block (act1) or the block's expansion
+    channel: int  # the channel: its input, its kernel and its output are this one channel
+    row: int  # cell in the depthwise conv's output (the block's output grid)
+    col: int
+    kernel_size: int  # k
+    stride: int
+    pads: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right)): TF "same", the odd one after
+    window: np.ndarray  # (k, k) channel ``channel`` of the input under the kernel (zero padding included)
+    kernel: np.ndarray  # (k, k) that channel's kernel
+    products: np.ndarray  # (k, k) window * kernel
+    conv_sum: float  # sum of the products (the conv has no bias: BatchNorm's beta is the bias)
+    bn_mean: float  # running mean of this channel
+    bn_var: float  # running variance
+    bn_eps: float
+    bn_gamma: float  # BatchNorm weight
+    bn_beta: float  # BatchNorm bias
+    bn_x_hat: float  # (conv_sum - mean) / sqrt(var + eps)
+    bn_out: float  # x_hat * gamma + beta
+    act_out: float  # ReLU6: min(max(bn_out, 0), 6)
+    engine: dict[str, float]  # the engine's conv, bn and act values at this cell
+    max_abs_diff: float  # largest |by hand - engine| of the three
+    agrees: bool  # max_abs_diff <= AGREE_ATOL
+    receptive_field: int  # side of the input square this cell sees (padding included)
+    input_box: tuple[int, int, int, int]  # (x0, y0, x1, y1) model-input pixels seen, clipped, x1/y1 exclusive
+    photo_box: tuple[int, int, int, int]  # the same region in the original photo's pixels
+
+
+@dataclass
+class PointwiseCell:
+    """At the depthwise cell's pixel, one output of the 1x1 convolution after it: a dot
+    product over its input channels, then BatchNorm (eval), then the residual if any."""
+
+    conv: str  # blocks.1.0.conv_pwl
+    bn: str  # blocks.1.0.bn3
+    source: str  # what it reads: the depthwise conv's ReLU6 (blocks.1.0.act2)
+    channel: int  # output channel (the strongest at this pixel)
+    row: int
+    col: int
+    inputs: np.ndarray  # (C_in,) the source's values at (row, col), every channel
+    weights: np.ndarray  # (C_in,) the 1x1 kernel of output channel ``channel``
+    products: np.ndarray  # (C_in,) inputs * weights
+    conv_sum: float  # their sum: the dot product
+    depthwise_channel: int  # the input channel computed by hand above
+    depthwise_term: float  # its product: inputs[depthwise_channel] * weights[depthwise_channel]
+    bn_mean: float
+    bn_var: float
+    bn_eps: float
+    bn_gamma: float
+    bn_beta: float
+    bn_x_hat: float  # (conv_sum - mean) / sqrt(var + eps)
+    bn_out: float  # x_hat * gamma + beta: no activation after (the linear bottleneck)
+    residual: float | None  # the block's input at this cell, added back; None: the block has no residual
+    block_out: float  # bn_out (+ residual): the block's output at this cell
+    engine: dict[str, float]  # the engine's conv, bn and block values at this cell
+    max_abs_diff: float
+    agrees: bool
+
+
+def _boxes(
+    geometry: list[tuple[str, str, int, int, int]], i: int, row: int, col: int, S: int, geom: LetterboxGeometry
+) -> tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(receptive field, input box, photo box) of cell (row, col) of ``features[i]``: the
+    input pixels it sees (clipped, right/bottom exclusive) and the same region in the photo."""
+    (r0, r1), (c0, c1) = cell_input_window(geometry, i, row, col)
     box = (max(c0, 0), max(r0, 0), min(c1 + 1, S), min(r1 + 1, S))
     px0, py0 = geom.to_original(box[0], box[1])
     px1, py1 = geom.to_original(box[2], box[3])
@@ -258,30 +289,65 @@ def _hand_cell(
         int(np.clip(math.ceil(float(px1)), 0, geom.orig_w)),
         int(np.clip(math.ceil(float(py1)), 0, geom.orig_h)),
     )
+    return r1 - r0 + 1, box, photo_box
+
+
+def _batchnorm_eval(t: dict[str, np.ndarray], prefix: str, channel: int, s: float, eps: float) -> dict[str, float]:
+    """BatchNorm as eval mode computes it for one value ``s`` of ``channel``, in float64."""
+    f = {k: float(np.float64(t[f"{prefix}.{k}"][channel])) for k in ("running_mean", "running_var", "weight", "bias")}
+    x_hat = (s - f["running_mean"]) / math.sqrt(f["running_var"] + eps)  # eval mode: the running statistics
+    return dict(
+        bn_mean=f["running_mean"], bn_var=f["running_var"], bn_eps=eps, bn_gamma=f["weight"], bn_beta=f["bias"],
+        bn_x_hat=x_hat, bn_out=x_hat * f["weight"] + f["bias"],
+    )  # fmt: skip
+
+
+def _hand_cell(
+    predictor, x: np.ndarray, outs: dict[str, np.ndarray], conv_i: int, channel: int, row: int, col: int,
+    geom: LetterboxGeometry,
+) -> ConvCell:  # fmt: skip
+    """Cell (row, col) of output channel ``channel`` of the conv at ``features[conv_i]``, by
+    the reference formulas in float64 from the model file's weights, beside the engine's."""
+    engine = predictor.engine
+    cfg, arch = engine.model.cfg, engine.arch
+    table = arch.layer_table(cfg)
+    names = arch.layer_names(cfg)
+    conv, bn, relu = names[conv_i], names[conv_i + 1], names[conv_i + 2]
+    t = predictor.model_file.tensors
+    weight = np.asarray(t[f"{table[conv_i].tensors}.weight"], dtype=np.float64)
+    src = x[0] if conv_i == 0 else outs[names[conv_i - 1]]  # (C_in, H, W) what the conv reads
+    pad = table[conv_i].padding
+    c = conv2d_cell(src[None].astype(np.float64), weight, None, 0, channel, row, col, 1, pad)
+    eps = float(engine.model.features[conv_i + 1].eps)
+    b = _batchnorm_eval(t, table[conv_i + 1].tensors, channel, c["sum"], eps)
+    relu_out = max(b["bn_out"], 0.0)
+    values = {k: float(outs[name][channel, row, col]) for k, name in (("conv", conv), ("bn", bn), ("relu", relu))}
+    diff = max(abs(values["conv"] - c["out"]), abs(values["bn"] - b["bn_out"]), abs(values["relu"] - relu_out))
+    rf, box, photo_box = _boxes(layer_geometry(arch, cfg), conv_i, row, col, x.shape[-1], geom)
     products = c["products"]  # (C_in, k, k)
     return ConvCell(
         conv=conv, bn=bn, relu=relu, source="input" if conv_i == 0 else names[conv_i - 1],
         channel=channel, row=row, col=col,
         window=c["window"], kernel=c["kernel"], products=products, channel_sums=products.sum(axis=(1, 2)),
-        conv_sum=c["sum"], conv_bias=c["bias"],
-        bn_mean=mean, bn_var=var, bn_eps=eps, bn_gamma=gamma, bn_beta=beta, bn_x_hat=x_hat, bn_out=bn_out,
-        relu_out=relu_out, engine=engine, max_abs_diff=diff, agrees=diff <= AGREE_ATOL,
-        receptive_field=r1 - r0 + 1, input_box=box, photo_box=photo_box,
+        conv_sum=c["sum"], conv_bias=c["bias"], **b,
+        relu_out=relu_out, engine=values, max_abs_diff=diff, agrees=diff <= AGREE_ATOL,
+        receptive_field=rf, input_box=box, photo_box=photo_box,
     )  # fmt: skip
 
 
 def _pool_cell(
-    cfg: CNNConfig, outs: dict[str, np.ndarray], conv_i: int, cell: ConvCell
+    arch: Architecture, cfg, outs: dict[str, np.ndarray], conv_i: int, cell: ConvCell
 ) -> tuple[PoolCell | None, str | None]:
     """The max-pool after the cell's block, or (None, why) where there is none."""
-    layers = feature_layers(cfg)
-    if conv_i + 3 >= len(layers):
-        head = "global average pooling" if cfg.pool == "avg" else "global average and max pooling"
+    table = arch.layer_table(cfg)
+    n = len(arch.layer_names(cfg))  # the first n rows are ``features``, then the head
+    if conv_i + 3 >= n:
+        head = "global average pooling" if table[n].kind == "avgpool" else "global average and max pooling"
         return None, f"{cell.relu} is the last conv block: {head} follows, every cell counts"
-    if layers[conv_i + 3][0] != "maxpool":  # a deeper stage: the next block of the same stage reads every cell
-        return None, f"no max pool after {cell.relu}: {layers[conv_i + 3][1]}, the stage's next block, reads every cell"
-    _kind, pool, args = layers[conv_i + 3]
-    k, s = args["kernel_size"], args["stride"]
+    after = table[conv_i + 3]
+    if after.kind != "maxpool":  # a deeper stage: the next block of the same stage reads every cell
+        return None, f"no max pool after {cell.relu}: {after.name}, the stage's next block, reads every cell"
+    pool, k, s = after.name, after.kernel, after.stride
     relu_map = outs[cell.relu][cell.channel].astype(np.float64)  # (h, w)
     pooled, winners = maxpool2d_reference(relu_map[None, None], k, s)
     i, j = cell.row // s, cell.col // s
@@ -368,8 +434,8 @@ class ExplainResult:
     photo_size: tuple[int, int]  # (width, height) of the photo after EXIF orientation
     geometry: LetterboxGeometry
     summary: ModelSummary
-    features: FeatureMaps | None  # CNN only
-    cell: ConvCell | None  # CNN only
+    features: FeatureMaps | None  # conv nets only
+    cell: ConvCell | None  # conv blocks (the CNN) only
     pool: PoolCell | None
     pool_note: str | None  # why there is no pool cell
     heatmap: Heatmap
@@ -377,6 +443,8 @@ class ExplainResult:
     saved: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     attention_heads: np.ndarray | None = None  # ViT: class-token attention, (layers, heads, gh, gw)
+    depthwise: DepthwiseCell | None = None  # mobile blocks (EfficientNet): the depthwise cell by hand
+    pointwise: PointwiseCell | None = None  # ... and the pointwise cell after it
 
     def to_json(self) -> dict[str, Any]:
         def rounded(a):  # big arrays: 6 decimals is float32's precision, and a third of the text
@@ -424,52 +492,139 @@ class ExplainResult:
             d["cell"] = dict(self.cell.__dict__)
         if self.attention_heads is not None:
             d["attention_heads"] = np.round(self.attention_heads.astype(np.float64), 6)
+        for key in ("depthwise", "pointwise"):  # only where there are: the CNN's JSON stays as it was
+            if getattr(self, key) is not None:
+                d[key] = dict(getattr(self, key).__dict__)
         return d
 
 
-def _pick_layer(cfg: CNNConfig, layer: str | None) -> tuple[str, int]:
-    """(name, index in ``features`` of its block's conv) of a layer name (default relu1)."""
-    layers = feature_layers(cfg)
-    names = [role for _kind, role, _args in layers]
-    name = DEFAULT_LAYER if layer is None else layer
+def _pick_layer(arch: Architecture, cfg, layer: str | None) -> tuple[str, int]:
+    """(name, index in ``features``) of ``--layer`` (default: the architecture's ``explain_layer``)."""
+    names = arch.layer_names(cfg)
+    name = arch.explain_layer if layer is None else layer
     if name not in names:
         raise TinyTriageError(f"--layer {name}: no such layer; this model has {', '.join(names)}")
-    conv_i = max(j for j in range(names.index(name) + 1) if layers[j][0] == "conv")
-    return name, conv_i
+    return name, names.index(name)
 
 
-def _explain_cnn(
-    predictor, x: np.ndarray, geom: LetterboxGeometry, layer: str | None, channel: int | None,
-    at: tuple[int, int] | None,
-) -> tuple[FeatureMaps, ConvCell, PoolCell | None, str | None]:  # fmt: skip
-    """Sections 2 and 3: the layer's maps, its block's cell by hand, the pool window after it."""
-    cfg = predictor.engine.model.cfg
-    name, conv_i = _pick_layer(cfg, layer)
-    outs = predictor.engine.layer_outputs(x)  # name -> (C, h, w)
+def _feature_maps(outs: dict[str, np.ndarray], name: str, channel: int | None) -> FeatureMaps:
+    """The maps of layer ``name``: all its channels, or ``channel`` alone."""
     fmap = outs[name]  # (C, h, w)
     C = fmap.shape[0]
     if channel is not None and not 0 <= channel < C:
         raise TinyTriageError(f"--channel {channel}: {name} has channels 0..{C - 1}")
     chans = list(range(C)) if channel is None else [channel]
     shown = fmap[chans]
-    features = FeatureMaps(name, tuple(fmap.shape), chans, shown, float(shown.min()), float(shown.max()))
+    return FeatureMaps(name, tuple(fmap.shape), chans, shown, float(shown.min()), float(shown.max()))
 
-    relu = outs[feature_layers(cfg)[conv_i + 2][1]]  # (C, h, w): the block's ReLU, same channels
-    if at is None:  # the strongest activation: of the chosen channel, or of the whole block
-        search = relu if channel is None else relu[channel : channel + 1]
+
+def _pick_cell(act: np.ndarray, channel: int | None, at: tuple[int, int] | None, what: str) -> tuple[int, int, int]:
+    """(channel, row, col) of the cell to compute by hand in ``act`` (C, h, w): by default the
+    strongest activation (of ``channel``, or of all); with ``at`` alone, the channel most active there."""
+    if at is None:
+        search = act if channel is None else act[channel : channel + 1]
         k, r, c = np.unravel_index(int(np.argmax(search)), search.shape)
-        channel, at = (int(k) if channel is None else channel), (int(r), int(c))
-    else:
-        h, w = relu.shape[1:]
-        if not (0 <= at[0] < h and 0 <= at[1] < w):
-            raise TinyTriageError(
-                f"--at {at[0]},{at[1]}: the block's maps are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})"
-            )
-        if channel is None:
-            channel = int(np.argmax(relu[:, at[0], at[1]]))  # the channel most active there
-    cell = _hand_cell(predictor, x, outs, conv_i, channel, at[0], at[1], geom)
-    pool, pool_note = _pool_cell(cfg, outs, conv_i, cell)
-    return features, cell, pool, pool_note
+        return (int(k) if channel is None else channel), int(r), int(c)
+    h, w = act.shape[1:]
+    if not (0 <= at[0] < h and 0 <= at[1] < w):
+        raise TinyTriageError(f"--at {at[0]},{at[1]}: {what} are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})")
+    if channel is None:
+        channel = int(np.argmax(act[:, at[0], at[1]]))  # the channel most active there
+    return channel, at[0], at[1]
+
+
+def _explain_cnn(
+    predictor, x: np.ndarray, geom: LetterboxGeometry, layer: str | None, channel: int | None,
+    at: tuple[int, int] | None,
+) -> tuple[FeatureMaps, dict[str, Any]]:  # fmt: skip
+    """Sections 2 and 3 for a conv block: the layer's maps, its block's cell by hand, the
+    pool window after it."""
+    engine = predictor.engine
+    arch, cfg = engine.arch, engine.model.cfg
+    name, i = _pick_layer(arch, cfg, layer)
+    table = arch.layer_table(cfg)
+    conv_i = max(j for j in range(i + 1) if table[j].kind == "conv")  # the conv of the layer's block
+    outs = engine.layer_outputs(x)  # name -> (C, h, w)
+    features = _feature_maps(outs, name, channel)
+    relu = outs[table[conv_i + 2].name]  # (C, h, w): the block's ReLU, same channels
+    channel, row, col = _pick_cell(relu, channel, at, "the block's maps")
+    cell = _hand_cell(predictor, x, outs, conv_i, channel, row, col, geom)
+    pool, pool_note = _pool_cell(arch, cfg, outs, conv_i, cell)
+    return features, {"cell": cell, "pool": pool, "pool_note": pool_note}
+
+
+def _explain_mobile(
+    predictor, x: np.ndarray, geom: LetterboxGeometry, layer: str | None, channel: int | None,
+    at: tuple[int, int] | None,
+) -> tuple[FeatureMaps, dict[str, Any]]:  # fmt: skip
+    """Sections 2 and 3 for mobile blocks: the layer's maps, then in the block of that layer
+    (or the first after it, or the last) one depthwise cell and one pointwise cell by hand.
+    ``channel`` is the maps' channel and the depthwise channel; ``at`` a depthwise output cell."""
+    engine, t = predictor.engine, predictor.model_file.tensors
+    arch, cfg = engine.arch, engine.model.cfg
+    name, i = _pick_layer(arch, cfg, layer)
+    outs = engine.layer_outputs(x)  # name -> (C, h, w)
+    features = _feature_maps(outs, name, channel)
+
+    names = arch.layer_names(cfg)
+    rows = arch.layer_table(cfg)[: len(names)]
+    blocks = [j for j, r in enumerate(rows) if f"{r.tensors}.conv_dw.weight" in t]  # blocks with a depthwise conv
+    b = next((j for j in blocks if j >= i), blocks[-1])
+    block, row_spec, module = names[b], rows[b], engine.model.features[b]
+    parts = engine.block_outputs(x, block)  # "input", then each child's output in order
+    kids = list(parts)[1:]
+    d = kids.index("conv_dw")  # timm's order: conv_dw, its BatchNorm and ReLU6, then the 1x1 after them
+    dw_bn, dw_act, pw, pw_bn = kids[d + 1 : d + 5]
+    src = parts["input" if d == 0 else kids[d - 1]]  # (C, H, W) what the depthwise conv reads
+    act = parts[dw_act]  # (C, h, w)
+    if channel is not None and not 0 <= channel < act.shape[0]:
+        raise TinyTriageError(f"--channel {channel}: {block}.conv_dw has channels 0..{act.shape[0] - 1}")
+    channel, row, col = _pick_cell(act, channel, at, f"{block}.conv_dw's maps")
+
+    # the depthwise cell: one channel's window times its kernel
+    k, s, pt = row_spec.kernel, row_spec.stride, row_spec.padding
+    (H, W), (h, w) = src.shape[1:], act.shape[1:]
+    after = max((h - 1) * s + k - H - pt, 0), max((w - 1) * s + k - W - pt, 0)  # what the last window needs
+    pads = ((pt, after[0]), (pt, after[1]))
+    weight = np.asarray(t[f"{block}.conv_dw.weight"], dtype=np.float64)  # (C, 1, k, k)
+    x_pad = pad2d_asym(src[None].astype(np.float64), pads)  # (1, C, H + top + bottom, W + left + right)
+    c = conv2d_cell(x_pad, weight, None, 0, channel, row, col, s, 0, 1, groups=weight.shape[0])
+    bn = _batchnorm_eval(t, f"{block}.{dw_bn}", channel, c["sum"], float(getattr(module, dw_bn).eps))
+    act_out = min(max(bn["bn_out"], 0.0), 6.0)  # ReLU6
+    at_cell = lambda part: float(parts[part][channel, row, col])  # noqa: E731
+    values = {"conv": at_cell("conv_dw"), "bn": at_cell(dw_bn), "act": at_cell(dw_act)}
+    diff = max(abs(values["conv"] - c["sum"]), abs(values["bn"] - bn["bn_out"]), abs(values["act"] - act_out))
+    rf, box, photo_box = _boxes(layer_geometry(arch, cfg), b, row, col, x.shape[-1], geom)
+    depthwise = DepthwiseCell(
+        block=block, block_kind=row_spec.kind, conv=f"{block}.conv_dw", bn=f"{block}.{dw_bn}", act=f"{block}.{dw_act}",
+        source=names[b - 1] if d == 0 else f"{block}.{kids[d - 1]}", channel=channel, row=row, col=col,
+        kernel_size=k, stride=s, pads=pads, window=c["window"][0], kernel=c["kernel"][0], products=c["products"][0],
+        conv_sum=c["sum"], **bn, act_out=act_out, engine=values, max_abs_diff=diff, agrees=diff <= AGREE_ATOL,
+        receptive_field=rf, input_box=box, photo_box=photo_box,
+    )  # fmt: skip
+
+    # the pointwise cell at the same pixel: a dot product over the depthwise conv's channels
+    out = int(np.argmax(parts[pw_bn][:, row, col]))  # the strongest output channel there
+    weight = np.asarray(t[f"{block}.{pw}.weight"], dtype=np.float64)  # (C_out, C, 1, 1)
+    c = conv2d_cell(act[None].astype(np.float64), weight, None, 0, out, row, col)  # window (C, 1, 1)
+    inputs, weights, products = c["window"][:, 0, 0], c["kernel"][:, 0, 0], c["products"][:, 0, 0]
+    bn = _batchnorm_eval(t, f"{block}.{pw_bn}", out, c["sum"], float(getattr(module, pw_bn).eps))
+    residual = float(parts["input"][out, row, col]) if module.has_skip else None  # the input added back
+    block_out = bn["bn_out"] + (residual or 0.0)
+    values = {"conv": float(parts[pw][out, row, col]), "bn": float(parts[pw_bn][out, row, col])}
+    values["block"] = float(outs[block][out, row, col])
+    diff = max(abs(values["conv"] - c["sum"]), abs(values["bn"] - bn["bn_out"]), abs(values["block"] - block_out))
+    pointwise = PointwiseCell(
+        conv=f"{block}.{pw}", bn=f"{block}.{pw_bn}", source=depthwise.act, channel=out, row=row, col=col,
+        inputs=inputs, weights=weights, products=products, conv_sum=c["sum"],
+        depthwise_channel=channel, depthwise_term=float(products[channel]), **bn,
+        residual=residual, block_out=block_out, engine=values, max_abs_diff=diff, agrees=diff <= AGREE_ATOL,
+    )  # fmt: skip
+    return features, {"depthwise": depthwise, "pointwise": pointwise}
+
+
+# what explain computes by hand, by the architecture's ``hand_cell`` (models.ARCHS)
+_HAND_CELLS = {"conv block": _explain_cnn, "mobile block": _explain_mobile}
 
 
 def explain_photo(
@@ -505,12 +660,13 @@ def explain_photo(
     class_index = None
     if class_name is not None:
         if class_name not in mf.classes:
-            raise TinyTriageError(f"--class {class_name}: not a class of this model ({', '.join(mf.classes)})")
+            raise TinyTriageError(f"--class {class_name}: not a class of this model ({listed(mf.classes)})")
         class_index = mf.classes.index(class_name)
 
-    features = cell = pool = pool_note = None
-    if get_arch(mf.arch).heatmap == "grad-cam":  # a conv net: its maps and one cell by hand
-        features, cell, pool, pool_note = _explain_cnn(predictor, x, geom, layer, channel, at)
+    features, hand = None, {}
+    hand_cell = get_arch(mf.arch).hand_cell
+    if hand_cell is not None:  # a conv net: its maps and one cell by hand
+        features, hand = _HAND_CELLS[hand_cell](predictor, x, geom, layer, channel, at)
     elif layer is not None or channel is not None or at is not None:
         raise TinyTriageError(
             "--layer, --channel and --at are for CNN models; a ViT is explained by its attention rollout"
@@ -558,6 +714,7 @@ def explain_photo(
 
     return ExplainResult(
         str(photo), str(predictor.model_path), backend, mf.arch, S, (geom.orig_w, geom.orig_h), geom,
-        model_summary(mf.arch, mf.config), features, cell, pool, pool_note, heatmap, decision, saved, notes,
-        hm["head_maps"][:, 0] if "head_maps" in hm else None,
+        model_summary(mf.arch, mf.config), features, hand.get("cell"), hand.get("pool"), hand.get("pool_note"),
+        heatmap, decision, saved, notes, hm["head_maps"][:, 0] if "head_maps" in hm else None,
+        depthwise=hand.get("depthwise"), pointwise=hand.get("pointwise"),
     )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.data.datasets import read_damage_box
-from tinytriage.errors import DatasetError, ImageError, TinyTriageError
+from tinytriage.errors import DatasetError, ImageError, TinyTriageError, listed
 from tinytriage.explain.gradcam import localize
 from tinytriage.explain.photo import heat_maps
 from tinytriage.models import get_arch
@@ -79,7 +79,7 @@ def pointing_game(data_dir: str | os.PathLike, predictor, *, batch_size: int = 3
 
     mf = predictor.model_file
     if POINTING_CLASS not in mf.classes:
-        raise TinyTriageError(f"pointing game: the model has no {POINTING_CLASS} class ({', '.join(mf.classes)})")
+        raise TinyTriageError(f"pointing game: the model has no {POINTING_CLASS} class ({listed(mf.classes)})")
     folder = Path(data_dir) / POINTING_CLASS
     if not folder.is_dir():
         raise DatasetError(f"{data_dir}: no {POINTING_CLASS} folder, so no damage boxes to point at")

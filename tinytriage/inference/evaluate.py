@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.data.routes import HUMAN_REVIEW
-from tinytriage.errors import DatasetError
+from tinytriage.errors import DatasetError, listed
 from tinytriage.inference.predict import PhotoFailure, Predictor
 from tinytriage.training.calibration import expected_calibration_error
 
@@ -69,7 +69,7 @@ def evaluate(data_dir: str, predictor: Predictor, batch_size: int = 64) -> EvalR
     missing = [c for c in dataset.classes if c not in classes]
     if missing:
         raise DatasetError(
-            f"{data_dir}: class folder(s) {', '.join(missing)} are not classes of this model ({', '.join(classes)})"
+            f"{data_dir}: class folder(s) {', '.join(missing)} are not classes of this model ({listed(classes)})"
         )
     index = {c: i for i, c in enumerate(classes)}
     truth = {str(p): index[dataset.classes[y]] for p, y in dataset.samples}

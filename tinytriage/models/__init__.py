@@ -22,6 +22,7 @@ import numpy as np
 
 from tinytriage.errors import TinyTriageError
 from tinytriage.models import cnn, efficientnet, vit
+from tinytriage.models.layers import LayerSpec
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,16 @@ class Architecture:
     train_defaults: dict[str, Any] = field(default_factory=dict)  # what it trains well with (``train`` options)
     finetune_free: tuple[str, ...] = ()  # config fields that may differ from the weights' (``train --init``)
     layer_names: Callable[[Any], list[str]] | None = None  # names of ``model.features`` (conv nets)
+    # every layer as data, ``features`` first (models.layers.LayerSpec): explain's summary,
+    # receptive fields and the window a cell reads (conv nets)
+    layer_table: Callable[[Any], list[LayerSpec]] | None = None
     features_module: str | None = None  # the submodule whose output is the last spatial map (conv nets)
+    # what explain computes by hand: "conv block" (one cell of conv -> BatchNorm -> ReLU, then
+    # the max pool it falls in) or "mobile block" (one cell of a block's depthwise conv ->
+    # BatchNorm -> ReLU6, then one of its pointwise conv -> BatchNorm); None: nothing (ViT)
+    hand_cell: str | None = None
+    explain_layer: str | None = None  # explain's default --layer: an early one, whose maps still look like the photo
+    dropout_field: str | None = None  # the config field holding the dropout rate (``compare`` sets it to 0); None: none
 
     def from_dict(self, config: dict) -> Any:
         return self.config.from_dict(config)
@@ -71,6 +81,11 @@ class Architecture:
         module, _, fn = self.torch_twin.partition(":")
         return getattr(importlib.import_module(module), fn)(self.from_dict(config))
 
+    def feature_map_shape(self, config: dict) -> tuple[int, ...]:
+        """(C, h, w) of the last spatial map, the output of ``features`` (conv nets)."""
+        cfg = self.from_dict(config)
+        return self.layer_table(cfg)[len(self.layer_names(cfg)) - 1].output_shape
+
     def expected_tensors(self, config: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Name -> (shape, dtype) a model file of this config must hold."""
         model = self.numpy_model(config, init=False)
@@ -93,7 +108,13 @@ ARCHS: dict[str, Architecture] = {
         # layer's columns are carried over: training.loop.convert_head_weight)
         finetune_free=("pool", "input_size"),
         layer_names=cnn.layer_names,
+        layer_table=cnn.layer_table,
         features_module="features",
+        # relu1 keeps the input's resolution and its 3x3x3 kernels read the photo itself:
+        # its maps still look like the photo, and its cell takes 27 products by hand
+        hand_cell="conv block",
+        explain_layer="relu1",
+        dropout_field="dropout",
     ),
     "vit": Architecture(
         name="vit",
@@ -127,7 +148,13 @@ ARCHS: dict[str, Architecture] = {
         # pooling: none is tied to the photo's size
         finetune_free=("input_size",),
         layer_names=efficientnet.layer_names,
+        layer_table=efficientnet.layer_table,
         features_module="features",
+        # act1, the stem's output at half the input's resolution, still looks like the photo,
+        # and the first block's depthwise kernels read it directly
+        hand_cell="mobile block",
+        explain_layer="act1",
+        dropout_field="drop_rate",
     ),
 }
 

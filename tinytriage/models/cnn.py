@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tinytriage import nn
+from tinytriage.models.layers import LayerSpec
+from tinytriage.nn.conv import conv_output_size
 from tinytriage.nn.module import Module, Sequential
 
 HEAD_POOLS = ("avg", "avgmax")
@@ -158,6 +160,33 @@ class TriageCNN(Module):
 def layer_names(cfg: CNNConfig) -> list[str]:
     """Readable names (conv1, bn1, ...) aligned with ``model.features`` indices."""
     return [role for _kind, role, _args in feature_layers(cfg)]
+
+
+def layer_table(cfg: CNNConfig) -> list[LayerSpec]:
+    """Every layer as data (``tinytriage.models.layers``): ``feature_layers`` with its output
+    shape, parameters, kernel, stride and padding, then the head."""
+    rows = []
+    C, S = cfg.in_channels, cfg.input_size
+    for i, (kind, role, args) in enumerate(feature_layers(cfg)):
+        k, s, p, params = 1, 1, 0, 0  # BatchNorm and ReLU: one cell in, one out
+        if kind == "conv":
+            k, p = args["kernel_size"], args["padding"]
+            c_in, C = args["in_channels"], args["out_channels"]
+            params = C * c_in * k * k + (C if args["bias"] else 0)  # one k x k x C_in kernel per output channel
+        elif kind == "bn":
+            params = 2 * C  # gamma and beta per channel
+        elif kind == "maxpool":
+            k, s = args["kernel_size"], args["stride"]
+        S = conv_output_size(S, k, s, p)
+        rows.append(LayerSpec(role, kind, f"features.{i}" if params else "", (C, S, S), params, k, s, p))
+    n, F = cfg.num_classes, cfg.head_features
+    pool = "avgpool" if cfg.pool == "avg" else "avgmaxpool"  # avgmax: mean and max of each map, 2C values
+    return rows + [
+        LayerSpec(pool, pool, "", (F, 1, 1), 0, S, 1, 0),  # global pooling: one window the size of the map
+        LayerSpec("flatten", "flatten", "", (F,), 0, 1, 1, 0),
+        LayerSpec("dropout", "dropout", "", (F,), 0, 1, 1, 0),  # identity in eval mode
+        LayerSpec("head", "linear", "head.3", (n,), F * n + n, 1, 1, 0),
+    ]
 
 
 def feature_map_size(cfg: CNNConfig) -> int:

@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tinytriage import nn
+from tinytriage.models.layers import LayerSpec
 from tinytriage.nn.module import Module, Sequential
+from tinytriage.nn.sizes import same_padding
 
 LITE0_STAGES = (
     "ds_r1_k3_s1_e1_c16",
@@ -172,6 +174,43 @@ def layer_names(cfg: EfficientNetConfig) -> list[str]:
     """Names aligned with ``model.features``: conv_stem, bn1, act1, blocks.S.B ..., conv_head, bn2, act2."""
     blocks = [f"blocks.{s}.{b}" for s, stage in enumerate(block_specs(cfg)) for b in range(len(stage))]
     return ["conv_stem", "bn1", "act1", *blocks, "conv_head", "bn2", "act2"]
+
+
+def layer_table(cfg: EfficientNetConfig) -> list[LayerSpec]:
+    """Every layer as data (``tinytriage.models.layers``): ``features`` as ``layer_names``
+    names them, a block per row, then the head.
+
+    A block's receptive field grows by its depthwise kernel alone, (k - 1) * jump: the 1x1
+    convolutions around it read one cell each. Its stride multiplies the jump. Its padding
+    is TensorFlow's "same", before the input: half the total, the odd row at the bottom."""
+    rows, S = [], cfg.input_size
+
+    def add(name: str, kind: str, channels: int, params: int, k: int = 1, s: int = 1) -> None:
+        nonlocal S
+        pad = same_padding(S, k, s)[0]  # (before, after): the cell grid starts `before` rows up
+        S = same_out(S, s)
+        rows.append(LayerSpec(name, kind, name if params else "", (channels, S, S), params, k, s, pad))
+
+    stem = cfg.stem_chs
+    add("conv_stem", "conv", stem, stem * cfg.in_chans * 3 * 3, 3, 2)
+    add("bn1", "bn", stem, 2 * stem)  # gamma and beta per channel
+    add("act1", "relu6", stem, 0)
+    for s, stage in enumerate(block_specs(cfg)):
+        for b, (kind, c_in, c_out, k, stride, e) in enumerate(stage):
+            mid = c_in if kind == "ds" else nn.mobile.make_divisible(c_in * e)
+            expand = 0 if kind == "ds" else c_in * mid + 2 * mid  # 1x1 expansion and its BatchNorm
+            params = expand + mid * k * k + 2 * mid + mid * c_out + 2 * c_out  # depthwise, BN, 1x1, BN
+            add(f"blocks.{s}.{b}", kind, c_out, params, k, stride)
+    c_last, head, n = block_specs(cfg)[-1][-1][2], cfg.head_chs, cfg.num_classes
+    add("conv_head", "conv", head, c_last * head)
+    add("bn2", "bn", head, 2 * head)
+    add("act2", "relu6", head, 0)
+    return rows + [
+        LayerSpec("global_pool", "avgpool", "", (head, 1, 1), 0, S, 1, 0),  # one window the size of the map
+        LayerSpec("flatten", "flatten", "", (head,), 0, 1, 1, 0),
+        LayerSpec("dropout", "dropout", "", (head,), 0, 1, 1, 0),  # identity in eval mode
+        LayerSpec("classifier", "linear", "classifier", (n,), head * n + n, 1, 1, 0),
+    ]
 
 
 def same_out(size: int, stride: int) -> int:
