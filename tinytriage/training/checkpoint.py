@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.engines import Engine
-from tinytriage.errors import TrainingError
+from tinytriage.errors import TrainingError, listed
 from tinytriage.files import atomic_write_bytes
 from tinytriage.models import get_arch
 from tinytriage.models.file import ModelFile
@@ -165,14 +165,15 @@ def init_weights(path: Path, run: RunState) -> dict[str, np.ndarray]:
     saved = mf.config  # read_model fills in fields added since the file was written
     # all settings but the architecture's finetune_free ones must match (models.ARCHS says why)
     free = dict.fromkeys(get_arch(cfg.arch).finetune_free)
+    if mf.arch == cfg.arch and list(mf.classes) != list(run.classes):  # before num_classes, which then differs too
+        raise TrainingError(
+            f"--init {path}: the model's {len(mf.classes)} classes ({listed(mf.classes)}) are not this dataset's "
+            f"{len(run.classes)} ({listed(run.classes)}); --init trains on the model's own classes only "
+            "(a new head for new classes is not built yet)"
+        )
     if mf.arch != cfg.arch or {**saved, **free} != {**arch_config, **free}:
         diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})
         raise TrainingError(f"--init {path}: the model has a different architecture ({diff}); train with its settings")
-    if list(mf.classes) != list(run.classes):
-        raise TrainingError(
-            f"--init {path}: the model's classes ({', '.join(mf.classes)}) are not this dataset's "
-            f"({', '.join(run.classes)})"
-        )
     tensors = dict(mf.tensors)
     if saved.get("pool") != arch_config.get("pool"):
         tensors["head.3.weight"] = convert_head_weight(tensors["head.3.weight"], saved["pool"], arch_config["pool"])

@@ -104,4 +104,5 @@ def damage_head_for(model: Module, weight: float, seed: int = 0) -> DamageMapHea
     """The head for a conv net's last stage (its channels and float type), seeded by ``seed``."""
     rng = np.random.default_rng([seed, 1])
     dtype = model.features[0].params["weight"].dtype  # the first conv's: the model's float type
-    return DamageMapHead(model.cfg.widths[-1], weight, rng=rng).astype(dtype)
+    *_, last_bn = (m for m in model.features if isinstance(m, nn.BatchNorm2d))  # the last stage's BatchNorm
+    return DamageMapHead(last_bn.num_features, weight, rng=rng).astype(dtype)

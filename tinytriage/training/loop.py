@@ -49,8 +49,7 @@ from tinytriage.data.routes import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.engines import Engine, OptimConfig, distributed, make_engine
 from tinytriage.errors import DatasetError, TrainingError
 from tinytriage.files import atomic_write_bytes
-from tinytriage.models import get_arch
-from tinytriage.models.cnn import CNNConfig, feature_map_size
+from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.file import ModelFile, save_model
 from tinytriage.training import events
 from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
@@ -294,7 +293,8 @@ def _new_run(cfg: TrainConfig, classes: list[str]) -> RunState:
     if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
         raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
     if cfg.damage_weight > 0 and (get_arch(cfg.arch).features_module is None or cfg.backend != "numpy"):
-        raise TrainingError("--damage-weight trains the NumPy CNN only (--arch cnn --backend numpy)")
+        conv_nets = ", ".join(name for name, spec in ARCHS.items() if spec.features_module is not None)
+        raise TrainingError(f"--damage-weight trains the NumPy CNN only (--arch {conv_nets}; --backend numpy)")
     return RunState(cfg=cfg, arch_config=arch_config, classes=classes, routes=routes)
 
 
@@ -333,7 +333,7 @@ def _attach_damage_head(engine: Engine, run: RunState, data: TrainingData, emit:
     """The training photos' damage boxes, and the head that learns them (attached before any
     optimizer state is made or restored)."""
     cfg = run.cfg
-    grid = feature_map_size(CNNConfig.from_dict(run.arch_config))
+    grid = get_arch(cfg.arch).feature_map_shape(run.arch_config)[-1]
     boxes = boxes_in_cache(data.train.paths, data.train.geometries)
     n_boxes = int(np.isfinite(boxes).all(axis=1).sum())
     if n_boxes == 0:
