@@ -38,6 +38,7 @@ class Architecture:
     heatmap: str  # what explain shows: "grad-cam" (conv features) or "attention rollout"
     train_defaults: dict[str, Any] = field(default_factory=dict)  # what it trains well with (``train`` options)
     finetune_free: tuple[str, ...] = ()  # config fields that may differ from the weights' (``train --init``)
+    pretrained: str | None = None  # bundled weights (models/) that ``train`` fine-tunes from by default
     layer_names: Callable[[Any], list[str]] | None = None  # names of ``model.features`` (conv nets)
     # every layer as data, ``features`` first (models.layers.LayerSpec): explain's summary,
     # receptive fields and the window a cell reads (conv nets)
@@ -147,6 +148,7 @@ ARCHS: dict[str, Architecture] = {
         # every weight is a convolution, a BatchNorm channel or the classifier after global
         # pooling: none is tied to the photo's size
         finetune_free=("input_size",),
+        pretrained="efficientnet_lite0_imagenet.safetensors",  # ImageNet (models/NOTICE.md)
         layer_names=efficientnet.layer_names,
         layer_table=efficientnet.layer_table,
         features_module="features",

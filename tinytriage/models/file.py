@@ -286,14 +286,20 @@ BUNDLED = {"cnn": "triage_cnn.safetensors", "vit": "triage_vit.safetensors"}
 
 
 def bundled_model_path(arch: str = "cnn") -> Path:
-    """The model shipped with tinytriage, found from any working directory.
+    """The model shipped with tinytriage for ``arch``, found from any working directory."""
+    if arch not in BUNDLED:
+        raise ModelFileError(f"no bundled {arch} model (bundled: {', '.join(BUNDLED)}); pass --model FILE")
+    return bundled_file(BUNDLED[arch])
+
+
+def bundled_file(name: str) -> Path:
+    """A file of the repository's ``models/`` folder, found from any working directory.
 
     An editable install finds the repository's ``models/`` folder; a regular install
     finds the copy that pyproject's ``data-files`` put under ``<prefix>/share/tinytriage``.
     """
     import sys
 
-    name = BUNDLED[arch]
     here = Path(__file__).resolve().parents[1]  # the tinytriage package
     candidates = (
         here.parent / "models" / name,  # a source checkout / editable install
@@ -304,7 +310,7 @@ def bundled_model_path(arch: str = "cnn") -> Path:
         if candidate.is_file():
             return candidate
     raise ModelFileError(
-        f"no bundled {arch} model found (looked for {name} in tinytriage/_bundled and models/); "
+        f"no bundled {name} found (looked in tinytriage/_bundled and models/); "
         "pass --model FILE or train one with `tinytriage train`"
     )
 
