@@ -177,9 +177,9 @@ def test_a_dataset_without_boxes_says_so(tmp_path):
 
 
 def test_cli_damage_weight(boxed, tmp_path):
-    bad = run_cli("train", str(boxed), "--damage-weight", "-1", "--out", str(tmp_path / "x"))
+    bad = run_cli("train", str(boxed), "--arch", "cnn", "--damage-weight", "-1", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    ok = run_cli("train", str(boxed), "--damage-weight", "1", "--epochs", "1", "--batch-size", "8",
+    ok = run_cli("train", str(boxed), "--arch", "cnn", "--damage-weight", "1", "--epochs", "1", "--batch-size", "8",
                  "--input-size", "24", "--widths", "4,8", "--out", str(tmp_path / "run"), "-q")  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "damage maps: 10 of 30 training photos have a damage box" in ok.stderr

@@ -27,7 +27,21 @@ pytest.importorskip("torch")
 WEIGHT_RTOL = 1e-4  # of the largest |value| in each tensor
 LOSS_ATOL = 1e-5
 
-ARGS = ["--backend", "torch", "--epochs", "2", "--batch-size", "8", "--input-size", "32", "--seed", "0", "-q"]
+ARGS = [
+    "--arch",
+    "cnn",
+    "--backend",
+    "torch",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--input-size",
+    "32",
+    "--seed",
+    "0",
+    "-q",
+]
 
 SPY = """
 import os, sys
@@ -126,7 +140,19 @@ def test_two_processes_train_what_one_process_trains(photos, tmp_path):
     ],
 )
 def test_refuses_clearly_before_any_rank_waits(photos, tmp_path, args, message):
-    r = torchrun("train", str(photos), *args, "--epochs", "1", "--input-size", "32", "--out", str(tmp_path / "run"))
+    r = torchrun(
+        "train",
+        str(photos),
+        "--arch",
+        "cnn",
+        *args,
+        "--epochs",
+        "1",
+        "--input-size",
+        "32",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert r.returncode != 0
     assert "tinytriage: error: " in r.stderr and message in r.stderr
     assert not (tmp_path / "run").exists()

@@ -280,7 +280,17 @@ def toy(tmp_path_factory):
 def test_train_an_efficientnet_end_to_end_and_resume(toy, tmp_path):
     from tinytriage.training.loop import TrainConfig, train
 
-    common = ["--arch", "efficientnet_lite0", "--input-size", "32", "--batch-size", "8", "-q", "--json"]
+    common = [
+        "--arch",
+        "efficientnet_lite0",
+        "--from-scratch",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "-q",
+        "--json",
+    ]
     p = run_cli("train", str(toy), "-o", str(tmp_path / "run"), "--epochs", "2", *common)
     assert p.returncode == 0, p.stderr
     mf = read_model(tmp_path / "run" / "model.safetensors")
@@ -291,7 +301,7 @@ def test_train_an_efficientnet_end_to_end_and_resume(toy, tmp_path):
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     # the torch engine trains the same architecture, and its file runs in NumPy
-    by_torch = train(TrainConfig(data_dir=str(toy), out=str(tmp_path / "t"), arch="efficientnet_lite0",
+    by_torch = train(TrainConfig(data_dir=str(toy), out=str(tmp_path / "t"), arch="efficientnet_lite0", pretrained=None,
                                  backend="torch", epochs=1, batch_size=8, input_size=32))  # fmt: skip
     assert _predictor(by_torch.model_path).model_file.arch == "efficientnet_lite0"
 
@@ -299,7 +309,7 @@ def test_train_an_efficientnet_end_to_end_and_resume(toy, tmp_path):
 def test_damage_maps_train_on_the_efficientnet_features(tmp_path):
     from tinytriage.training.loop import TrainConfig, train
 
-    r = train(TrainConfig(data_dir=str(SAMPLES), out=str(tmp_path / "d"), arch="efficientnet_lite0", epochs=1,
+    r = train(TrainConfig(data_dir=str(SAMPLES), out=str(tmp_path / "d"), arch="efficientnet_lite0", pretrained=None, epochs=1,
                           batch_size=16, input_size=32, damage_weight=1.0))  # fmt: skip
     assert r.model_path.is_file() and "damage_head" not in " ".join(read_model(r.model_path).tensors)
 

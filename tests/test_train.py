@@ -46,7 +46,7 @@ def make_toy_dataset(root, per_class=12, seed=0, classes=CLASSES):
 
 
 def cfg_for(data, out, **kw):
-    base = dict(data_dir=str(data), out=str(out), epochs=3, batch_size=8, lr=0.05, input_size=24, seed=0,
+    base = dict(data_dir=str(data), out=str(out), arch="cnn", epochs=3, batch_size=8, lr=0.05, input_size=24, seed=0,
                 model_config={"widths": [4, 8]})  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
@@ -158,7 +158,9 @@ def test_init_with_another_architecture_or_classes_says_what_differs(toy, tmp_pa
     with pytest.raises(TrainingError, match="classes .*screen_damage.* are not this dataset's .*zebra"):
         train(cfg_for(renamed, tmp_path / "c", init=model))
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.safetensors"))
-    r = run_cli("train", str(toy), "--out", str(tmp_path / "d"), "--init", str(tmp_path / "nope.safetensors"))
+    r = run_cli(
+        "train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "d"), "--init", str(tmp_path / "nope.safetensors")
+    )
     assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -209,15 +211,15 @@ def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_
 
 
 def test_pool_option_is_checked_before_any_work(toy, tmp_path):
-    r = run_cli("train", str(toy), "--out", str(tmp_path / "a"), "--pool", "median")
+    r = run_cli("train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "a"), "--pool", "median")
     assert r.returncode == 2 and "choose one of avg, avgmax" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("train", str(toy), "--out", str(tmp_path / "b"), "--arch", "vit", "--pool", "avgmax")
+    r = run_cli("train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "b"), "--arch", "vit", "--pool", "avgmax")
     assert r.returncode == 2 and "only for --arch cnn" in r.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
-    r = run_cli("train", str(toy), "--out", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "8",
+    r = run_cli("train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "d"), "--epochs", "1", "--batch-size", "8",
                 "--input-size", "24", "--widths", "4,8", "--depths", "1,2", "-q")  # fmt: skip
     assert r.returncode == 0, r.stderr
     mf = read_model(tmp_path / "d" / "model.safetensors")
@@ -225,7 +227,9 @@ def test_depths_option_trains_a_deeper_stage(toy, tmp_path):
     assert mf.tensors["features.7.weight"].shape == (8, 8, 3, 3)  # conv2b: right after conv2, bn2, relu2
     for bad, why in (("1,x", "expected positive integers"), ("1,2,1", "one count >= 1 per stage (2 stages)"),
                      ("1,27", "at most 26")):  # fmt: skip
-        r = run_cli("train", str(toy), "--out", str(tmp_path / "bad"), "--widths", "4,8", "--depths", bad)
+        r = run_cli(
+            "train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "bad"), "--widths", "4,8", "--depths", bad
+        )
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists()
 
@@ -280,7 +284,7 @@ def test_val_dir_validates_on_another_folder_and_trains_on_all_of_data_dir(toy, 
     with pytest.raises(TrainingError, match=r"--val-dir .*classes \(document, parcel, zebra\) are not"):
         train(cfg_for(toy, tmp_path / "bad", val_dir=str(other)))
     for folder in (other, tmp_path / "missing"):
-        r = run_cli("train", str(toy), "--out", str(tmp_path / "cli"), "--val-dir", str(folder))
+        r = run_cli("train", str(toy), "--arch", "cnn", "--out", str(tmp_path / "cli"), "--val-dir", str(folder))
         assert r.returncode == 1 and "--val-dir" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -308,7 +312,7 @@ def test_duplicates_across_split_are_reported(tmp_path):
 def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):
     """A real SIGINT to a real `tinytriage train`: exit 130, checkpoint kept, --resume works."""
     out = tmp_path / "sig"
-    args = [sys.executable, "-m", "tinytriage", "train", str(toy), "--out", str(out), "--epochs", "60",
+    args = [sys.executable, "-m", "tinytriage", "train", str(toy), "--arch", "cnn", "--out", str(out), "--epochs", "60",
             "--batch-size", "8", "--input-size", "24", "-q"]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -320,7 +324,7 @@ def test_ctrl_c_from_the_cli_leaves_a_checkpoint(toy, tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     r = subprocess.run(
-        [*args[:8], "2", "--batch-size", "8", "--input-size", "24", "-q", "--resume"], capture_output=True, text=True
+        [*args[:10], "2", "--batch-size", "8", "--input-size", "24", "-q", "--resume"], capture_output=True, text=True
     )
     # the checkpoint may already be past epoch 2: then resume has nothing left to do but save
     assert r.returncode == 0, r.stderr
@@ -333,14 +337,14 @@ def test_widths_option_sets_the_cnn_stages(tmp_path):
 
     toy = make_toy_dataset(tmp_path / "toy")
     out = tmp_path / "run"
-    p = run_cli("train", str(toy), "-o", str(out), "-q", "--epochs", "1", "--batch-size", "8",
+    p = run_cli("train", str(toy), "--arch", "cnn", "-o", str(out), "-q", "--epochs", "1", "--batch-size", "8",
                 "--input-size", "32", "--widths", "4,8,8,16,16")  # fmt: skip
     assert p.returncode == 0, p.stderr
     mf = read_model(out / "model.safetensors")
     assert mf.config["widths"] == [4, 8, 8, 16, 16]
     assert mf.tensors["features.16.weight"].shape == (16, 16, 3, 3)  # the fifth conv
     for bad in ("4,x", "0,8", ""):
-        p = run_cli("train", str(toy), "-o", str(tmp_path / "bad"), "--widths", bad)
+        p = run_cli("train", str(toy), "--arch", "cnn", "-o", str(tmp_path / "bad"), "--widths", bad)
         assert p.returncode == 2 and "--widths" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli("train", str(toy), "-o", str(tmp_path / "bad"), "--arch", "vit", "--widths", "4,8")
+    p = run_cli("train", str(toy), "--arch", "cnn", "-o", str(tmp_path / "bad"), "--arch", "vit", "--widths", "4,8")
     assert p.returncode == 2 and "only for --arch cnn" in p.stderr

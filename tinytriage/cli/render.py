@@ -107,6 +107,8 @@ class TrainProgress:
                 err.print(f"{e.name}: {e.summary}")
                 for path, why in e.unreadable[:20]:
                     err.print(f"  [yellow]unreadable[/yellow] {path}: {why}")
+            case events.Plan():
+                err.print(e.text)
             case events.Duplicates():
                 err.print(
                     f"[yellow]warning:[/yellow] {len(e.pairs)} photo(s) in validation are exact copies of training photos:"

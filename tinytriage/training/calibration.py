@@ -15,6 +15,8 @@ of the time; below it, a photo goes to a human.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -85,3 +87,25 @@ def pick_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: floa
     # the longest prefix of confident photos that still meets the target
     threshold = float(conf[order][ok[-1]])
     return float(max(floor, threshold))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate_logits`` fitted on validation photos."""
+
+    temperature: float  # T of softmax(logits / T)
+    threshold: float  # review below this calibrated confidence
+    ece_before: float  # expected calibration error at T = 1
+    ece_after: float  # ... at the fitted T
+
+
+def calibrate_logits(val_logits: np.ndarray, y_val: np.ndarray, target_precision: float) -> Calibration:
+    """Temperature, then the review threshold, fitted on validation logits (M, K) and labels (M,)."""
+    temperature = fit_temperature(val_logits, y_val)
+    probs_raw, probs_cal = softmax(val_logits), softmax(val_logits, temperature)
+    return Calibration(
+        temperature=temperature,
+        threshold=pick_threshold(probs_cal, y_val, target_precision),
+        ece_before=expected_calibration_error(probs_raw, y_val),
+        ece_after=expected_calibration_error(probs_cal, y_val),
+    )

@@ -169,7 +169,7 @@ def init_weights(path: Path, run: RunState) -> dict[str, np.ndarray]:
         raise TrainingError(
             f"--init {path}: the model's {len(mf.classes)} classes ({listed(mf.classes)}) are not this dataset's "
             f"{len(run.classes)} ({listed(run.classes)}); --init trains on the model's own classes only "
-            "(a new head for new classes is not built yet)"
+            f"(for new classes, --pretrained {path} trains a new head on its frozen features)"
         )
     if mf.arch != cfg.arch or {**saved, **free} != {**arch_config, **free}:
         diff = _config_diff({"arch": mf.arch, **saved}, {"arch": cfg.arch, **arch_config})

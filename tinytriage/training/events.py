@@ -1,7 +1,7 @@
 """What training tells whoever watches: one small dataclass per kind of progress event.
 
 ``train(cfg, progress)`` calls ``progress(event)`` with these as the run goes, in this
-order: ``Scan`` (and a second one for ``--val-dir``), ``Duplicates``, ``Cache``,
+order: ``Scan`` (and a second one for ``--val-dir``), ``Plan``, ``Duplicates``, ``Cache``,
 ``Unreadable``, ``DamageBoxes``, ``Init`` or ``Resume``, then per epoch a ``Step`` per
 batch and an ``Epoch``; ``Interrupted`` on Ctrl-C. The library prints nothing: the CLI's
 ``render.TrainProgress`` turns them into a progress bar and one line per epoch.
@@ -23,6 +23,13 @@ class Scan:
     summary: str  # '412 images in 3 classes (a 200, b 112, c 100), 3 unreadable'
     unreadable: list[tuple[Path, str]]  # (path, reason) of the files the scan skipped
     name: str = "dataset"  # which folder: "dataset" (DATA_DIR) or "validation" (--val-dir)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run will do, chosen from the options and the data: said before it starts."""
+
+    text: str  # 'fine-tuning efficientnet_lite0 from ...: a new head on frozen features, 8 views per photo'
 
 
 @dataclass(frozen=True)
@@ -98,5 +105,5 @@ class Interrupted:
     checkpoint: str | None  # where the checkpoint is (None: no epoch completed, none written)
 
 
-Event = Scan | Duplicates | Cache | Unreadable | DamageBoxes | Init | Resume | Step | Epoch | Interrupted
+Event = Scan | Plan | Duplicates | Cache | Unreadable | DamageBoxes | Init | Resume | Step | Epoch | Interrupted
 ProgressFn = Callable[[Event], None]

@@ -21,6 +21,7 @@ forward passes stay about ``VIEW_BUDGET``. The classifier's steps are full-batch
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,15 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
+from tinytriage import __version__
 from tinytriage.data.augment import Augment, augment_batch
 from tinytriage.data.datasets import cache_resized
 from tinytriage.data.preprocess import Preprocess, normalize
 from tinytriage.engines import Engine, load_engine
 from tinytriage.errors import TrainingError
+from tinytriage.files import atomic_write_bytes, finite_json
 from tinytriage.models import get_arch
-from tinytriage.models.file import ModelFile, read_model
+from tinytriage.models.file import ModelFile, read_model, save_model
 from tinytriage.training import events
-from tinytriage.training.run import EpochMetrics
+from tinytriage.training.calibration import calibrate_logits
+from tinytriage.training.events import ProgressFn
+from tinytriage.training.folders import default_routes, scan_folders
+from tinytriage.training.run import EpochMetrics, TrainConfig, TrainResult
 
 VIEW_BUDGET = 2400  # forward passes the views of the training photos may take, at most ~8 per photo
 MAX_VIEWS = 8
@@ -147,7 +153,9 @@ class HeadRun:
     seconds: float
 
 
-def train_head(cfg, classes: list[str], routes: dict[str, str], train_set, val_set, emit) -> HeadRun:
+def train_head(
+    cfg: TrainConfig, classes: list[str], routes: dict[str, str], train_set, val_set, emit: ProgressFn
+) -> HeadRun:
     """The pretrained model file ``cfg.pretrained``'s backbone, frozen; a new classifier for
     ``classes`` fitted on the training photos' features; the validation photos scored."""
     t0 = time.perf_counter()
@@ -186,7 +194,7 @@ def train_head(cfg, classes: list[str], routes: dict[str, str], train_set, val_s
     )
     emit(events.Epoch(metrics=metrics))
 
-    tensors = {k: v.astype(np.float32) for k, v in pretrained.tensors.items()}
+    tensors = dict(pretrained.tensors)  # read_model made them float32 (num_batches_tracked stays int64)
     (w_name,) = [k for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 2]  # the classifier
     tensors[w_name] = head.weight.astype(np.float32)
     tensors[w_name.removesuffix("weight") + "bias"] = head.bias.astype(np.float32)
@@ -202,7 +210,7 @@ def train_head(cfg, classes: list[str], routes: dict[str, str], train_set, val_s
             "pretrained": str(cfg.pretrained),
             "pretrained_source": pretrained.training.get("source"),
             "views": views,
-            "args": asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else vars(cfg),
+            "args": asdict(cfg),
             "n_train": int(len(train_cache.labels)),
             "n_val": int(len(val_cache.labels)),
             "train_seconds": seconds,
@@ -220,9 +228,48 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-log_p[np.arange(len(y)), y].mean())
 
 
-def default_pretrained(arch: str) -> Path | None:
-    """The bundled pretrained weights of ``arch`` (models.ARCHS), if it has any."""
-    from tinytriage.models.file import bundled_file
-
-    name = get_arch(arch).pretrained
-    return None if name is None else bundled_file(name)
+def train_pretrained(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """``train``'s default: scan, a new head on ``cfg.pretrained``'s frozen features,
+    calibrate on the validation photos, write the run folder (model.safetensors, metrics.json)."""
+    emit = progress or (lambda event: None)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folders = scan_folders(cfg, emit)
+    n_train = len(folders.train.samples)
+    views = views_per_photo(n_train) if cfg.augment else 1
+    emit(
+        events.Plan(
+            f"fine-tuning {cfg.pretrained}: its backbone frozen, a new head for {len(folders.classes)} classes "
+            f"on {n_train} photos x {views} view(s) ({'the photo and augmented copies' if views > 1 else 'as they are'}), "
+            f"validated and calibrated on {len(folders.val.samples)} (--from-scratch trains every weight instead)"
+        )
+    )
+    head = train_head(cfg, folders.classes, default_routes(folders.classes), folders.train, folders.val, emit)
+    cal = calibrate_logits(head.val_logits, head.y_val, cfg.target_precision)
+    mf = head.model_file
+    mf.temperature, mf.threshold = cal.temperature, cal.threshold
+    mf.metrics = {
+        "val_acc": head.metrics.val_acc,
+        "best_epoch": 1,
+        "ece_before": cal.ece_before,
+        "ece_after": cal.ece_after,
+    }
+    mf.training["history"] = [asdict(head.metrics)]
+    model_path = save_model(mf, run_dir / "model.safetensors")
+    summary = {"args": asdict(cfg), "history": mf.training["history"], **mf.metrics}
+    summary |= {"temperature": cal.temperature, "threshold": cal.threshold, "tinytriage_version": __version__}
+    atomic_write_bytes(run_dir / "metrics.json", json.dumps(finite_json(summary), indent=2).encode())
+    return TrainResult(
+        run_dir=run_dir,
+        model_path=model_path,
+        history=[head.metrics],
+        best_epoch=1,
+        best_val_acc=head.metrics.val_acc,
+        temperature=cal.temperature,
+        threshold=cal.threshold,
+        ece_before=cal.ece_before,
+        ece_after=cal.ece_after,
+        duplicates=folders.duplicates,
+        scan_summary=folders.summary,
+        train_seconds=head.seconds,
+    )

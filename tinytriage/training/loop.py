@@ -37,22 +37,17 @@ import numpy as np
 from tinytriage import __version__
 from tinytriage.data.augment import Augment, augment_batch
 from tinytriage.data.datasets import (
-    Dataset,
     ResizedCache,
     cache_resized,
-    find_duplicates,
-    scan_folder,
-    stratified_split,
 )
 from tinytriage.data.preprocess import Preprocess, normalize
-from tinytriage.data.routes import DEFAULT_ROUTES, HUMAN_REVIEW
 from tinytriage.engines import Engine, OptimConfig, distributed, make_engine
-from tinytriage.errors import DatasetError, TrainingError
+from tinytriage.errors import TrainingError
 from tinytriage.files import atomic_write_bytes
 from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.file import ModelFile, save_model
 from tinytriage.training import events
-from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
+from tinytriage.training.calibration import Calibration, calibrate_logits, softmax
 from tinytriage.training.checkpoint import (
     CHECKPOINT,
     convert_head_weight,
@@ -63,6 +58,8 @@ from tinytriage.training.checkpoint import (
 )
 from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
 from tinytriage.training.events import ProgressFn
+from tinytriage.training.finetune import train_pretrained
+from tinytriage.training.folders import Folders, default_routes, scan_folders
 from tinytriage.training.run import EpochMetrics, RunState, TrainConfig, TrainResult, with_arch_defaults
 from tinytriage.training.schedule import lr_at
 
@@ -105,6 +102,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     Under torchrun every process calls this: each trains on its share of every batch and
     rank 0 alone reports progress and writes the run folder (``tinytriage.engines.distributed``)."""
     cfg = with_arch_defaults(cfg)  # the run folder records the values actually used
+    if cfg.pretrained is not None:  # a new head on a pretrained network: seconds, not epochs
+        if distributed.launched():
+            raise TrainingError(
+                "fine-tuning a pretrained network runs in one process (drop torchrun, or --from-scratch)"
+            )
+        return train_pretrained(cfg, progress)
     if not distributed.launched():
         return _train(cfg, progress, cfg.device)
     distributed.check(cfg.backend, cfg.batch_size)  # before any rank waits on another
@@ -124,7 +127,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     main = distributed.is_main()  # the process that writes files (the only one, without torchrun)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    folders = _scan(cfg, emit)
+    folders = scan_folders(cfg, emit)
     run = _new_run(cfg, folders.classes)
     # --init and --resume: read and checked before the slow decode below; a resumed run's
     # checkpoint holds newer weights than --init
@@ -248,47 +251,10 @@ def _ignore(event: events.Event) -> None:
 # -- before the loop: the photos, the settings, the damage maps -------------------------------
 
 
-@dataclass
-class _Folders:
-    """The photo folders scanned and split into training and validation; nothing decoded yet."""
-
-    train: Dataset
-    val: Dataset
-    classes: list[str]  # in label order
-    summary: str  # DATA_DIR's scan, for a person
-    duplicates: list[tuple[str, str]]  # (training photo, validation photo) pairs with the same bytes
-
-
-def _scan(cfg: TrainConfig, emit: ProgressFn) -> _Folders:
-    """DATA_DIR scanned, then split (``--val-fraction``) or checked against ``--val-dir``."""
-    dataset = scan_folder(cfg.data_dir)
-    emit(events.Scan(summary=dataset.summary(), unreadable=dataset.unreadable))
-    if cfg.val_dir is None:
-        train_set, val_set = stratified_split(dataset, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    else:  # a separate validation folder: every photo of data_dir trains
-        try:
-            val_set = scan_folder(cfg.val_dir)
-        except DatasetError as err:
-            raise DatasetError(f"--val-dir: {err}") from None
-        train_set = dataset
-        emit(events.Scan(summary=val_set.summary(), unreadable=val_set.unreadable, name="validation"))
-        if val_set.classes != dataset.classes:
-            raise TrainingError(
-                f"--val-dir {cfg.val_dir}: its classes ({', '.join(val_set.classes)}) are not the training "
-                f"data's ({', '.join(dataset.classes)})"
-            )
-    duplicates = [(str(a), str(b)) for a, b in find_duplicates(train_set, val_set)]
-    if duplicates:
-        emit(events.Duplicates(pairs=duplicates))
-    return _Folders(
-        train=train_set, val=val_set, classes=list(dataset.classes), summary=dataset.summary(), duplicates=duplicates
-    )
-
-
 def _new_run(cfg: TrainConfig, classes: list[str]) -> RunState:
     """The run's fixed part: the model's full config and the routes, with the settings
     checked before any photo is decoded."""
-    routes = {c: DEFAULT_ROUTES.get(c, HUMAN_REVIEW) for c in classes}
+    routes = default_routes(classes)
     arch_config = get_arch(cfg.arch).config_for(cfg.model_config, len(classes), cfg.input_size)
     if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
         raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
@@ -308,7 +274,7 @@ class TrainingData:
     y_val: np.ndarray  # (M,) class indices
 
 
-def _decode(cfg: TrainConfig, folders: _Folders, emit: ProgressFn) -> TrainingData:
+def _decode(cfg: TrainConfig, folders: Folders, emit: ProgressFn) -> TrainingData:
     """Every photo decoded once, a little larger than the input, as uint8: augmented per epoch."""
     emit(events.Cache(n=len(folders.train.samples) + len(folders.val.samples)))
     pcfg = Preprocess(input_size=cfg.input_size, mean=DEFAULT_MEAN, std=DEFAULT_STD, resize_mode="letterbox")
@@ -387,25 +353,10 @@ class _Batches:
 # -- after the loop: calibration, the result, the run folder ----------------------------------
 
 
-@dataclass(frozen=True)
-class _Calibration:
-    temperature: float  # T of softmax(logits / T), fitted on validation
-    threshold: float  # review below this calibrated confidence
-    ece_before: float  # expected calibration error at T = 1
-    ece_after: float  # ... at the fitted T
-
-
-def _calibrate(engine: Engine, data: TrainingData, target_precision: float) -> _Calibration:
+def _calibrate(engine: Engine, data: TrainingData, target_precision: float) -> Calibration:
     """Temperature, then the review threshold, fitted on the validation photos."""
     _, _, val_logits = evaluate_arrays(engine, data.x_val, data.y_val)
-    temperature = fit_temperature(val_logits, data.y_val)
-    probs_raw, probs_cal = softmax(val_logits), softmax(val_logits, temperature)
-    return _Calibration(
-        temperature=temperature,
-        threshold=pick_threshold(probs_cal, data.y_val, target_precision),
-        ece_before=expected_calibration_error(probs_raw, data.y_val),
-        ece_after=expected_calibration_error(probs_cal, data.y_val),
-    )
+    return calibrate_logits(val_logits, data.y_val, target_precision)
 
 
 def _write_run_folder(

@@ -16,6 +16,7 @@ import numpy as np
 from tinytriage.errors import ConfigError, TinyTriageError, TrainingError
 from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.cnn import HEAD_POOLS
+from tinytriage.models.file import bundled_file
 
 
 @dataclass
@@ -24,7 +25,7 @@ class TrainConfig:
 
     data_dir: str  # folder with one subfolder per class
     out: str = "runs/train"  # run folder
-    arch: str = "cnn"  # "cnn" or "vit"
+    arch: str = "efficientnet_lite0"  # an ARCHS name: efficientnet_lite0 (pretrained), cnn or vit
     backend: str = "numpy"  # engine: "numpy" or "torch"
     device: str = "cpu"  # torch backend only
     epochs: int = 12
@@ -40,7 +41,11 @@ class TrainConfig:
     input_size: int | None = None  # square input side in pixels; None: the arch's default
     augment: bool = True
     resume: bool = False
-    init: str | None = None  # start from this model file's weights (fine-tuning); new optimizer and schedule
+    init: str | None = None  # start from this model file's weights (same classes); new optimizer and schedule
+    # "auto": the architecture's bundled pretrained weights (models.ARCHS), when it has some;
+    # a model file: its frozen backbone under a new head for this folder's classes
+    # (training.finetune); None: train every weight from random ones (the loop)
+    pretrained: str | None = "auto"
     target_precision: float = 0.99  # auto-routed photos must be this often right on validation
     damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.training.damage_maps)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
@@ -55,7 +60,12 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
         raise TrainingError(str(err)) from None
     defaults = {**spec.train_defaults, "input_size": spec.default_input_size}
     unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
-    return replace(cfg, **unset)
+    pretrained = cfg.pretrained
+    if cfg.init is not None or cfg.resume:  # the loop continues from those weights
+        pretrained = None
+    elif pretrained == "auto":
+        pretrained = None if spec.pretrained is None else str(bundled_file(spec.pretrained))
+    return replace(cfg, **unset, pretrained=pretrained)
 
 
 def model_config_from_options(
