@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,9 +226,10 @@ def test_predict_table_into_a_pipe_keeps_each_photo_on_one_line(tmp_path, tiny_m
     r = run_cli("predict", str(folder), "--model", str(tiny_model_path))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(str(paths[0])) > 200 and len(lines) == 4 + len(paths)  # header (3 lines), rows, bottom rule
-    for p, line in zip(paths, lines[3:-1], strict=True):
+    assert len(str(paths[0])) > 200 and len(lines) == 5 + len(paths)  # header (3 lines), rows, bottom rule, totals
+    for p, line in zip(paths, lines[3:-2], strict=True):
         assert str(p) in line
+    assert lines[-1].startswith("3 photos: ")
 
 
 def test_debug_shows_traceback(tmp_path):
@@ -235,3 +239,187 @@ def test_debug_shows_traceback(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "m.safetensors" in r.stderr
     r = run_cli("--debug", "predict", "x.jpg", "--model", str(bad))
     assert "Traceback" in r.stderr
+
+
+# -- through Typer's runner: what a person reads, and one exit-code rule ---------------------------
+
+
+def invoke(*args, **kw):
+    from typer.testing import CliRunner
+
+    from tinytriage.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Three photos in a folder with a long name, and a labelled folder of the same."""
+    from PIL import Image
+
+    folder = tmp_path / "photos_from_the_ticket_system_2026" / "week_48"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 60, 100, 150)).save(folder / f"IMG_{i:04d}.png")
+    labelled = tmp_path / "labelled"
+    for name in ("document", "intact_device", "screen_damage"):
+        (labelled / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 30), (i * 90, 60, 150)).save(labelled / name / f"{name}_{i}.png")
+    return folder, labelled
+
+
+def _terminal(monkeypatch, width: int):
+    """stdout and stderr as a terminal of ``width`` columns (the runner's streams, at print time)."""
+    from tinytriage.cli import consoles, render
+
+    for name in ("out", "err"):
+        console = consoles.PipeConsole(
+            stderr=name == "err", width=width, force_terminal=True, color_system=None, highlight=False
+        )
+        monkeypatch.setattr(render, name, console)
+        monkeypatch.setattr(consoles, name, console)
+
+
+def test_predict_table_keeps_paths_readable_at_80_columns(photos, tiny_model_path, monkeypatch):
+    """Routes with a review reason, at 80 columns: every line fits, every photo's name is
+    there (a long path loses its start), confidence and runner-up have 3 decimals, then totals."""
+    folder, _ = photos
+    _terminal(monkeypatch, 80)
+    r = invoke("predict", folder, "--model", tiny_model_path, "--threshold", "0.99")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    rows = [line for line in lines if "IMG_" in line]
+    assert len(rows) == 3 and all(f"IMG_{i:04d}.png" in row for i, row in enumerate(rows))
+    assert all("\u2026" in row for row in rows)  # shortened from the left
+    figures = re.findall(r"\d\.\d+", r.stdout)
+    assert len(figures) == 6 and all(len(f) == 5 for f in figures)  # conf. and runner-up: 0.ddd both
+    assert "human_review" in r.stdout
+    assert lines[-1].startswith("3 photos: 3 human_review; 3 to review (")
+
+
+def test_train_into_a_log_keeps_each_epoch_on_one_line(tmp_path):
+    """stderr not a terminal (`2> log`): plain lines, none folded at 80 columns, no bar."""
+    from test_train import make_toy_dataset
+
+    data = make_toy_dataset(tmp_path / "data")
+    r = invoke("train", data, "--out", tmp_path / "run", "--arch", "cnn", "--input-size", "24", "--widths", "4,8",
+               "--epochs", "2", "--batch-size", "8", env={"COLUMNS": "80"})  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    epochs = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all(len(line) > 80 and line.rstrip().endswith("s") for line in epochs)
+    assert all(re.fullmatch(r"epoch +\d+  train loss .* val loss .* lr .* img/s +[\d.]+s", e) for e in epochs)
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr
+
+
+def test_progress_on_a_terminal_only(photos, tiny_model_path, monkeypatch):
+    _, labelled = photos
+    quiet = invoke("evaluate", labelled, "--model", tiny_model_path)
+    assert quiet.exit_code == 0 and "evaluating" not in quiet.stderr and quiet.stderr == ""
+    _terminal(monkeypatch, 100)
+    shown = invoke("evaluate", labelled, "--model", tiny_model_path)
+    assert shown.exit_code == 0 and "evaluating" in shown.stderr and "6/6" in shown.stderr
+
+
+def test_samples_uses_every_core_by_default(tmp_path, monkeypatch):
+    import tinytriage.data.synth as synth
+    from tinytriage.nn.fast.parallel import default_num_threads
+
+    seen = {}
+
+    def fake(out_dir, per_class, seed, **kw):
+        seen.update(kw)
+        return synth.GenerateReport(Path(out_dir), tuple(kw["classes"]), per_class, seed, 0, 0, 1.0)
+
+    monkeypatch.setattr(synth, "generate_dataset", fake)
+    assert invoke("samples", tmp_path / "s", "-n", "1").exit_code == 0
+    assert seen["workers"] == default_num_threads()
+    assert invoke("samples", tmp_path / "s", "-n", "1", "-j", "1").exit_code == 0 and seen["workers"] == 1
+
+
+def test_one_exit_code_rule_and_one_wording(photos, tiny_model_path, tmp_path):
+    """A photo that fails makes evaluate exit 1 as it does predict (the rest still counted);
+    a missing photo reads the same in predict and explain; an option's value that cannot
+    work is a usage error (2), whichever command finds it."""
+    _, labelled = photos
+    (labelled / "document" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    r = invoke("evaluate", labelled, "--model", tiny_model_path)
+    assert r.exit_code == 1 and "broken.jpg" in r.stderr and "evaluated 6 photos" in r.stdout
+    missing = tmp_path / "missing.jpg"
+    for command in ("predict", "explain"):
+        r = invoke(command, missing, "--model", tiny_model_path)
+        assert r.exit_code == 1 and r.stderr == f"tinytriage: error: {missing}: file not found\n", r.stderr
+    photo = next(photos[0].iterdir())
+    for args in (
+        ["predict", photo, "--threshold", "2"],
+        ["explain", photo, "--layer", "conv9"],
+        ["explain", photo, "--class", "nope"],
+        ["calibrate", labelled, "--out", tmp_path / "c.safetensors", "--target-precision", "1.5"],
+        ["train", labelled, "--out", tmp_path / "m.safetensors"],
+    ):
+        r = invoke(*args, "--model", tiny_model_path) if args[0] != "train" else invoke(*args)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_confusion_matrix_heads_columns_with_whole_class_names(photos, tiny_model_path, monkeypatch):
+    _, labelled = photos
+    _terminal(monkeypatch, 160)
+    r = invoke("evaluate", labelled, "--model", tiny_model_path)
+    table = r.stdout[r.stdout.index("confusion matrix") :]
+    header = next(line for line in table.splitlines() if "screen_damage" in line and "intact_device" in line)
+    assert "document" in header and "other" in header
+    _terminal(monkeypatch, 60)  # too narrow for the names: columns by number, rows say which
+    r = invoke("evaluate", labelled, "--model", tiny_model_path)
+    assert "0 screen_damage" in r.stdout and "4 other" in r.stdout
+
+
+def test_demo_clips_negatives_shifts_without_wrapping_and_explains_its_receptive_field():
+    from tinytriage.explain.demo import PAPER, PATCH, run_demo
+
+    d = run_demo(with_torch=False)
+    assert (d.feature_map < 0).any() and (d.relu[d.feature_map < 0] == 0).all()  # ReLU has work to do
+    np.testing.assert_array_equal(d.shifted_patch[0], PAPER)  # paper enters at the top...
+    np.testing.assert_array_equal(d.shifted_patch[1:], PATCH[:-1])  # ...nothing wraps round
+    assert d.receptive_field[-1]["receptive_field"] == 5 and d.receptive_field_pooled[-1]["receptive_field"] == 8
+    text = invoke("explain", "--demo").stdout
+    assert "-> 0)" in text and "with a 2x2 max pool (stride 2) between them" in text and "sees 8x8" in text
+
+
+def test_compare_prints_a_tolerance_beside_every_number(tiny_model_path, monkeypatch):
+    pytest.importorskip("torch")
+    from tinytriage.cli import render
+    from tinytriage.explain.compare import compare
+
+    r = compare(["numpy", "torch"], str(tiny_model_path), batch=4, steps=2, repeats=1, cold_start=False)
+    _terminal(monkeypatch, 200)
+    with render.out.capture() as captured:
+        render.print_compare(r, as_json=False)
+    text = captured.get()
+    rows = [line for line in text.splitlines() if re.match(r"│ (logits|probabilities|features\.|head\.|\d+ )", line)]
+    assert len(rows) > 10 and all("e-0" in row and re.search(r"(rel|abs) 1e-0\d", row) for row in rows)
+    assert "tolerance 1e-03" in text and "(tolerance 1e-05)" in text
+
+
+def test_compare_finds_photos_in_a_regular_install(tmp_path, monkeypatch, tiny_model_file):
+    """pyproject ships the samples with the models; without them, compare makes its own."""
+    import tomllib
+
+    import tinytriage.data.datasets as datasets
+    from tinytriage.explain.compare import sample_batch
+
+    repo = Path(__file__).resolve().parent.parent
+    shipped = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    for photo in (repo / "samples").rglob("*.jpg"):
+        dest = f"share/tinytriage/samples/{photo.parent.name}"
+        assert f"samples/{photo.parent.name}/*" in shipped.get(dest, []), photo
+    # a regular install: the package in site-packages, the samples under <prefix>/share
+    monkeypatch.setattr(datasets, "__file__", str(tmp_path / "site" / "tinytriage" / "data" / "datasets.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert datasets.bundled_samples() is None
+    x, y, paths = sample_batch(tiny_model_file, None, 6)  # nothing shipped: generated for the purpose
+    assert x.shape == (6, 3, 32, 32) and len(set(y.tolist())) > 1
+    shutil.copytree(repo / "samples", tmp_path / "prefix" / "share" / "tinytriage" / "samples")
+    assert datasets.bundled_samples() == tmp_path / "prefix" / "share" / "tinytriage" / "samples"
+    x, _, paths = sample_batch(tiny_model_file, None, 6)
+    assert x.shape[0] == 6 and all(str(tmp_path / "prefix") in p for p in paths)

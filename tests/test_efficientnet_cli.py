@@ -213,9 +213,9 @@ def test_explain_cli_shows_the_hand_computation_and_json_holds_it(eff_path):
 
 def test_explain_refuses_unknown_layers_and_channels_clearly(eff_path):
     p = run_cli("explain", str(PHOTO), "--model", str(eff_path), "--layer", "relu1")
-    assert p.returncode == 1 and "no such layer" in p.stderr and "blocks.1.0" in p.stderr
+    assert p.returncode == 2 and "no such layer" in p.stderr and "blocks.1.0" in p.stderr  # a usage error
     p = run_cli("explain", str(PHOTO), "--model", str(eff_path), "--layer", "blocks.1.0", "--channel", "40")
-    assert p.returncode == 1 and "channels 0..15" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "channels 0..15" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_explain_the_real_imagenet_model():

@@ -13,7 +13,7 @@ from PIL import Image
 from test_gradcam import CLASSES, model_file, photo_with_spot, random_cnn
 
 from tinytriage.data.routes import DEFAULT_ROUTES
-from tinytriage.errors import TinyTriageError
+from tinytriage.errors import ConfigError, TinyTriageError
 from tinytriage.explain.photo import _cnn_geometry, cell_input_window, explain_photo, model_summary
 from tinytriage.explain.pointing import pointing_game
 from tinytriage.inference.predict import Predictor
@@ -178,14 +178,16 @@ def test_pool_winner_of_a_chosen_cell(cnn_path, wide_photo):
 
 
 def test_user_errors_say_what_to_do(cnn_path, wide_photo):
-    with pytest.raises(TinyTriageError, match="conv9.*conv1"):
-        explain_photo(wide_photo, model=cnn_path, layer="conv9")
-    with pytest.raises(TinyTriageError, match="--at 99,0"):
-        explain_photo(wide_photo, model=cnn_path, at=(99, 0))
-    with pytest.raises(TinyTriageError, match="--channel 4"):
-        explain_photo(wide_photo, model=cnn_path, channel=4)
-    with pytest.raises(TinyTriageError, match="--class nope"):
-        explain_photo(wide_photo, model=cnn_path, class_name="nope")
+    """Each names the option (the CLI makes it a usage error, exit code 2) and what would work."""
+    for kw, option, message in [
+        ({"layer": "conv9"}, "--layer", "conv9.*conv1"),
+        ({"at": (99, 0)}, "--at", "99,0"),
+        ({"channel": 4}, "--channel", "^4: "),
+        ({"class_name": "nope"}, "--class", "nope: not a class"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as err:
+            explain_photo(wide_photo, model=cnn_path, **kw)
+        assert err.value.option == option
 
 
 # -- 4.-6. heatmap, decision, CLI ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ def test_files_folders_globs(tmp_path):
     assert list(expand_inputs([str(tmp_path)], recursive=True)) == [a, b]
     assert list(expand_inputs([str(tmp_path / "*.jpg")])) == [a]
     (missing,) = expand_inputs([str(tmp_path / "nope.jpg")])
-    assert isinstance(missing, PhotoFailure) and "no such file" in missing.reason
+    assert isinstance(missing, PhotoFailure) and "file not found" in missing.reason
     (nomatch,) = expand_inputs([str(tmp_path / "*.webp")])
     assert isinstance(nomatch, PhotoFailure) and "no file matches" in nomatch.reason
 

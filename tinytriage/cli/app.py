@@ -18,7 +18,7 @@ import typer
 
 from tinytriage import __version__
 from tinytriage.cli.process import ReaderLeft, ends_cleanly, exit_quickly, show_tracebacks
-from tinytriage.errors import ConfigError, TinyTriageError
+from tinytriage.errors import TinyTriageError
 
 app = typer.Typer(
     name="tinytriage",
@@ -121,6 +121,9 @@ SecondLookOpt = typer.Option(
 ArchOpt = typer.Option(
     None, "--arch", help="Model: cnn or vit; picks the bundled model (a model file knows its own). Default: cnn."
 )
+RoutesOpt = typer.Option(
+    None, "--routes", help='TOML file of class = "queue" lines (a [routes] table); default: the model\'s routes.'
+)
 
 
 def _blas_threads_off() -> None:
@@ -155,9 +158,9 @@ def predict(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     null: bool = typer.Option(False, "-0", "--null", help="Paths on stdin are NUL-separated (find -print0)."),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Review below this confidence (default: the model's)."
+        None, "--threshold", min=0.0, max=1.0, help="Review below this confidence (default: the model's)."
     ),
-    routes: Path | None = typer.Option(None, "--routes", help="TOML file mapping class = queue."),
+    routes: Path | None = RoutesOpt,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int | None = typer.Option(
         None,
@@ -195,16 +198,27 @@ def predict(
 @app.command()
 def train(
     data_dir: Path = typer.Argument(..., help="Folder with one subfolder of photos per class."),
-    out: Path = typer.Option(
-        Path("runs/train"), "--out", "-o", help="Run folder (model, checkpoint, metrics, curves)."
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run folder (model, checkpoint, metrics, curves). Default: runs/train, or runs/train2, ... "
+        "when that holds a run already.",
+    ),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Write into an --out that holds a run already."),
+    routes: Path | None = typer.Option(
+        None,
+        "--routes",
+        help='TOML file of class = "queue" lines, stored in the model. Default: the ticket classes\' queues, '
+        "any other class the queue of its own name.",
     ),
     backend: str = BackendOpt,
     device: str = DeviceOpt,
     arch: str | None = typer.Option(
         None,
         "--arch",
-        help="Architecture: efficientnet_lite0 (default: fine-tuned from its ImageNet weights), "
-        "cnn (the textbook CNN, from random weights) or vit.",
+        help="Architecture: efficientnet_lite0 (fine-tuned from its ImageNet weights), cnn (the textbook CNN, "
+        "from random weights) or vit. Default: efficientnet_lite0, or cnn for small photos (train says which).",
     ),
     pretrained: Path | None = typer.Option(
         None,
@@ -260,7 +274,11 @@ def train(
         help="Validate (and calibrate) on this folder, same classes, instead of holding out --val-fraction; "
         "every photo of DATA_DIR then trains.",
     ),
-    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    augment: bool | None = typer.Option(
+        None,
+        "--augment/--no-augment",
+        help="Random crops, flips, rotations and colour changes while training. Default: yes, except for small photos.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's checkpoint."),
     init: Path | None = typer.Option(
         None,
@@ -281,21 +299,23 @@ def train(
     """Train a model on a folder of photos, one subfolder per class.
 
     By default EfficientNet-Lite0's ImageNet features, frozen, under a new head for your
-    classes: seconds, and good from 30 photos per class. --from-scratch (or --arch cnn) runs
-    the full training loop instead; under torchrun (with --backend torch), data-parallel."""
+    classes: seconds, and good from 30 photos per class; for small photos (a long side of
+    64 px or less, e.g. scans of digits) the CNN from scratch at 32 or 64 px instead, as
+    train says. --from-scratch (or --arch cnn) runs the full training loop; under torchrun
+    (with --backend torch), data-parallel."""
     from tinytriage.cli.render import TrainProgress, print_train_result
     from tinytriage.engines.distributed import is_main
+    from tinytriage.inference.inputs import load_routes
     from tinytriage.training.loop import TrainConfig
     from tinytriage.training.loop import train as run_training
-    from tinytriage.training.run import model_config_from_options
+    from tinytriage.training.run import DEFAULT_ARCH, model_config_from_options
 
     backend, arch = _engine(backend, arch)
-    try:
-        model_config = model_config_from_options(arch or TrainConfig.arch, widths=widths, depths=depths, pool=pool)
-    except ConfigError as err:
-        raise typer.BadParameter(str(err), param_hint=err.option) from None
+    model_config = model_config_from_options(arch or DEFAULT_ARCH, widths=widths, depths=depths, pool=pool)
     cfg = TrainConfig(
-        data_dir=str(data_dir), out=str(out), arch=arch or TrainConfig.arch, backend=backend, device=device, epochs=epochs,
+        data_dir=str(data_dir), out=None if out is None else str(out), exist_ok=exist_ok,
+        routes=None if routes is None else load_routes(routes), arch=arch, backend=backend,
+        device=device, epochs=epochs,
         batch_size=batch_size, lr=lr, seed=seed, input_size=input_size, optimizer=optimizer,
         weight_decay=weight_decay, val_fraction=val_fraction, val_dir=None if val_dir is None else str(val_dir),
         augment=augment, resume=resume,
@@ -324,22 +344,29 @@ def evaluate(
         False, "--explain", help="Also the pointing game: is the heatmap's peak inside each screen_damage box?"
     ),
     second_look: bool = SecondLookOpt,
+    routes: Path | None = RoutesOpt,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     _blas_threads_off()
-    from tinytriage.cli.render import print_eval
+    from tinytriage.cli.render import photo_progress, print_eval
     from tinytriage.inference.evaluate import evaluate as run_evaluation
-    from tinytriage.inference.predict import Predictor
+    from tinytriage.inference.predict import Predictor, load_routes
 
     backend, arch = _engine(backend, arch)
-    predictor = Predictor.load(model, backend=backend, arch=arch, device=device, second_look=second_look)
-    result = run_evaluation(str(data_dir), predictor, batch_size)
+    predictor = Predictor.load(
+        model, backend=backend, arch=arch, device=device, second_look=second_look,
+        routes=load_routes(routes) if routes else None,
+    )  # fmt: skip
+    with photo_progress("evaluating") as progress:
+        result = run_evaluation(str(data_dir), predictor, batch_size, progress=progress)
     pointing = None
     if explain:
         from tinytriage.explain.pointing import pointing_game
 
         pointing = pointing_game(str(data_dir), predictor, batch_size=min(batch_size, 32))
     print_eval(result, as_json=as_json, pointing=pointing)
+    if result.failures:  # the rest were evaluated; as predict, a photo that failed makes it 1
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -355,15 +382,19 @@ def calibrate(
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
 ) -> None:
     """Fit a CNN's temperature, second look and review threshold on labelled photos; write a new model file."""
-    from tinytriage.cli.render import print_calibration
+    from tinytriage.cli.render import photo_progress, print_calibration
     from tinytriage.inference.tuning import calibrate_folder
     from tinytriage.models.file import save_model
 
-    result = calibrate_folder(
-        model, str(data_dir), target_precision=target_precision, batch_size=batch_size, workers=workers
-    )
+    with photo_progress("calibrating") as progress:
+        result = calibrate_folder(
+            model, str(data_dir), target_precision=target_precision, batch_size=batch_size, workers=workers,
+            progress=progress,
+        )  # fmt: skip
     save_model(result.model_file, out)
     print_calibration(result, out, as_json=as_json)
+    if result.failures:  # fitted on the others; as predict, a photo that failed makes it 1
+        raise typer.Exit(1)
 
 
 @app.command("close-ups")
@@ -378,12 +409,14 @@ def close_ups(
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Decoding threads."),
 ) -> None:
     """Write the close-ups a second look would see of every device photo (to fine-tune on)."""
-    from tinytriage.cli.render import error_line
+    from tinytriage.cli.render import error_line, photo_progress
     from tinytriage.inference.tuning import write_close_ups
 
-    r = write_close_ups(
-        model, str(data_dir), str(out), link_originals=link_originals, max_side=max_side, workers=workers
-    )
+    with photo_progress("close-ups") as progress:
+        r = write_close_ups(
+            model, str(data_dir), str(out), link_originals=link_originals, max_side=max_side, workers=workers,
+            progress=progress,
+        )  # fmt: skip
     for path, why in r.skipped:
         error_line(why if path in why else f"{path}: {why}")
     print(f"wrote {r.written} close-ups, linked {r.linked} photos, into {out} in {r.seconds:.1f} s", file=sys.stderr)
@@ -491,7 +524,9 @@ def samples(
     other: bool = typer.Option(True, "--other/--no-other", help="Include the open-set class 'other'."),
     min_size: int = typer.Option(480, "--min-size", min=16, help="Smallest long side of a photo, pixels."),
     max_size: int = typer.Option(1600, "--max-size", min=16, help="Largest long side of a photo, pixels."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes (the output does not depend on it)."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", min=1, help="Processes (the output does not depend on it). Default: one per core."
+    ),
     twins: float = typer.Option(
         0.0,
         "--twins",
@@ -501,18 +536,21 @@ def samples(
     ),
 ) -> None:
     """Generate synthetic ticket photos: one folder per class, damage boxes in JSON sidecars."""
+    from tinytriage.cli.render import files_progress
     from tinytriage.data.synth import CLASSES, generate_dataset
+    from tinytriage.nn.fast.parallel import default_num_threads
 
     classes = [c for c in CLASSES if other or c != "other"]
-    report = generate_dataset(
-        out_dir,
-        per_class,
-        seed,
-        classes=classes,
-        size_range=(min(min_size, max_size), max_size),
-        workers=workers,
-        twins=twins,
-    )
+    with files_progress("generating", out_dir, total=per_class * len(classes)):
+        report = generate_dataset(
+            out_dir,
+            per_class,
+            seed,
+            classes=classes,
+            size_range=(min(min_size, max_size), max_size),
+            workers=workers or default_num_threads(),
+            twins=twins,
+        )
     print(
         f"wrote {report.n_photos} photos ({len(classes)} classes x {per_class}, {report.n_bytes / 1e6:.1f} MB) "
         f"to {out_dir} in {report.seconds:.1f} s ({report.photos_per_s:.0f} photos/s)",

@@ -1,7 +1,14 @@
 """The process around the commands: exit codes, one-line errors, Ctrl-C, a reader that left.
 
-Exit codes: 0 success, 1 a photo/model/dataset error (or any photo in a batch failed),
-2 usage error, 130 interrupted.
+Exit codes, the same rule for every command:
+
+* 0: success;
+* 1: a photo, model file or dataset could not be used (``TinyTriageError``), or any photo
+  of a batch failed (the command still does its work with the others, then exits 1);
+* 2: usage: an unknown option, a missing argument, or an option's value that cannot work
+  (out of range, or naming a layer, class or channel the model does not have:
+  ``ConfigError``, shown as click shows its own usage errors);
+* 130: interrupted.
 
 The commands (``tinytriage.cli.app``) raise ``ReaderLeft`` and ``Interrupted`` (each is
 wrapped in ``ends_cleanly``) and say how the process should end (``show_tracebacks``,
@@ -16,7 +23,7 @@ import sys
 
 import typer
 
-from tinytriage.errors import TinyTriageError
+from tinytriage.errors import ConfigError, TinyTriageError
 
 _debug = False  # --debug or TINYTRIAGE_DEBUG: errors end with their traceback, not one line
 _quick_exit = False  # set by predict: see entry()
@@ -43,9 +50,12 @@ def exit_quickly() -> None:
 
 
 def ends_cleanly(command):
-    """A broken pipe inside ``command`` becomes ``ReaderLeft`` (as an OSError it would
-    reach click, which makes it exit code 1) and Ctrl-C ``Interrupted`` (typer would turn
-    it into a silent exit code 130)."""
+    """The exit-code rule, inside each command (so it holds however the app is run, Typer's
+    test runner included): a ``ConfigError`` becomes click's usage error (exit code 2), any
+    other ``TinyTriageError`` one line on stderr and exit code 1 (``--debug``: raised, with
+    its traceback). A broken pipe becomes ``ReaderLeft`` (as an OSError it would reach
+    click, which makes it exit code 1) and Ctrl-C ``Interrupted`` (typer would turn it into
+    a silent exit code 130)."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -55,6 +65,17 @@ def ends_cleanly(command):
             raise ReaderLeft from None
         except KeyboardInterrupt:
             raise Interrupted from None
+        except ConfigError as err:
+            if _debug:
+                raise
+            raise typer.BadParameter(str(err), param_hint=err.option) from None
+        except TinyTriageError as err:
+            if _debug:
+                raise
+            from tinytriage.cli.lines import error_line
+
+            error_line(str(err))
+            raise typer.Exit(1) from None
 
     return run
 

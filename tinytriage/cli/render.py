@@ -8,10 +8,13 @@ The consoles themselves are ``cli.consoles``, the JSON lines ``cli.lines``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 from tinytriage.cli.consoles import PipeConsole, err, out
 from tinytriage.cli.lines import dumps, error_line, print_prediction_lines, write_json_line  # noqa: F401 (re-exported)
@@ -30,45 +33,156 @@ if TYPE_CHECKING:  # for the type hints alone: each command imports what it need
     from tinytriage.training import events
 
 
+# -- progress on long work -------------------------------------------------------------------
+
+
+@contextmanager
+def photo_progress(what: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr while photos are worked through, on a terminal only: into a
+    file or a pipe, nothing (no animation in a log). Yields ``advance(n=1, total=None)``,
+    which the library calls as photos are done (``total``: once it knows how many)."""
+    if not err.is_terminal:
+        yield lambda n=1, total=None: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("photos"),
+        TimeRemainingColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(what, total=total)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(task, total=total)
+            bar.advance(task, n)
+
+        yield advance
+
+
+@contextmanager
+def files_progress(what: str, folder, total: int) -> Iterator[None]:
+    """``photo_progress`` for work that says nothing while it runs but writes one file per
+    photo (``samples``: the generator): a thread counts the photos under ``folder`` written
+    since it started, twice a second."""
+    import threading
+    import time
+
+    with photo_progress(what, total) as advance:
+        if not err.is_terminal:
+            yield
+            return
+        done, start = threading.Event(), time.time() - 1.0
+
+        def written() -> int:
+            n = 0
+            for p in Path(folder).glob("*/*.jpg"):
+                try:
+                    n += p.stat().st_mtime >= start
+                except OSError:  # gone since the listing
+                    pass
+            return n
+
+        def count() -> None:
+            seen = 0
+            while not done.wait(0.5):
+                now = written()
+                advance(now - seen)
+                seen = now
+
+        watcher = threading.Thread(target=count, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+
+
 # -- predict ----------------------------------------------------------------------------
 
 
 def print_predictions(results: Iterable, *, as_json: bool) -> tuple[int, int]:
-    """Print each result as it arrives (JSON) or as one table (terminal). Returns (ok, failed)."""
+    """Print each result as it arrives (JSON) or as one table and a totals line (terminal).
+    Returns (ok, failed)."""
+    from collections import Counter
+
     from tinytriage.inference.predict import PhotoFailure
 
     if as_json:
         return print_prediction_lines(results)
     ok = failed = 0
     rows = []
-    for r in results:
-        if isinstance(r, PhotoFailure):
-            failed += 1
-            error_line(r.reason)
-            continue
-        ok += 1
-        rows.append(r)
-    if rows:
-        # On a terminal a long path folds inside its column; class and route never wrap.
-        # Into a file or a pipe, every row is one line, however long its path.
-        table = Table(show_lines=False)
-        table.add_column("photo", overflow="fold")
-        table.add_column("class", no_wrap=True)
-        table.add_column("conf.", justify="right", no_wrap=True)
-        table.add_column("runner-up", no_wrap=True)
-        table.add_column("route", no_wrap=True)
-        for r in rows:
-            route = f"[yellow]{r.route}[/yellow] ({r.review_reason})" if r.needs_review else f"[green]{r.route}[/green]"
-            runner_up = f"{r.top3[1][0]} {r.top3[1][1]:.2f}" if len(r.top3) > 1 else ""
-            table.add_row(r.path, r.label, f"{r.confidence:.3f}", runner_up, route)
-        if out.is_terminal:
-            out.print(table)
-        else:
-            from rich.measure import Measurement
+    with photo_progress("predicting") as advance:
+        for r in results:
+            advance()
+            if isinstance(r, PhotoFailure):
+                failed += 1
+                error_line(r.reason)
+                continue
+            ok += 1
+            rows.append(r)
+    if not rows:
+        return ok, failed
+    if out.is_terminal:
+        out.print(prediction_table(rows, out.width))
+    else:  # into a file or a pipe: every row one line, however long its path
+        from rich.measure import Measurement
 
-            natural = Measurement.get(out, out.options.update_width(10**6), table).maximum
-            PipeConsole(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
+        table = prediction_table(rows, None)
+        natural = Measurement.get(out, out.options.update_width(10**6), table).maximum
+        PipeConsole(file=out.file, width=max(natural, 40), highlight=False, soft_wrap=True).print(table)
+    routes = Counter(r.route for r in rows)
+    reasons = Counter(r.review_reason for r in rows if r.needs_review)
+    review = sum(reasons.values())
+    out.print(
+        f"{len(rows)} photo{'s' if len(rows) != 1 else ''}: "
+        + ", ".join(f"{n} {route}" for route, n in routes.most_common())
+        + f"; {review} to review"
+        + (f" ({', '.join(f'{n} {why}' for why, n in reasons.most_common())})" if review else "")
+        + (f"; {failed} failed" if failed else "")
+    )
     return ok, failed
+
+
+PHOTO_MIN = 16  # the photo column never gets narrower on a terminal (a longer path loses its start)
+PHOTO_WANT = 32  # ... and before runner-up and route wrap to a second line, it gets this much
+
+
+def prediction_table(rows: list, width: int | None) -> Table:
+    """The predictions as a table. ``width``: the terminal's. The photo column keeps at least
+    ``PHOTO_MIN`` characters and paths too long for it lose their start ("...00003.jpg");
+    runner-up and route wrap at their spaces when the photo column needs the room. None:
+    every row on one line, full paths (a file or a pipe)."""
+    cells = []
+    for r in rows:
+        runner_up = f"{r.top3[1][0]} {r.top3[1][1]:.3f}" if len(r.top3) > 1 else ""
+        route = f"[yellow]{r.route}[/yellow] ({r.review_reason})" if r.needs_review else f"[green]{r.route}[/green]"
+        plain = f"{r.route} ({r.review_reason})" if r.needs_review else r.route
+        cells.append((r.path, r.label, f"{r.confidence:.3f}", runner_up, route, plain))
+    paths = [c[0] for c in cells]
+    photo_width = None
+    if width is not None:
+        longest = max(len(p) for p in paths)
+        headers = ("class", "conf.", "runner-up", "route")
+        columns = [[h] + [c[i] for c in cells] for h, i in zip(headers, (1, 2, 3, 5), strict=True)]  # (route: plain)
+        natural = [max(len(v) for v in col) for col in columns]
+        least = [max(len(w) for v in col for w in v.split()) for col in columns]  # the longest word
+        frame = 1 + 3 * (len(columns) + 1)  # the borders and one space either side of each column
+        photo_width = min(longest, width - frame - sum(natural))  # runner-up and route on one line
+        if photo_width < min(longest, PHOTO_WANT):  # they wrap, the photo column takes the room
+            photo_width = min(longest, max(width - frame - sum(least), PHOTO_MIN))
+        photo_width = max(photo_width, min(longest, PHOTO_MIN))
+        paths = [p if len(p) <= photo_width else "\u2026" + p[-(photo_width - 1) :] for p in paths]
+    table = Table(show_lines=False)
+    table.add_column("photo", no_wrap=True, width=photo_width)
+    table.add_column("class", no_wrap=True)
+    table.add_column("conf.", justify="right", no_wrap=True)
+    table.add_column("runner-up", no_wrap=width is None)
+    table.add_column("route", no_wrap=width is None)
+    for path, c in zip(paths, cells, strict=True):  # a path or a class name is never read as markup
+        table.add_row(Text(path), Text(c[1]), c[2], Text(c[3]), c[4])
+    return table
 
 
 # -- train -------------------------------------------------------------------------------
@@ -88,7 +202,7 @@ class TrainProgress:
             TimeRemainingColumn(),
             console=err,
             transient=True,
-            disable=quiet,
+            disable=quiet or not err.is_terminal,  # into a log: the lines alone, nothing animated
         )
         self.task = None
 
@@ -144,20 +258,27 @@ class TrainProgress:
                 msg = f"interrupted after {e.completed_epochs} complete epoch(s)"
                 err.print(
                     f"[yellow]{msg}[/yellow]; "
-                    + (f"checkpoint kept at {where}; continue with --resume" if where else "no checkpoint yet")
+                    + (
+                        f"checkpoint kept at {where}; continue with --resume --out {Path(where).parent}"
+                        if where
+                        else "no checkpoint yet"
+                    )
                 )
 
 
 def print_train_result(r, *, as_json: bool) -> None:
+    cal = r.calibration
     summary = {
         "model": str(r.model_path),
         "run_dir": str(r.run_dir),
         "best_epoch": r.best_epoch,
         "best_val_acc": r.best_val_acc,
+        **({} if cal is None else cal.to_json()),
         "temperature": r.temperature,
         "threshold": r.threshold,
         "ece_before": r.ece_before,
         "ece_after": r.ece_after,
+        "routes": r.routes,
         "train_seconds": r.train_seconds,
         "interrupted": r.interrupted,
         "duplicates": len(r.duplicates),
@@ -166,10 +287,46 @@ def print_train_result(r, *, as_json: bool) -> None:
         write_json_line(summary)
         return
     out.print(
-        f"saved {r.model_path} (best epoch {r.best_epoch}, val acc {r.best_val_acc:.3f}); "
-        f"calibrated: T={r.temperature:.3f}, ECE {r.ece_before:.3f} -> {r.ece_after:.3f}; "
-        f"review below confidence {r.threshold:.3f}; trained in {r.train_seconds:.0f}s"
+        f"saved {r.model_path} (best epoch {r.best_epoch}, val acc {r.best_val_acc:.3f}), trained in {r.train_seconds:.0f}s"
     )
+    if cal is not None:
+        print_temperature(cal.temperature, cal.fit and cal.fit.note, cal.ece_before, cal.ece_after)
+        print_review_threshold(cal.review)
+    out.print("routes: " + ", ".join(f"{c} -> {q}" for c, q in r.routes.items()))
+
+
+def print_temperature(temperature: float, note: str | None, ece_before: float, ece_after: float) -> None:
+    """The temperature used, why T = 1 was kept if it was, and the held-out calibration error."""
+    if note:
+        out.print(f"temperature T=1 (kept: {note})")
+    else:
+        out.print(f"temperature T={temperature:.3f}")
+    out.print(
+        f"  calibration error (ECE) on validation photos the temperature was not fitted on: "
+        f"{ece_before:.3f} at T=1 -> {ece_after:.3f}"
+    )
+
+
+def print_review_threshold(review) -> None:
+    """The review threshold, and what its auto-routed photos reached where it was picked."""
+    if review is None:
+        return
+    t = f"review below confidence {review.threshold:.3f}"
+    target = f"{review.target_precision:.0%}"
+    if review.routed == 0:
+        out.print(
+            f"{t}: [yellow]no validation photo reaches it[/yellow]; every photo goes to a person (target {target})"
+        )
+    elif review.met:
+        out.print(
+            f"{t}: {review.routed} of {review.of} validation photos auto-routed, {review.precision:.1%} of them right "
+            f"(target {target})"
+        )
+    else:
+        out.print(
+            f"{t}: [yellow]no threshold reaches {target} precision on the {review.of} validation photos[/yellow]; "
+            f"this one auto-routes {review.routed}, {review.precision:.1%} of them right"
+        )
 
 
 # -- evaluate -----------------------------------------------------------------------------
@@ -189,10 +346,9 @@ def print_calibration(c, path, *, as_json: bool) -> None:
         style = "bold" if row["below"] == c.below else None
         t.add_row(f"{row['below']:.2f}", f"{row['looked']:.1%}", f"{row['accuracy']:.4f}", style=style)
     out.print(t)
-    out.print(
-        f"temperature {c.temperature:.4f}   ECE {c.ece_before:.4f} -> {c.ece_after:.4f}   "
-        f"review below {c.threshold:.4f}   accuracy {c.accuracy_first:.4f} -> {c.accuracy:.4f}"
-    )
+    out.print(f"accuracy {c.accuracy_first:.4f} (first look) -> {c.accuracy:.4f} (with the second look)")
+    print_temperature(c.temperature, c.temperature_note, c.ece_before, c.ece_after)
+    print_review_threshold(c.review)
     out.print(f"wrote {path}")
 
 
@@ -220,21 +376,32 @@ def print_eval(r, *, as_json: bool, pointing=None) -> None:
     for c, s in r.per_class.items():
         t.add_row(c, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
     out.print(t)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("")
-    for c in r.classes:
-        cm.add_column(c[:10], justify="right")
-    for c, row in zip(r.classes, r.confusion, strict=True):
-        cm.add_row(
-            c,
-            *[
-                f"[bold]{v}[/bold]" if i == r.classes.index(c) else (str(v) if v else "[dim]0[/dim]")
-                for i, v in enumerate(row)
-            ],
-        )
+    cm = confusion_table(r.classes, r.confusion, headers=r.classes)
+    if _natural_width(cm) > out.width:  # too wide with whole names: columns by number
+        cm = confusion_table([f"{i} {c}" for i, c in enumerate(r.classes)], r.confusion, headers=None)
     out.print(cm)
     if pointing is not None:
         print_pointing(pointing)
+
+
+def confusion_table(rows: list[str], confusion: list[list[int]], headers: list[str] | None) -> Table:
+    """Rows: true class, columns: predicted, each headed by its whole class name (``headers``)
+    or, where those do not fit, by the class's number, which the row labels give."""
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for name in headers or [str(i) for i in range(len(rows))]:
+        cm.add_column(Text(name), justify="right", no_wrap=True)
+    for i, (name, row) in enumerate(zip(rows, confusion, strict=True)):
+        cells = [f"[bold]{v}[/bold]" if j == i else (str(v) if v else "[dim]0[/dim]") for j, v in enumerate(row)]
+        cm.add_row(Text(name), *cells)
+    return cm
+
+
+def _natural_width(renderable) -> int:
+    """Columns ``renderable`` takes when nothing limits it."""
+    from rich.measure import Measurement
+
+    return Measurement.get(out, out.options.update_width(10**6), renderable).maximum
 
 
 # -- explain --demo ------------------------------------------------------------------------
@@ -259,9 +426,9 @@ def print_demo(r, *, as_json: bool) -> None:
     p = out.print
     p("[bold]1. Convolution[/bold]: a 3x3 kernel slides over the 4x4 patch (stride 1, no padding, bias 0).")
     p("   Each output cell is one dot product: the 9 pixels under the kernel times the 9 weights, summed.\n")
-    p("patch (bright bar in rows 1-2):")
+    p("patch (a bright line in row 1):")
     p(_grid(r.patch))
-    p("\nkernel (horizontal edge: bright middle row between darker rows):")
+    p("\nkernel (horizontal line: a bright middle row between darker rows):")
     p(_grid(r.kernel))
     for c in r.cells:
         terms = [f"{w:+.2f}*{x:.2f}" for w, x in zip(c["kernel"].ravel(), c["window"].ravel(), strict=True)]
@@ -273,14 +440,18 @@ def print_demo(r, *, as_json: bool) -> None:
         p(f"  sum {c['sum']:+.4f} + bias {c['bias']:+.2f} = [bold]{c['out']:+.4f}[/bold]")
     p("\nfeature map:")
     p(_grid(r.feature_map, "{:+.4f}"))
-    p("\n[bold]2. ReLU[/bold] max(0, x): negative evidence is dropped.")
+    clipped = [f"{v:+.4f}" for v in r.feature_map.ravel() if v < 0]
+    p(
+        "\n[bold]2. ReLU[/bold] max(0, x): negative evidence is dropped"
+        + (f" ({', '.join(clipped)} -> 0)." if clipped else ".")
+    )
     p(_grid(r.relu, "{:.4f}"))
     p(f"\n[bold]3. 2x2 max pooling[/bold]: the cell at {r.pool_winner} won -> {r.pooled:.4f}")
     p(_grid(r.relu, "{:.4f}", highlight=r.pool_winner))
     p("\n[bold]4. Linear classifier[/bold] W = [[1.5], [-1.2]], b = [0.1, -0.3] on the pooled value:")
     for name, w, b, z, pr in zip(("damage", "clean"), (1.5, -1.2), (0.1, -0.3), r.logits, r.probs, strict=True):
         p(f"  {name:>6}: {w:+.1f} * {r.pooled:.4f} {b:+.1f} = logit {z:+.4f}   softmax {pr:.4f}")
-    p("\n[bold]5. Why pool[/bold]: shift the bar down one pixel.")
+    p("\n[bold]5. Why pool[/bold]: shift the line down one pixel (paper enters at the top).")
     p("shifted patch:")
     p(_grid(r.shifted_patch))
     p("feature map before -> after the shift:")
@@ -303,6 +474,11 @@ def print_demo(r, *, as_json: bool) -> None:
     p("\n[bold]8. Receptive field[/bold] r = r_prev + (k - 1) * (product of earlier strides):")
     for row in r.receptive_field:
         p(f"  {row['name']}: sees {row['receptive_field']}x{row['receptive_field']} input pixels")
+    conv2 = r.receptive_field_pooled[-1]["receptive_field"]
+    p(
+        f"  with a 2x2 max pool (stride 2) between them, as in the triage CNN, conv2 sees {conv2}x{conv2}: "
+        "after the pool each step of conv2 moves 2 input pixels (explain's receptive field column counts so)"
+    )
     pc = r.param_counts
     p("\n[bold]9. Why convolve[/bold]: parameters to look at a 224x224x3 photo")
     p(f"  dense layer, 256 units: 224*224*3*256 + 256 = {pc['dense_256_on_224x224x3']:,}")
@@ -732,24 +908,35 @@ def print_compare(r, *, as_json: bool) -> None:
 
     bw = r.backward
     t = Table(
-        title=f"backward: loss {bw['loss'][0]:.6f} ({a}) vs {bw['loss'][1]:.6f} ({b}), rel. diff {bw['loss_rel']:.1e}"
+        title=f"backward: loss {bw['loss'][0]:.6f} ({a}) vs {bw['loss'][1]:.6f} ({b}), rel. diff {bw['loss_rel']:.1e} "
+        f"(tolerance {tol['loss_rel']:.0e}) {mark(bw['loss_rel'], 'loss_rel')}"
     )
-    for col in ("parameter", "max |diff|", "max rel. diff", ""):
+    for col in ("parameter", "max |diff|", "max rel. diff", "tolerance", ""):
         t.add_column(col)
     for k, d in bw["grads"].items():
-        t.add_row(k, f"{d['max_abs']:.2e}", f"{d['max_rel']:.2e}", mark(d["max_rel"], "grad_rel"))
+        t.add_row(
+            k,
+            f"{d['max_abs']:.2e}",
+            f"{d['max_rel']:.2e}",
+            f"rel {tol['grad_rel']:.0e}",
+            mark(d["max_rel"], "grad_rel"),
+        )
     out.print(t)
 
     tr = r.training
     t = Table(title=f"training: {tr['steps']} SGD steps, same weights and batches (lr {tr['lr']})")
-    t.add_column("step")
-    t.add_column(f"loss ({a})")
-    t.add_column(f"loss ({b})")
+    for col in ("step", f"loss ({a})", f"loss ({b})", "rel. diff", "tolerance", ""):
+        t.add_column(col)
     for i, (p, q) in enumerate(zip(tr["loss"][a], tr["loss"][b], strict=True)):
-        t.add_row(str(i + 1), f"{p:.6f}", f"{q:.6f}")
+        rel = abs(p - q) / max(abs(q), 1e-12)
+        t.add_row(
+            str(i + 1), f"{p:.6f}", f"{q:.6f}", f"{rel:.2e}", f"rel {tol['train_loss_rel']:.0e}",
+            mark(rel, "train_loss_rel"),
+        )  # fmt: skip
     out.print(t)
     out.print(
-        f"final weights: max rel. diff {tr['weight_max_rel']:.2e} ({tr['worst_weight']}) {mark(tr['weight_max_rel'], 'train_weight_rel')}"
+        f"final weights: max rel. diff {tr['weight_max_rel']:.2e} ({tr['worst_weight']}), tolerance "
+        f"{tol['train_weight_rel']:.0e} {mark(tr['weight_max_rel'], 'train_weight_rel')}"
     )
 
     s = r.speed
@@ -796,7 +983,7 @@ class LessonProgress:
             TimeRemainingColumn(),
             console=err,
             transient=True,
-            disable=quiet,
+            disable=quiet or not err.is_terminal,  # into a log: the lines alone, nothing animated
         )
         self.quiet = quiet
         self.task = None

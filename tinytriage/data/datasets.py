@@ -148,6 +148,22 @@ def _reason(path: Path, err: ImageError) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
+def bundled_samples() -> Path | None:
+    """The sample photos that ship with tinytriage (``samples/<class>/*.jpg``): the
+    repository's in a source checkout or an editable install, the copy pyproject's
+    ``data-files`` put under ``<prefix>/share/tinytriage/samples`` in a regular install.
+    None where neither is."""
+    import sys
+
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "samples",
+        Path(sys.prefix) / "share" / "tinytriage" / "samples",
+    ):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def scan_folder(
     root: str | os.PathLike[str], *, check: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1
 ) -> Dataset:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.engines import load_engine, make_engine
-from tinytriage.errors import TinyTriageError
+from tinytriage.errors import ConfigError, TinyTriageError
 from tinytriage.models import get_arch
 from tinytriage.models.file import ModelFile, read_model_or_bundled
 from tinytriage.training.calibration import softmax
@@ -94,22 +94,38 @@ def abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 def sample_batch(
     mf: ModelFile, data_dir: str | None, n: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Real photos: from ``data_dir`` (labels from folders) or the bundled samples/ folder,
-    else freshly generated ones. Returns (x, labels, paths)."""
+    """Real photos: from ``data_dir`` (labels from folders), or the sample photos that ship
+    with tinytriage, or, where those are missing, photos generated for the purpose.
+    Returns (x, labels, paths)."""
+    from tinytriage.data.datasets import bundled_samples
+
+    if data_dir:
+        return _photos_of(mf, Path(data_dir), n, seed)
+    root = bundled_samples()
+    if root is not None:
+        return _photos_of(mf, root, n, seed)
+    import tempfile
+
+    from tinytriage.data.synth import generate_dataset
+
+    with tempfile.TemporaryDirectory(prefix="tinytriage-compare-") as tmp:
+        generate_dataset(tmp, per_class=max(1, -(-n // 5)), seed=seed, size_range=(192, 384))
+        return _photos_of(mf, Path(tmp), n, seed)
+
+
+def _photos_of(mf: ModelFile, root: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``n`` photos of a class-per-folder ``root``, drawn at random; labels by folder name."""
     from tinytriage.data.datasets import scan_folder
     from tinytriage.data.preprocess import Preprocess, preprocess
 
     cfg = Preprocess.from_dict(mf.preprocess)
-    root = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "samples"
-    if root.is_dir():
-        ds = scan_folder(root)
-        rng = np.random.default_rng(seed)
-        pick = rng.permutation(len(ds.samples))[:n]
-        paths = [str(ds.samples[i][0]) for i in pick]
-        index = {c: i for i, c in enumerate(mf.classes)}
-        labels = np.array([index.get(ds.classes[ds.samples[i][1]], 0) for i in pick])
-        return np.concatenate([preprocess(p, cfg) for p in paths]), labels, paths
-    raise TinyTriageError(f"no photos to compare on: {root} is not a folder (pass --data DIR)")
+    ds = scan_folder(root)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(ds.samples))[:n]
+    paths = [str(ds.samples[i][0]) for i in pick]
+    index = {c: i for i, c in enumerate(mf.classes)}
+    labels = np.array([index.get(ds.classes[ds.samples[i][1]], 0) for i in pick])
+    return np.concatenate([preprocess(p, cfg) for p in paths]), labels, paths
 
 
 def _without_dropout(mf: ModelFile) -> dict:
@@ -133,7 +149,7 @@ def compare(
     """Run every check for two engines on one model file (default: the bundled model of
     ``arch``, cnn unless given). Any architecture: the CNN and the ViT run alike."""
     if len(backends) != 2 or len(set(backends)) != 2:
-        raise TinyTriageError("--backends takes two different engines, e.g. numpy,torch")
+        raise ConfigError("give two different engines, e.g. numpy,torch", option="--backends")
     mf, path = read_model_or_bundled(model, arch)
     res = CompareResult(backends, str(path), batch, dict(TOLERANCES))
     x, y, _paths = sample_batch(mf, data_dir, batch)

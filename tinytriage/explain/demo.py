@@ -6,8 +6,10 @@ drift from the code. With PyTorch installed the same numbers are recomputed by
 ``torch.nn.functional`` side by side (see ``torch_side``).
 
 The patch is from a support-ticket screenshot: low values are background paper, the bright
-bar in rows 1-2 is the kind of line a crack or a printed form row makes. The kernel is a
-horizontal-edge detector: it rewards a bright middle row between darker rows.
+line in row 1 is the kind of line a crack or a printed form row makes. The kernel is a
+horizontal-line detector: it rewards a bright middle row between darker rows, and
+penalises a bright top or bottom row, so the window one row lower (the line at its top)
+comes out negative and ReLU has something to clip.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ PATCH = np.array(
     [
         [0.05, 0.08, 0.06, 0.07],
         [0.12, 0.92, 0.88, 0.09],
-        [0.08, 0.90, 0.93, 0.11],
+        [0.08, 0.10, 0.11, 0.07],
         [0.06, 0.07, 0.09, 0.05],
     ]
 )
+PAPER = np.array([0.06, 0.07, 0.05, 0.06])  # a row of background paper: what moves in when the line moves down
 KERNEL = np.array([[-0.6, -0.6, -0.6], [1.1, 1.1, 1.1], [-0.6, -0.6, -0.6]])
 BIAS = 0.0
 CLASSIFIER_W = np.array([[1.5], [-1.2]])  # (classes, features): damage, clean
@@ -54,7 +57,8 @@ class DemoResult:
     shifted_pooled: float
     pool_example: dict[str, Any]
     output_size: list[dict[str, Any]]
-    receptive_field: list[dict[str, Any]]
+    receptive_field: list[dict[str, Any]]  # two 3x3 convolutions stacked directly
+    receptive_field_pooled: list[dict[str, Any]]  # ... with a 2x2 max pool between them, as in the triage CNN
     param_counts: dict[str, Any]
     torch: dict[str, Any] | None = field(default=None)
 
@@ -74,6 +78,12 @@ def _conv_relu_pool(patch: np.ndarray):
     relu = np.maximum(fmap, 0.0)
     pooled, winners = maxpool2d_reference(relu[None, None], kernel_size=2, stride=2)
     return fmap, relu, float(pooled[0, 0, 0, 0]), tuple(int(v) for v in winners[0, 0, 0, 0])
+
+
+def shift_down(patch: np.ndarray) -> np.ndarray:
+    """The patch one pixel lower: background paper enters at the top, the bottom row leaves
+    (nothing wraps round from the bottom to the top)."""
+    return np.vstack([PAPER[None], patch[:-1]])
 
 
 def linear_param_count(in_features: int, out_features: int) -> int:
@@ -101,7 +111,7 @@ def run_demo(with_torch: bool | None = None) -> DemoResult:
     logits = CLASSIFIER_W[:, 0] * pooled + CLASSIFIER_B  # Linear(1 -> 2): W @ [pooled] + b
     probs = _softmax(logits)
 
-    shifted = np.roll(PATCH, 1, axis=0)  # the bar moves down one pixel (rows 2-3)
+    shifted = shift_down(PATCH)  # the line moves down one pixel, to row 2
     s_map, _s_relu, s_pooled, _ = _conv_relu_pool(shifted)
 
     pool_out, pool_win = maxpool2d_reference(POOL_MAP[None, None], kernel_size=2, stride=2)
@@ -139,13 +149,14 @@ def run_demo(with_torch: bool | None = None) -> DemoResult:
         },
     ]
     rf = [r.__dict__ for r in receptive_fields([("conv1 3x3", 3, 1), ("conv2 3x3", 3, 1)])]
+    rf_pooled = [r.__dict__ for r in receptive_fields([("conv1 3x3", 3, 1), ("pool1 2x2", 2, 2), ("conv2 3x3", 3, 1)])]
     dense = linear_param_count(224 * 224 * 3, 256)
     conv = conv_param_count(3, 256, 3)
     params = {"dense_256_on_224x224x3": dense, "conv3x3_256_filters_on_rgb": conv, "ratio": dense / conv}
 
     result = DemoResult(
         PATCH, KERNEL, BIAS, cells, fmap, relu, pooled, winner, logits, probs,
-        shifted, s_map, s_pooled, pool_example, output_size, rf, params,
+        shifted, s_map, s_pooled, pool_example, output_size, rf, rf_pooled, params,
     )  # fmt: skip
     if with_torch is None:
         from tinytriage.engines import torch_available
@@ -167,7 +178,7 @@ def torch_side() -> dict[str, Any]:
     relu = F.relu(fmap)
     pooled = F.max_pool2d(relu, 2, 2)
     logits = F.linear(pooled.flatten(1), torch.tensor(CLASSIFIER_W), torch.tensor(CLASSIFIER_B))[0]
-    shifted = F.max_pool2d(F.relu(F.conv2d(torch.roll(x, 1, dims=2), w)), 2, 2)
+    shifted = F.max_pool2d(F.relu(F.conv2d(torch.tensor(shift_down(PATCH))[None, None], w)), 2, 2)
     return {
         "version": torch.__version__,
         "feature_map": fmap[0, 0].numpy(),

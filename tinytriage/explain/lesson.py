@@ -306,7 +306,7 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
                 emit(RunStart(index=i_size * len(ARCHS) + i_arch + 1, total=total, arch=arch, per_class=n,
                               epochs=epochs, steps=epochs * steps_per_epoch))  # fmt: skip
                 tcfg = TrainConfig(
-                    data_dir=str(data), out=str(work / "runs" / f"{arch}-n{n}"), arch=arch, backend=cfg.backend,
+                    data_dir=str(data), out=str(work / "runs" / f"{arch}-n{n}"), exist_ok=True, arch=arch, backend=cfg.backend,
                     device=cfg.device, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                     input_size=cfg.input_size, warmup_epochs=WARMUP_FRACTION * epochs,
                     model_config={"cnn": cfg.cnn_config, "vit": cfg.vit_config}[arch],

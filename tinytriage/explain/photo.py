@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from tinytriage.data.preprocess import LetterboxGeometry
-from tinytriage.errors import ImageError, TinyTriageError, listed
+from tinytriage.errors import ConfigError, ImageError, listed
 from tinytriage.explain.gradcam import Localization, grad_cam, heat_on_photo, localize
 from tinytriage.explain.receptive import receptive_fields
 from tinytriage.models import Architecture, get_arch
@@ -503,7 +503,7 @@ def _pick_layer(arch: Architecture, cfg, layer: str | None) -> tuple[str, int]:
     names = arch.layer_names(cfg)
     name = arch.explain_layer if layer is None else layer
     if name not in names:
-        raise TinyTriageError(f"--layer {name}: no such layer; this model has {', '.join(names)}")
+        raise ConfigError(f"{name}: no such layer; this model has {', '.join(names)}", option="--layer")
     return name, names.index(name)
 
 
@@ -512,7 +512,7 @@ def _feature_maps(outs: dict[str, np.ndarray], name: str, channel: int | None) -
     fmap = outs[name]  # (C, h, w)
     C = fmap.shape[0]
     if channel is not None and not 0 <= channel < C:
-        raise TinyTriageError(f"--channel {channel}: {name} has channels 0..{C - 1}")
+        raise ConfigError(f"{channel}: {name} has channels 0..{C - 1}", option="--channel")
     chans = list(range(C)) if channel is None else [channel]
     shown = fmap[chans]
     return FeatureMaps(name, tuple(fmap.shape), chans, shown, float(shown.min()), float(shown.max()))
@@ -527,7 +527,7 @@ def _pick_cell(act: np.ndarray, channel: int | None, at: tuple[int, int] | None,
         return (int(k) if channel is None else channel), int(r), int(c)
     h, w = act.shape[1:]
     if not (0 <= at[0] < h and 0 <= at[1] < w):
-        raise TinyTriageError(f"--at {at[0]},{at[1]}: {what} are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})")
+        raise ConfigError(f"{at[0]},{at[1]}: {what} are {h}x{w} (rows 0..{h - 1}, columns 0..{w - 1})", option="--at")
     if channel is None:
         channel = int(np.argmax(act[:, at[0], at[1]]))  # the channel most active there
     return channel, at[0], at[1]
@@ -578,7 +578,7 @@ def _explain_mobile(
     src = parts["input" if d == 0 else kids[d - 1]]  # (C, H, W) what the depthwise conv reads
     act = parts[dw_act]  # (C, h, w)
     if channel is not None and not 0 <= channel < act.shape[0]:
-        raise TinyTriageError(f"--channel {channel}: {block}.conv_dw has channels 0..{act.shape[0] - 1}")
+        raise ConfigError(f"{channel}: {block}.conv_dw has channels 0..{act.shape[0] - 1}", option="--channel")
     channel, row, col = _pick_cell(act, channel, at, f"{block}.conv_dw's maps")
 
     # the depthwise cell: one channel's window times its kernel
@@ -660,7 +660,7 @@ def explain_photo(
     class_index = None
     if class_name is not None:
         if class_name not in mf.classes:
-            raise TinyTriageError(f"--class {class_name}: not a class of this model ({listed(mf.classes)})")
+            raise ConfigError(f"{class_name}: not a class of this model ({listed(mf.classes)})", option="--class")
         class_index = mf.classes.index(class_name)
 
     features, hand = None, {}
@@ -668,9 +668,7 @@ def explain_photo(
     if hand_cell is not None:  # a conv net: its maps and one cell by hand
         features, hand = _HAND_CELLS[hand_cell](predictor, x, geom, layer, channel, at)
     elif layer is not None or channel is not None or at is not None:
-        raise TinyTriageError(
-            "--layer, --channel and --at are for CNN models; a ViT is explained by its attention rollout"
-        )
+        raise ConfigError("--layer, --channel and --at are for CNN models; a ViT is explained by its attention rollout")
     elif class_name is not None:
         notes.append("attention rollout does not depend on the class: --class only affects Grad-CAM (CNN models)")
 

@@ -8,12 +8,13 @@ human review, and how often an auto-routed photo lands in the right queue).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tinytriage.data.routes import HUMAN_REVIEW
+from tinytriage.data.routes import HUMAN_REVIEW, OPEN_SET, route_of
 from tinytriage.errors import DatasetError, listed
 from tinytriage.inference.predict import PhotoFailure, Predictor
 from tinytriage.training.calibration import expected_calibration_error
@@ -29,7 +30,7 @@ class EvalResult:
     ece: float
     review_rate: float  # share of photos sent to human review
     routed_accuracy: float  # among auto-routed photos, share whose queue is right
-    open_set_review_rate: float | None  # share of 'other' photos that reach a human
+    open_set_review_rate: float | None  # share of 'other' photos that reach a human (None: no 'other' class)
     failures: list[tuple[str, str]] = field(default_factory=list)
     scan_summary: str = ""
 
@@ -60,8 +61,11 @@ def per_class_scores(cm: np.ndarray, classes: list[str]) -> dict[str, dict[str, 
     }
 
 
-def evaluate(data_dir: str, predictor: Predictor, batch_size: int = 64) -> EvalResult:
-    """Run the predictor over a class-per-folder dataset and score it."""
+def evaluate(
+    data_dir: str, predictor: Predictor, batch_size: int = 64, progress: Callable[..., None] | None = None
+) -> EvalResult:
+    """Run the predictor over a class-per-folder dataset and score it. ``progress(n, total=)``
+    hears of each photo done."""
     from tinytriage.data.datasets import scan_folder
 
     dataset = scan_folder(data_dir)
@@ -74,7 +78,10 @@ def evaluate(data_dir: str, predictor: Predictor, batch_size: int = 64) -> EvalR
     index = {c: i for i, c in enumerate(classes)}
     truth = {str(p): index[dataset.classes[y]] for p, y in dataset.samples}
     y_true, y_pred, probs, routes, failures = [], [], [], [], list(dataset.unreadable)
+    advance = progress or (lambda n=1, total=None: None)
+    advance(0, total=len(dataset.samples))
     for r in predictor.predict_paths([str(p) for p, _ in dataset.samples], batch_size=batch_size):
+        advance()
         if isinstance(r, PhotoFailure):
             failures.append((r.path, r.reason))
             continue
@@ -86,9 +93,9 @@ def evaluate(data_dir: str, predictor: Predictor, batch_size: int = 64) -> EvalR
         raise DatasetError(f"{data_dir}: no photo could be predicted")
     yt, yp, pr = np.array(y_true), np.array(y_pred), np.array(probs)
     cm = confusion_matrix(yt, yp, len(classes))
-    true_routes = [predictor.routes.get(classes[t], HUMAN_REVIEW) for t in yt]
+    true_routes = [route_of(classes[t], predictor.routes) for t in yt]
     auto = [(r, t) for r, t in zip(routes, true_routes, strict=True) if r != HUMAN_REVIEW]
-    others = [r for r, t in zip(routes, yt, strict=True) if predictor.routes.get(classes[t]) == HUMAN_REVIEW]
+    others = [r for r, t in zip(routes, yt, strict=True) if classes[t] == OPEN_SET]
     return EvalResult(
         classes=classes,
         n=len(yt),

@@ -2,8 +2,9 @@
 
 Each argument is a file, a folder (its images, ``recursive`` for subfolders), a glob, or
 ``-`` for paths read from stdin (one per line, or NUL-separated). Paths are produced
-lazily, in a stable order; an argument that names nothing becomes a ``PhotoFailure``
-in its place, so one bad argument never stops a batch.
+lazily, in a stable order; an argument that names nothing (a missing file, a glob that
+matches nothing, a folder without photos) becomes a ``PhotoFailure`` in its place, so one
+bad argument never stops a batch and is never silent.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def expand_inputs(
             continue
         p = Path(arg)
         if p.is_dir():
-            yield from _walk(p, recursive)
+            yield from _photos_in(p, arg, recursive)
         elif p.exists() or p.is_symlink():
             yield arg
         elif glob.has_magic(arg):
@@ -57,7 +58,7 @@ def expand_inputs(
                 else:
                     yield m
         else:
-            yield PhotoFailure(arg, f"{arg}: no such file")
+            yield PhotoFailure(arg, f"{arg}: file not found")
 
 
 def _read_paths(stream: TextIO, null: bool) -> Iterator[str]:
@@ -71,6 +72,17 @@ def _read_paths(stream: TextIO, null: bool) -> Iterator[str]:
         line = line.rstrip("\r\n")
         if line:
             yield line
+
+
+def _photos_in(folder: Path, arg: str, recursive: bool) -> Iterator[str | PhotoFailure]:
+    """The photos of a folder; none: a failure that says so, and where they may be instead."""
+    empty = True
+    for path in _walk(folder, recursive):
+        empty = False
+        yield path
+    if empty:
+        deeper = not recursive and next(_walk(folder, True), None) is not None
+        yield PhotoFailure(arg, f"no photos found in {arg}" + (" (photos in subfolders: add -r)" if deeper else ""))
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[str]:

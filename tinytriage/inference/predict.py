@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from tinytriage.data.routes import HUMAN_REVIEW
-from tinytriage.errors import ImageError, TinyTriageError
+from tinytriage.data.routes import HUMAN_REVIEW, OPEN_SET, route_of
+from tinytriage.errors import ConfigError, ImageError, TinyTriageError
 from tinytriage.inference import lanes
 from tinytriage.inference.inputs import IMAGE_EXTENSIONS, PhotoFailure, expand_inputs, load_routes  # noqa: F401 (re-exported)
 from tinytriage.inference.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
@@ -48,7 +48,7 @@ class Prediction:
     top3: list[tuple[str, float]]
     route: str  # the queue the ticket goes to
     needs_review: bool
-    review_reason: str | None  # "low confidence", "not a ticket photo", or None
+    review_reason: str | None  # "low confidence", "not a ticket photo", "routed to review", or None
     backend: str
     model: str
     second_look: bool = False  # probabilities are the mean of the whole photo's and a closer look's
@@ -80,6 +80,7 @@ class Predictor:
     threshold: float
     routes: dict[str, str] = field(default_factory=dict)
     second_look: SecondLook | None = None  # from the model file, unless switched off
+    model_name: str = ""  # the model as the user gave it (a file or a run folder); the bundled file's name
 
     @classmethod
     def load(
@@ -110,9 +111,9 @@ class Predictor:
             merged.update(routes)
         t = mf.threshold if threshold is None else threshold
         if not 0.0 <= t <= 1.0:
-            raise TinyTriageError(f"--threshold must be between 0 and 1, got {t}")
+            raise ConfigError(f"must be between 0 and 1, got {t}", option="--threshold")
         look = SecondLook.from_dict(mf.second_look) if second_look and mf.second_look else None
-        return cls(mf, path, engine, backend, t, merged, look)
+        return cls(mf, path, engine, backend, t, merged, look, str(model) if model else path.name)
 
     @property
     def preprocess_config(self):
@@ -125,10 +126,10 @@ class Predictor:
         classes = self.model_file.classes
         order = np.argsort(-probs)
         label, confidence = classes[order[0]], float(probs[order[0]])
-        route = self.routes.get(label, HUMAN_REVIEW)
+        route = route_of(label, self.routes)
         reason = None
-        if route == HUMAN_REVIEW:
-            reason = "not a ticket photo"
+        if route == HUMAN_REVIEW:  # the open set, or a class a team routes to a person
+            reason = "not a ticket photo" if label == OPEN_SET else "routed to review"
         elif confidence < self.threshold:
             reason, route = "low confidence", HUMAN_REVIEW
         return Prediction(
@@ -141,7 +142,7 @@ class Predictor:
             needs_review=reason is not None,
             review_reason=reason,
             backend=self.backend,
-            model=self.model_path.name,
+            model=self.model_name or self.model_path.name,
             second_look=second_look,
         )
 

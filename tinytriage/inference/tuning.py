@@ -8,8 +8,8 @@ its review threshold, each on the one before (``tinytriage calibrate``);
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from tinytriage.inference.second_look import (
 )
 from tinytriage.models import get_arch
 from tinytriage.models.file import DEFAULT_CAM_FRAC, DEFAULT_MARGIN, SecondLook
+from tinytriage.training.calibration import ReviewThreshold
 
 if TYPE_CHECKING:
     from tinytriage.data.preprocess import LetterboxGeometry
@@ -46,12 +47,16 @@ class Calibration:
     below: float
     rows: list[dict[str, float]]  # tune_below's table: below, accuracy, looked
     ece_before: float  # first look, T = 1
-    ece_after: float  # final probabilities (temperature, then second look)
+    ece_after: float  # first look at T, each photo at a temperature fitted without it (held out)
     accuracy_first: float  # first look only
     accuracy: float  # with the second look
+    temperature_fitted: float = float("nan")  # what the fit gave (NaN: too few photos to fit)
+    temperature_note: str | None = None  # why T = 1 was kept instead; None: the fit is used
+    review: ReviewThreshold | None = None  # what the threshold reached on these photos
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "model_file"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "model_file"}
+        return {**d, "review": None if self.review is None else self.review.to_json()}
 
 
 def calibrate_folder(
@@ -62,20 +67,22 @@ def calibrate_folder(
     target_precision: float = 0.99,
     batch_size: int = 64,
     workers: int = 2,
+    progress: Callable[..., None] | None = None,
 ) -> Calibration:
     """Fit a CNN model file's temperature, second look and review threshold on labelled
     photos (one subfolder per class), in that order, each on the one before:
 
-    1. temperature: on the first look's logits (``calibrate.fit_temperature``);
+    1. temperature: on the first look's logits, checked on photos it was not fitted on
+       (``calibration.fit_temperature_checked``: T = 1 where the fit does harm);
     2. ``below``: ``tune_below`` on first and second looks, at that temperature;
-    3. threshold: ``calibrate.pick_threshold`` on the final probabilities.
+    3. threshold: ``calibration.review_threshold`` on the final probabilities.
 
-    Use photos the model was not trained on."""
+    Use photos the model was not trained on. ``progress(n, total=)`` hears of each batch done."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tinytriage.data.datasets import scan_folder
     from tinytriage.errors import DatasetError
-    from tinytriage.training.calibration import expected_calibration_error, fit_temperature, pick_threshold, softmax
+    from tinytriage.training.calibration import fit_temperature_checked, review_threshold, softmax
 
     predictor, idx = _cnn_predictor(model, classes, "calibrate")
     mf = predictor.model_file
@@ -88,7 +95,7 @@ def calibrate_folder(
     failures = [(str(p), str(why)) for p, why in dataset.unreadable]
     samples = [(str(p), mf.classes.index(dataset.classes[y])) for p, y in dataset.samples]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for ok, logits, features, geoms in _first_looks(predictor, samples, failures, batch_size, workers):
+        for ok, logits, features, geoms in _first_looks(predictor, samples, failures, batch_size, workers, progress):
             # the gate at below > 1 depends only on the top class, so the temperature can wait
             closer = predictor.look_again([p for p, _ in ok], softmax(logits), features, geoms, pool)
             labels += [y for _, y in ok]
@@ -99,11 +106,13 @@ def calibrate_folder(
     y = np.array(labels)
     L1, L2 = np.concatenate(first_logits), np.concatenate(second_logits)  # (N, K) each
 
-    temperature = fit_temperature(L1, y)
+    fit = fit_temperature_checked(L1, y)
+    temperature = fit.temperature
     first, second = softmax(L1, temperature), softmax(L2, temperature)
     below, rows = tune_below(first, second, y, idx)
     final = np.where(gate(first, idx, below)[:, None], combine(first, second), first)
-    threshold = pick_threshold(final, y, target_precision)
+    review = review_threshold(final, y, target_precision)
+    threshold = review.threshold
 
     mf.temperature, mf.threshold = temperature, threshold
     mf.second_look = SecondLook(classes, below).to_dict()
@@ -115,10 +124,13 @@ def calibrate_folder(
         threshold=threshold,
         below=below,
         rows=rows,
-        ece_before=expected_calibration_error(softmax(L1), y),
-        ece_after=expected_calibration_error(final, y),
+        ece_before=fit.ece_before,
+        ece_after=fit.ece_after,
         accuracy_first=float((first.argmax(1) == y).mean()),
         accuracy=float((final.argmax(1) == y).mean()),
+        temperature_fitted=fit.fitted,
+        temperature_note=fit.note,
+        review=review,
     )
     mf.metrics = {**mf.metrics, "calibration": result.to_json() | {"failures": len(failures)}}
     return result
@@ -147,13 +159,15 @@ def write_close_ups(
     link_originals: bool = False,
     batch_size: int = 64,
     workers: int = 2,
+    progress: Callable[..., None] | None = None,
 ) -> CloseUps:
     """For each photo of ``classes`` in ``data_dir``, the region its second look would see
     (the model's CAM box, whatever the photo's confidence), saved as
     ``out_dir/<class>/closeup_<name>.jpg`` (long side at most ``max_side``, JPEG quality
     95), so that a model can be fine-tuned on close-ups as well as whole photos.
     ``link_originals`` also links every photo of ``data_dir`` into ``out_dir``, which then
-    is a training folder by itself."""
+    is a training folder by itself. A class folder is made only when a photo goes into it
+    (an empty one would stop ``train``). ``progress(n, total=)`` hears of each batch done."""
     import io
     import os
     import time
@@ -170,11 +184,10 @@ def write_close_ups(
     out = Path(out_dir)
     skipped = [(str(p), str(why)) for p, why in dataset.unreadable]
     linked = 0
-    for c in dataset.classes:
-        (out / c).mkdir(parents=True, exist_ok=True)
     if link_originals:
         for path, y in dataset.samples:
             link = out / dataset.classes[y] / Path(path).name
+            link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
                 os.symlink(Path(path).resolve(), link)
                 linked += 1
@@ -189,11 +202,11 @@ def write_close_ups(
         img.thumbnail((max_side, max_side))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=95)
-        atomic_write_bytes(out / name / f"closeup_{Path(path).stem}.jpg", buf.getvalue())
+        atomic_write_bytes(out / name / f"closeup_{Path(path).stem}.jpg", buf.getvalue())  # makes out/name
         return None
 
     written = 0
-    for ok, _, features, geoms in _first_looks(predictor, todo, skipped, batch_size, workers):
+    for ok, _, features, geoms in _first_looks(predictor, todo, skipped, batch_size, workers, progress):
         cams = class_activation_maps(features, head_weight(mf), idx)  # (B, h, w)
         jobs = []
         for (path, name), geom, cam in zip(ok, geoms, cams, strict=True):
@@ -227,14 +240,22 @@ def _cnn_predictor(model: Any, classes: tuple[str, ...], what: str) -> tuple[Pre
 
 
 def _first_looks(
-    predictor: Predictor, items: list[tuple[str, Any]], failures: list[tuple[str, str]], batch_size: int, workers: int
+    predictor: Predictor,
+    items: list[tuple[str, Any]],
+    failures: list[tuple[str, str]],
+    batch_size: int,
+    workers: int,
+    progress: Callable[..., None] | None = None,
 ) -> Iterator[tuple[list[tuple[str, Any]], np.ndarray, np.ndarray, list[LetterboxGeometry]]]:
     """First looks at ``items`` ((path, anything) pairs), a batch at a time: yields (the
     batch's items that decoded, logits (B, K), features (B, C, h, w), geometries). A photo
-    that does not decode is appended to ``failures`` as (path, why); the rest carry on."""
+    that does not decode is appended to ``failures`` as (path, why); the rest carry on.
+    ``progress(n, total=)`` hears of each batch once the caller is done with it."""
     from tinytriage.data.preprocess import map_threads, preprocess_with_geometry
 
     cfg = predictor.preprocess_config
+    advance = progress or (lambda n=1, total=None: None)
+    advance(0, total=len(items))
 
     def load(path: str):
         try:
@@ -250,3 +271,4 @@ def _first_looks(
         if ok:
             logits, features = predictor.engine.logits_and_features(np.concatenate([r[0] for _, r in ok]))
             yield [item for item, _ in ok], logits, features, [r[1] for _, r in ok]
+        advance(len(chunk))

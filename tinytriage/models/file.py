@@ -150,10 +150,17 @@ def _sniff(path: Path, head: bytes, size: int) -> None:
 
 
 def read_model(path: str | os.PathLike) -> ModelFile:
-    """Read and check a model file. Raises ``ModelFileError`` saying exactly what is wrong."""
+    """Read and check a model file, or a run folder's ``model.safetensors``. Raises
+    ``ModelFileError`` saying exactly what is wrong."""
     from safetensors.numpy import load
 
     path = Path(path)
+    if path.is_dir():  # a run folder of `tinytriage train`: the model in it
+        if not (path / "model.safetensors").is_file():
+            raise ModelFileError(
+                f"{path}: is a folder with no model.safetensors in it; pass a model file or a run folder of train"
+            )
+        path = path / "model.safetensors"
     try:
         data = path.read_bytes()
     except FileNotFoundError:

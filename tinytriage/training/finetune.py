@@ -244,20 +244,16 @@ def train_pretrained(cfg: TrainConfig, progress: ProgressFn | None = None) -> Tr
             f"validated and calibrated on {len(folders.val.samples)} (--from-scratch trains every weight instead)"
         )
     )
-    head = train_head(cfg, folders.classes, default_routes(folders.classes), folders.train, folders.val, emit)
+    routes = default_routes(folders.classes, cfg.routes)
+    head = train_head(cfg, folders.classes, routes, folders.train, folders.val, emit)
     cal = calibrate_logits(head.val_logits, head.y_val, cfg.target_precision)
     mf = head.model_file
     mf.temperature, mf.threshold = cal.temperature, cal.threshold
-    mf.metrics = {
-        "val_acc": head.metrics.val_acc,
-        "best_epoch": 1,
-        "ece_before": cal.ece_before,
-        "ece_after": cal.ece_after,
-    }
+    mf.metrics = {"val_acc": head.metrics.val_acc, "best_epoch": 1, **cal.to_json()}
     mf.training["history"] = [asdict(head.metrics)]
     model_path = save_model(mf, run_dir / "model.safetensors")
     summary = {"args": asdict(cfg), "history": mf.training["history"], **mf.metrics}
-    summary |= {"temperature": cal.temperature, "threshold": cal.threshold, "tinytriage_version": __version__}
+    summary |= {"threshold": cal.threshold, "tinytriage_version": __version__}
     atomic_write_bytes(run_dir / "metrics.json", json.dumps(finite_json(summary), indent=2).encode())
     return TrainResult(
         run_dir=run_dir,
@@ -272,4 +268,6 @@ def train_pretrained(cfg: TrainConfig, progress: ProgressFn | None = None) -> Tr
         duplicates=folders.duplicates,
         scan_summary=folders.summary,
         train_seconds=head.seconds,
+        calibration=cal,
+        routes=routes,
     )

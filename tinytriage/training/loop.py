@@ -29,7 +29,7 @@ import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from tinytriage.data.datasets import (
 from tinytriage.data.preprocess import Preprocess, normalize
 from tinytriage.engines import Engine, OptimConfig, distributed, make_engine
 from tinytriage.errors import TrainingError
-from tinytriage.files import atomic_write_bytes
+from tinytriage.files import atomic_write_bytes, finite_json
 from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.file import ModelFile, save_model
 from tinytriage.training import events
@@ -59,8 +59,8 @@ from tinytriage.training.checkpoint import (
 from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
 from tinytriage.training.events import ProgressFn
 from tinytriage.training.finetune import train_pretrained
-from tinytriage.training.folders import Folders, default_routes, scan_folders
-from tinytriage.training.run import EpochMetrics, RunState, TrainConfig, TrainResult, with_arch_defaults
+from tinytriage.training.folders import Folders, choose_for_photos, default_routes, scan_folders
+from tinytriage.training.run import EpochMetrics, RunState, TrainConfig, TrainResult, run_folder, with_arch_defaults
 from tinytriage.training.schedule import lr_at
 
 __all__ = [
@@ -101,7 +101,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     Under torchrun every process calls this: each trains on its share of every batch and
     rank 0 alone reports progress and writes the run folder (``tinytriage.engines.distributed``)."""
+    cfg, chosen = choose_for_photos(cfg)  # what --arch left open, from a look at the photos
+    if chosen and progress is not None:
+        progress(events.Plan(chosen))
     cfg = with_arch_defaults(cfg)  # the run folder records the values actually used
+    # before any rank of a torchrun job makes the folder, so that every rank picks the same one
+    cfg = replace(cfg, out=run_folder(cfg))
     if cfg.pretrained is not None:  # a new head on a pretrained network: seconds, not epochs
         if distributed.launched():
             raise TrainingError(
@@ -169,6 +174,8 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         scan_summary=folders.summary,
         interrupted=run.interrupted,
         train_seconds=train_seconds,
+        calibration=calibration,
+        routes=run.routes,
     )
     if main:  # the other ranks hold the same weights and results: they write nothing
         _write_run_folder(result, run, data, last_state)
@@ -254,7 +261,7 @@ def _ignore(event: events.Event) -> None:
 def _new_run(cfg: TrainConfig, classes: list[str]) -> RunState:
     """The run's fixed part: the model's full config and the routes, with the settings
     checked before any photo is decoded."""
-    routes = default_routes(classes)
+    routes = default_routes(classes, cfg.routes)
     arch_config = get_arch(cfg.arch).config_for(cfg.model_config, len(classes), cfg.input_size)
     if cfg.damage_weight < 0 or not math.isfinite(cfg.damage_weight):
         raise TrainingError(f"--damage-weight must be >= 0, got {cfg.damage_weight}")
@@ -376,12 +383,7 @@ def _write_run_folder(
         "duplicates": len(result.duplicates),
         "interrupted": result.interrupted,
     }
-    metrics = {
-        "val_acc": result.best_val_acc,
-        "best_epoch": result.best_epoch,
-        "ece_before": result.ece_before,
-        "ece_after": result.ece_after,
-    }
+    metrics = {"val_acc": result.best_val_acc, "best_epoch": result.best_epoch, **result.calibration.to_json()}
 
     def model_file(state: dict[str, np.ndarray]) -> ModelFile:
         return ModelFile(
@@ -402,14 +404,15 @@ def _write_run_folder(
     atomic_write_bytes(
         result.run_dir / "metrics.json",
         json.dumps(
-            {
-                "args": asdict(cfg),
-                "history": training["history"],
-                **metrics,
-                "temperature": result.temperature,
-                "threshold": result.threshold,
-                "tinytriage_version": __version__,
-            },
+            finite_json(
+                {
+                    "args": asdict(cfg),
+                    "history": training["history"],
+                    **metrics,
+                    "threshold": result.threshold,
+                    "tinytriage_version": __version__,
+                }
+            ),
             indent=2,
         ).encode(),
     )

@@ -7,6 +7,7 @@ what the loop (``training.loop``) updates after every epoch and a checkpoint
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tinytriage.errors import ConfigError, TinyTriageError, TrainingError
 from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.cnn import HEAD_POOLS
 from tinytriage.models.file import bundled_file
+from tinytriage.training.calibration import Calibration
 
 
 @dataclass
@@ -24,8 +26,11 @@ class TrainConfig:
     """Arguments of one training run (the CLI's options fill it; stored in the run)."""
 
     data_dir: str  # folder with one subfolder per class
-    out: str = "runs/train"  # run folder
-    arch: str = "efficientnet_lite0"  # an ARCHS name: efficientnet_lite0 (pretrained), cnn or vit
+    out: str | None = None  # run folder; None: runs/train, numbered past the runs already there (run_folder)
+    exist_ok: bool = False  # write into an --out that already holds a run (otherwise refused)
+    # an ARCHS name: efficientnet_lite0 (pretrained), cnn or vit; None: chosen from the photos
+    # (training.folders.choose_for_photos), DEFAULT_ARCH unless they are small
+    arch: str | None = None
     backend: str = "numpy"  # engine: "numpy" or "torch"
     device: str = "cpu"  # torch backend only
     epochs: int = 12
@@ -39,7 +44,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     val_dir: str | None = None  # validate on this folder (same classes) instead of a split of data_dir
     input_size: int | None = None  # square input side in pixels; None: the arch's default
-    augment: bool = True
+    augment: bool | None = None  # None: yes, except for small photos (training.folders.choose_for_photos)
     resume: bool = False
     init: str | None = None  # start from this model file's weights (same classes); new optimizer and schedule
     # "auto": the architecture's bundled pretrained weights (models.ARCHS), when it has some;
@@ -47,13 +52,18 @@ class TrainConfig:
     # (training.finetune); None: train every weight from random ones (the loop)
     pretrained: str | None = "auto"
     target_precision: float = 0.99  # auto-routed photos must be this often right on validation
+    routes: dict[str, str] | None = None  # class -> queue (train --routes); None: each class's default
     damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.training.damage_maps)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
+
+
+DEFAULT_ARCH = "efficientnet_lite0"  # what train fine-tunes when --arch is not given
 
 
 def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every option left at None filled from its architecture's
     ``train_defaults`` (``models.ARCHS``) and config's input size."""
+    cfg = replace(cfg, arch=cfg.arch or DEFAULT_ARCH, augment=True if cfg.augment is None else cfg.augment)
     try:
         spec = get_arch(cfg.arch)
     except TinyTriageError as err:
@@ -66,6 +76,44 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     elif pretrained == "auto":
         pretrained = None if spec.pretrained is None else str(bundled_file(spec.pretrained))
     return replace(cfg, **unset, pretrained=pretrained)
+
+
+DEFAULT_RUNS = "runs/train"  # train's run folder when --out is not given: runs/train, runs/train2, ...
+RUN_FILES = ("model.safetensors", "checkpoint.safetensors", "metrics.json")  # what makes a folder a run
+
+
+def run_folder(cfg: TrainConfig) -> str:
+    """Where the run goes. ``--out`` as given: refused if it names a model file, or a run
+    folder already there (unless ``exist_ok`` or ``resume``). No ``--out``: ``runs/train``,
+    or the first of ``runs/train2``, ``runs/train3``, ... not yet a run; with ``resume``,
+    the newest of them."""
+    if cfg.out is None:
+        numbered = itertools.chain([DEFAULT_RUNS], (f"{DEFAULT_RUNS}{n}" for n in itertools.count(2)))
+        if cfg.resume:  # the newest run: the last one there before a gap
+            runs = list(itertools.takewhile(lambda d: _holds_run(Path(d)), numbered))
+            return runs[-1] if runs else DEFAULT_RUNS
+        return next(d for d in numbered if not _holds_run(Path(d)))
+    out = Path(cfg.out)
+    if out.suffix == ".safetensors":
+        raise ConfigError(
+            f"{cfg.out} is a file name, but --out is the run folder (model.safetensors, checkpoint, metrics and "
+            f"curves go inside it): give a folder, e.g. --out {out.with_suffix('')}",
+            option="--out",
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{cfg.out} is a file, not a folder; give a folder for the run", option="--out")
+    if not cfg.resume and not cfg.exist_ok and (held := _holds_run(out)):
+        raise ConfigError(
+            f"{cfg.out} already holds a run ({held}); pass --exist-ok to overwrite it, --resume to continue it, "
+            "or another --out",
+            option="--out",
+        )
+    return cfg.out
+
+
+def _holds_run(folder: Path) -> str | None:
+    """The first file that makes ``folder`` a run folder, or None."""
+    return next((name for name in RUN_FILES if (folder / name).exists()), None)
 
 
 def model_config_from_options(
@@ -158,8 +206,10 @@ class TrainResult:
     temperature: float  # softmax(logits / T), fitted on validation
     threshold: float  # photos below this calibrated confidence go to a person
     ece_before: float  # expected calibration error on validation at T = 1
-    ece_after: float  # ... and at the fitted T
+    ece_after: float  # ... and at T, on photos the temperature was not fitted on
     duplicates: list[tuple[str, str]]  # (training photo, validation photo) pairs with the same bytes
     scan_summary: str  # the training folder, for a person
     interrupted: bool = False
     train_seconds: float = 0.0
+    calibration: Calibration | None = None  # the temperature's check and what the review threshold reached
+    routes: dict[str, str] = field(default_factory=dict)  # class -> queue, as stored in the model file
