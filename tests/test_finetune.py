@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from tinytriage.models.file import read_model
-from tinytriage.training.finetune import fit_linear_head, views_per_photo
+from tinytriage.training.finetune import Features, fit_linear_head, out_of_fold_logits, views_per_photo
 from tinytriage.training.loop import TrainConfig, train
 from tinytriage.training.run import with_arch_defaults
 
@@ -29,6 +29,20 @@ def test_the_head_separates_what_is_separable_and_reads_raw_features():
     head = fit_linear_head(x, y, 3)
     assert (head.logits(x).argmax(1) == y).mean() > 0.95
     assert head.weight.shape == (3, 40) and head.bias.shape == (3,)
+
+
+def test_out_of_fold_logits_come_from_heads_that_never_saw_the_photo():
+    """Labels that nothing predicts, features the head can memorise (more features than
+    photos): fitted on every photo the head is right on them all, out of fold at chance.
+    Every view of a held-out photo is held out with it."""
+    rng = np.random.default_rng(0)
+    n, views = 60, 4
+    y = rng.integers(0, 3, n)
+    x = np.tile(rng.normal(0, 1, (n, 200)), (views, 1)) + rng.normal(0, 0.01, (n * views, 200))
+    f = Features(x, np.tile(y, views), views)
+    assert (fit_linear_head(f.x, f.y, 3).logits(x[:n]).argmax(1) == y).mean() == 1.0
+    oof = out_of_fold_logits(f, 3, label_smoothing=0.05)
+    assert oof.shape == (n, 3) and (oof.argmax(1) == y).mean() < 0.6
 
 
 def test_more_views_for_fewer_photos():
@@ -59,6 +73,10 @@ def test_train_fine_tunes_a_new_head_and_leaves_the_backbone_as_it_was(tmp_path)
             np.testing.assert_array_equal(mf.tensors[k], v, err_msg=k)
     assert mf.training["method"].startswith("linear head") and mf.training["views"] == 8
     assert any(type(e).__name__ == "Plan" for e in events)
+    # calibrated on every photo: the training photos out of fold, and the validation photos
+    n_train, n_val = mf.training["n_train"], mf.training["n_val"]
+    assert mf.metrics["calibrated_on"] == f"{n_train} training photos scored out of fold and {n_val} validation photos"
+    assert mf.metrics["review_threshold"]["of"] == n_train + n_val
     assert r.best_val_acc >= 0.5  # 10 generated photos in validation (0.7 on 2026-12-05; chance 0.2)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_acc"] == r.best_val_acc
 

@@ -290,6 +290,7 @@ def print_train_result(r, *, as_json: bool) -> None:
         f"saved {r.model_path} (best epoch {r.best_epoch}, val acc {r.best_val_acc:.3f}), trained in {r.train_seconds:.0f}s"
     )
     if cal is not None:
+        out.print(f"calibrated on {cal.photos}:")
         print_temperature(cal.temperature, cal.fit and cal.fit.note, cal.ece_before, cal.ece_after)
         print_review_threshold(cal.review)
     out.print("routes: " + ", ".join(f"{c} -> {q}" for c, q in r.routes.items()))
@@ -298,12 +299,12 @@ def print_train_result(r, *, as_json: bool) -> None:
 def print_temperature(temperature: float, note: str | None, ece_before: float, ece_after: float) -> None:
     """The temperature used, why T = 1 was kept if it was, and the held-out calibration error."""
     if note:
-        out.print(f"temperature T=1 (kept: {note})")
+        out.print(f"  temperature T=1 (kept: {note})")
     else:
-        out.print(f"temperature T={temperature:.3f}")
+        out.print(f"  temperature T={temperature:.3f}")
     out.print(
-        f"  calibration error (ECE) on validation photos the temperature was not fitted on: "
-        f"{ece_before:.3f} at T=1 -> {ece_after:.3f}"
+        f"  calibration error (ECE) on photos the temperature was not fitted on: {ece_before:.3f} at T=1 "
+        f"-> {ece_after:.3f}"
     )
 
 
@@ -311,20 +312,18 @@ def print_review_threshold(review) -> None:
     """The review threshold, and what its auto-routed photos reached where it was picked."""
     if review is None:
         return
-    t = f"review below confidence {review.threshold:.3f}"
+    t = f"  review below confidence {review.threshold:.3f}"
     target = f"{review.target_precision:.0%}"
     if review.routed == 0:
-        out.print(
-            f"{t}: [yellow]no validation photo reaches it[/yellow]; every photo goes to a person (target {target})"
-        )
+        out.print(f"{t}: [yellow]no photo reaches it[/yellow]; every photo goes to a person (target {target})")
     elif review.met:
         out.print(
-            f"{t}: {review.routed} of {review.of} validation photos auto-routed, {review.precision:.1%} of them right "
+            f"{t}: {review.routed} of the {review.of} photos auto-routed, {review.precision:.1%} of them right "
             f"(target {target})"
         )
     else:
         out.print(
-            f"{t}: [yellow]no threshold reaches {target} precision on the {review.of} validation photos[/yellow]; "
+            f"{t}: [yellow]no threshold reaches {target} precision on these {review.of} photos[/yellow]; "
             f"this one auto-routes {review.routed}, {review.precision:.1%} of them right"
         )
 
@@ -347,6 +346,7 @@ def print_calibration(c, path, *, as_json: bool) -> None:
         t.add_row(f"{row['below']:.2f}", f"{row['looked']:.1%}", f"{row['accuracy']:.4f}", style=style)
     out.print(t)
     out.print(f"accuracy {c.accuracy_first:.4f} (first look) -> {c.accuracy:.4f} (with the second look)")
+    out.print(f"calibrated on {c.n} photos:")
     print_temperature(c.temperature, c.temperature_note, c.ece_before, c.ece_after)
     print_review_threshold(c.review)
     out.print(f"wrote {path}")

@@ -154,7 +154,7 @@ class TemperatureFit:
         return self.ece_before if self.note else self.ece_fitted
 
 
-def _folds(labels: np.ndarray, k: int) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, k: int) -> np.ndarray:
     """Fold of each photo, 0..k-1, each class dealt out in turn (stratified, no randomness)."""
     fold = np.empty(len(labels), dtype=np.int64)
     start = 0
@@ -175,11 +175,11 @@ def fit_temperature_checked(logits: np.ndarray, labels: np.ndarray, folds: int =
     n = len(labels)
     ece_1 = expected_calibration_error(softmax(logits), labels) if n else math.nan
     if n < MIN_PHOTOS:
-        note = f"only {n} validation photos, too few to fit a temperature on"
+        note = f"only {n} photos, too few to fit a temperature on"
         return TemperatureFit(1.0, math.nan, ece_1, ece_1, note)
     fitted = fit_temperature(logits, labels)
     held_out = np.empty((n, logits.shape[1]))  # each photo at the temperature fitted without it
-    fold = _folds(labels, min(folds, n))
+    fold = stratified_folds(labels, min(folds, n))
     for f in np.unique(fold):
         inside = fold != f
         t = fit_temperature(logits[inside], labels[inside])
@@ -188,7 +188,7 @@ def fit_temperature_checked(logits: np.ndarray, labels: np.ndarray, folds: int =
     note = None
     if _degenerate(fitted):
         note = (
-            f"every validation photo is right with a margin: the fit runs to T={fitted:.3f} and says nothing "
+            f"every photo is right with a margin: the fit runs to T={fitted:.3f} and says nothing "
             "about how sure the model should be"
         )
     elif ece_t > ece_1:
@@ -205,7 +205,8 @@ class Calibration:
     ece_before: float  # expected calibration error at T = 1
     ece_after: float  # ... at T, on photos the temperature was not fitted on
     fit: TemperatureFit | None = None  # the temperature's fit and check
-    review: ReviewThreshold | None = None  # what the threshold reached on the validation photos
+    review: ReviewThreshold | None = None  # what the threshold reached on the photos it was picked on
+    photos: str = ""  # which photos both were fitted on, for a person: '20 validation photos'
 
     def to_json(self) -> dict:
         """The numbers, for a model file's metrics and metrics.json."""
@@ -217,13 +218,17 @@ class Calibration:
             "ece_before": self.ece_before,
             "ece_after": self.ece_after,
             "ece_held_out": True,
+            "calibrated_on": self.photos,
             "review_threshold": None if review is None else review.to_json(),
         }
 
 
-def calibrate_logits(val_logits: np.ndarray, y_val: np.ndarray, target_precision: float) -> Calibration:
+def calibrate_logits(
+    val_logits: np.ndarray, y_val: np.ndarray, target_precision: float, photos: str | None = None
+) -> Calibration:
     """Temperature (checked on held-out photos), then the review threshold, fitted on
-    validation logits (M, K) and labels (M,)."""
+    logits (M, K) of photos the model did not learn from, and their labels (M,).
+    ``photos`` says which they are (default: 'M validation photos')."""
     fit = fit_temperature_checked(val_logits, y_val)
     review = review_threshold(softmax(val_logits, fit.temperature), y_val, target_precision)
     return Calibration(
@@ -233,4 +238,5 @@ def calibrate_logits(val_logits: np.ndarray, y_val: np.ndarray, target_precision
         ece_after=fit.ece_after,
         fit=fit,
         review=review,
+        photos=photos or f"{len(y_val)} validation photos",
     )

@@ -17,6 +17,13 @@ backbone, and it takes seconds, because the network runs forward only, once per 
 V is larger for small folders (more views of few photos) and 1 for large ones, so the
 forward passes stay about ``VIEW_BUDGET``. The classifier's steps are full-batch Adam on
 (N*V, 1280) features: a few milliseconds each.
+
+Calibration needs photos the head has not seen, and the validation split of a small
+folder is small: 20 photos of 150, often all right, which say nothing about how sure the
+head should be. The head is cheap to fit, so the training photos serve too: ``FOLDS``
+heads, each fitted without one fold of them, score that fold ("out-of-fold", as
+cross-validation does), and the temperature and review threshold are fitted on those
+scores and the validation photos' together (``out_of_fold_logits``).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from tinytriage.files import atomic_write_bytes, finite_json
 from tinytriage.models import get_arch
 from tinytriage.models.file import ModelFile, read_model, save_model
 from tinytriage.training import events
-from tinytriage.training.calibration import calibrate_logits
+from tinytriage.training.calibration import calibrate_logits, stratified_folds
 from tinytriage.training.events import ProgressFn
 from tinytriage.training.folders import default_routes, scan_folders
 from tinytriage.training.run import EpochMetrics, TrainConfig, TrainResult
@@ -60,6 +67,10 @@ PLAIN = Augment(
 HEAD_STEPS = 400  # full-batch Adam steps on the features
 HEAD_LR = 0.05  # on standardised features
 HEAD_WEIGHT_DECAY = 1e-3  # L2 on W (standardised units): on 30 photos per class the features outnumber the photos
+# heads fitted for the training photos' out-of-fold scores (calibration). On 30 real photos
+# per class (the other 313 held out): 3 folds T=0.453, held-out ECE 0.023; 5 folds T=0.435,
+# ECE 0.023 for two more heads; the validation photos alone: T=1 (all 20 right), ECE 0.139
+FOLDS = 3
 
 
 def views_per_photo(n_train: int) -> int:
@@ -141,6 +152,23 @@ def fit_linear_head(
     return LinearHead(weight=weight, bias=b - (mu / sd) @ W)
 
 
+def out_of_fold_logits(f: Features, num_classes: int, label_smoothing: float, folds: int = FOLDS) -> np.ndarray:
+    """Logits (N, K) of each training photo's view 0 by a head fitted without that photo
+    (without any view of it): ``folds`` heads, each left one stratified fold out."""
+    n = len(f.y) // f.views
+    y = f.y[:n]
+    fold = stratified_folds(y, min(folds, n))
+    logits = np.zeros((n, num_classes))
+    for k in np.unique(fold):
+        held = fold == k
+        rows = np.tile(~held, f.views)  # every view of the photos the head may see
+        if len(np.unique(f.y[rows])) < 2:  # a fold so large that one class is left: no head to fit
+            continue
+        head = fit_linear_head(f.x[rows], f.y[rows], num_classes, label_smoothing=label_smoothing)
+        logits[held] = head.logits(f.x[:n][held])
+    return logits
+
+
 @dataclass
 class HeadRun:
     """What ``train_head`` made: the model file (not yet calibrated or saved) and its numbers."""
@@ -148,6 +176,8 @@ class HeadRun:
     model_file: ModelFile
     val_logits: np.ndarray  # (M, K) on the validation photos, one view each
     y_val: np.ndarray
+    oof_logits: np.ndarray  # (N, K) on the training photos, each by a head that did not see it
+    y_train: np.ndarray
     metrics: EpochMetrics
     views: int
     seconds: float
@@ -179,6 +209,7 @@ def train_head(
     train_f = pooled_features(engine, train_cache.images, train_cache.labels, pcfg, views, cfg.seed)
     val_f = pooled_features(engine, val_cache.images, val_cache.labels, pcfg, 1, cfg.seed)
     head = fit_linear_head(train_f.x, train_f.y, len(classes), label_smoothing=cfg.label_smoothing)
+    oof = out_of_fold_logits(train_f, len(classes), cfg.label_smoothing)
 
     train_logits, val_logits = head.logits(train_f.x), head.logits(val_f.x)
     seconds = time.perf_counter() - t0
@@ -217,7 +248,7 @@ def train_head(
             "backend": cfg.backend,
         },
     )
-    return HeadRun(model_file, val_logits, val_f.y, metrics, views, seconds)
+    return HeadRun(model_file, val_logits, val_f.y, oof, train_cache.labels, metrics, views, seconds)
 
 
 def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -246,7 +277,12 @@ def train_pretrained(cfg: TrainConfig, progress: ProgressFn | None = None) -> Tr
     )
     routes = default_routes(folders.classes, cfg.routes)
     head = train_head(cfg, folders.classes, routes, folders.train, folders.val, emit)
-    cal = calibrate_logits(head.val_logits, head.y_val, cfg.target_precision)
+    # on every photo: the training photos' out-of-fold logits and the validation photos'
+    cal = calibrate_logits(
+        np.concatenate([head.oof_logits, head.val_logits]), np.concatenate([head.y_train, head.y_val]),
+        cfg.target_precision, f"{len(head.y_train)} training photos scored out of fold and "
+        f"{len(head.y_val)} validation photos",
+    )  # fmt: skip
     mf = head.model_file
     mf.temperature, mf.threshold = cal.temperature, cal.threshold
     mf.metrics = {"val_acc": head.metrics.val_acc, "best_epoch": 1, **cal.to_json()}
