@@ -103,6 +103,25 @@ def test_out_is_a_folder_and_a_run_is_never_overwritten(colours, tmp_path, monke
     assert invoke("train", colours, "--out", "runs/train", "--exist-ok", *FAST).exit_code == 0
 
 
+def test_run_folder_numbering_and_resume(tmp_path, monkeypatch):
+    from tinytriage.errors import ConfigError
+    from tinytriage.training.run import TrainConfig, run_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert run_folder(TrainConfig(data_dir=".")) == "runs/train"
+    assert run_folder(TrainConfig(data_dir=".", resume=True)) == "runs/train"  # nothing yet: its own message later
+    for name in ("runs/train", "runs/train2"):
+        Path(name).mkdir(parents=True)
+        (Path(name) / "checkpoint.safetensors").write_bytes(b"x")
+    Path("runs/train3").mkdir()  # an empty folder is not a run: it may be used
+    assert run_folder(TrainConfig(data_dir=".")) == "runs/train3"
+    assert run_folder(TrainConfig(data_dir=".", resume=True)) == "runs/train2"  # the newest run
+    assert run_folder(TrainConfig(data_dir=".", out="runs/train2", resume=True)) == "runs/train2"
+    with pytest.raises(ConfigError, match="already holds a run .checkpoint.safetensors.") as err:
+        run_folder(TrainConfig(data_dir=".", out="runs/train"))
+    assert err.value.option == "--out"
+
+
 def test_a_run_folder_is_a_model_and_json_names_it_as_given(trained, colours):
     _, run = trained
     photo = sorted((colours / "red").iterdir())[0]
