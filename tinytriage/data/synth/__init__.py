@@ -57,10 +57,11 @@ class Subject:
 
 _DEVICES = [Subject("phone", devices.phone, 0.6), Subject("laptop", devices.laptop, 0.4)]
 
-#: class -> what its photos show. Both device classes share the same devices.
+#: class -> what its photos show. Both device classes share the same phones and laptops,
+#: face up; an intact phone may also be shown from the back (a damaged screen never is).
 SUBJECTS: dict[str, list[Subject]] = {
     "screen_damage": _DEVICES,
-    "intact_device": _DEVICES,
+    "intact_device": [*_DEVICES[:1], Subject("phone_back", devices.phone_back, 0.15), *_DEVICES[1:]],
     "parcel": [Subject("box", parcels.box, 0.6), Subject("mailer", parcels.mailer, 0.4)],
     "document": [
         Subject("paperwork", documents.paperwork, 0.8),

@@ -66,7 +66,9 @@ class Shot:
     blur_angle: float  # motion direction, degrees
     noise: float  # sensor noise sigma (0-255 scale), luminance
     chroma_noise: float  # colour noise sigma
-    occluder: str  # "none", "thumb" or "pen": something between camera and subject
+    occluder: str  # "none", "thumb", "pen" or "hand" (holding the object): between camera and subject
+    backdrop: str = "none"  # "none" or "wall": a wall (a door, a bush) behind the surface, at the top of the frame
+    step_back: float = 1.0  # < 1: the photographer stands back, if the object is one seen from afar (a parcel)
 
 
 def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 1600)) -> Shot:
@@ -96,6 +98,8 @@ def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 16
         shift=(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))),
     )
     kinds = sorted(SURFACES)
+    surface = kinds[int(rng.integers(len(kinds)))]
+    studio = surface == "studio"  # a product shot: exposed for the white backdrop
     blur = ["none", "focus", "motion"][int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
     blur_amount = {"none": 0.0, "focus": rng.uniform(0.001, 0.006), "motion": rng.uniform(0.004, 0.02)}[blur]
     temperature = rng.normal(0, 0.08)  # warm (tungsten) to cool (shade) white-balance error
@@ -108,9 +112,9 @@ def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 16
         exif=exif,
         quality=int(rng.integers(60, 96)),
         pose=pose,
-        surface=kinds[int(rng.integers(len(kinds)))],
+        surface=surface,
         surface_variant=int(rng.integers(VARIANTS)),
-        exposure=float(rng.uniform(0.22, 0.38) if dim else rng.uniform(0.36, 0.6)),
+        exposure=float(rng.uniform(0.22, 0.38) if dim else rng.uniform(0.36, 0.6)) * (1.4 if studio else 1.0),
         cast=(float(np.exp(temperature)), float(np.exp(-tint)), float(np.exp(-temperature))),
         awb=float(rng.uniform(0.5, 0.95)),
         contrast=float(rng.uniform(0.85, 1.25)),
@@ -123,7 +127,9 @@ def sample_shot(rng: np.random.Generator, size_range: tuple[int, int] = (480, 16
         blur_angle=float(rng.uniform(0, 180)),
         noise=float(noise),
         chroma_noise=float(noise * rng.uniform(0.3, 0.8)),
-        occluder=["none", "thumb", "pen"][int(rng.choice(3, p=[0.75, 0.17, 0.08]))],
+        occluder=["none", "thumb", "pen", "hand"][int(rng.choice(4, p=[0.62, 0.12, 0.08, 0.18]))],
+        backdrop="wall" if rng.random() < 0.25 and not studio else "none",
+        step_back=float(rng.uniform(0.25, 0.6) if rng.random() < 0.3 else 1.0),
     )
 
 

@@ -1,9 +1,11 @@
 """Screen damage: cracked glass and broken LCDs, drawn onto a screen's picture.
 
 Glass breaks from an impact point: cracks run outward as jagged lines that branch, and
-concentric rings join neighbouring cracks into a spider web; a blow to a corner shatters
-it into small shards. A damaged LCD shows dead-pixel bands (stripes of stuck colour)
-and black ink-like blots. Every stroke is also drawn into a mask, which the scene warps
+concentric rings join neighbouring cracks into a spider web; around the point itself the
+glass is crushed into small shards, and broken edges catch the light as glints. A blow to
+a corner shatters it from there; a phone dropped more than once is shattered all over,
+webs from several points crossing. A damaged LCD shows dead-pixel bands (stripes of stuck
+colour) and black ink-like dead areas, alone or under cracked glass. Every stroke is also drawn into a mask, which the scene warps
 with the screen, so the damage box is measured from what was actually drawn.
 
 Widths scale with the screen's size in pixels (not fixed at 1 px), so a crack stays
@@ -106,36 +108,41 @@ def _blot(rng: np.random.Generator, centre: np.ndarray, radius: float) -> Path:
 def crack_screen(rng: np.random.Generator, screen: Image.Image, min_width: float = 1.0) -> Image.Image:
     """Draw damage onto ``screen`` (RGB, in place); return its mask ("L", 255 where drawn).
 
-    Styles: an impact point with a spider web, a shattered corner, a few long cracks, or
-    a broken LCD (dead-pixel band, ink blot) - alone or on top of cracked glass.
+    Styles: an impact point with a spider web and crushed glass, a shattered corner, glass
+    shattered all over from several points, a few long cracks, or a broken LCD (dead-pixel
+    band, dead area) - alone or under cracked glass.
     """
     w, h = screen.size
     diag = float(np.hypot(w, h))
-    width = max(min_width, diag * rng.uniform(0.005, 0.012))  # crack line width, scaled with the screen
-    strength = rng.uniform(0.5, 0.75) if rng.random() < 0.35 else rng.uniform(0.75, 1.0)  # faint ones too
+    width = max(min_width, diag * rng.uniform(0.004, 0.01))  # crack line width, scaled with the screen
+    strength = rng.uniform(0.5, 0.75) if rng.random() < 0.3 else rng.uniform(0.75, 1.0)  # faint ones too
     step = diag * rng.uniform(0.015, 0.03)
-    style = ["impact", "corner", "lines", "lcd"][int(rng.choice(4, p=[0.45, 0.25, 0.18, 0.12]))]
+    style = ["impact", "corner", "shattered", "lines", "lcd"][int(rng.choice(5, p=[0.35, 0.2, 0.2, 0.13, 0.12]))]
 
     paths: list[Path] = []  # crack polylines
     shards: list[Path] = []  # filled glass fragments
-    if style == "impact":
-        centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
-        n = int(rng.integers(4, 14))
-        cracks, rays = _star(rng, centre, (0, 2 * np.pi), n, (0.12 * diag, 0.8 * diag), step)
-        radii = np.sort(rng.uniform(0.02, 0.2, int(rng.integers(0, 5)))) * diag
-        paths += cracks + _rings(rng, centre, rays, radii)
-        shards += _shards(rng, centre, rays, diag * rng.uniform(0.01, 0.04))
+    if style in ("impact", "shattered"):
+        for k in range(1 if style == "impact" else int(rng.integers(2, 5))):
+            centre = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h])
+            n = int(rng.integers(6, 20))
+            cracks, rays = _star(rng, centre, (0, 2 * np.pi), n, (0.25 * diag, 1.0 * diag), step)
+            radii = np.sort(rng.uniform(0.02, 0.25, int(rng.integers(1, 7)))) * diag
+            paths += cracks + _rings(rng, centre, rays, radii)
+            crush = diag * rng.uniform(0.02, 0.08) if k == 0 else diag * rng.uniform(0.01, 0.04)
+            shards += _shards(rng, centre, rays, crush) + _crushed(rng, centre, crush)
     elif style == "corner":
         cx, cy = rng.integers(0, 2, 2)
         centre = np.array([cx * w, cy * h]) + np.array([1 - 2 * cx, 1 - 2 * cy]) * rng.uniform(0.0, 0.05, 2) * diag
         inward = np.arctan2(h / 2 - centre[1], w / 2 - centre[0])
-        n = int(rng.integers(7, 18))
-        cracks, rays = _star(rng, centre, (inward - 1.1, inward + 1.1), n, (0.08 * diag, 0.6 * diag), step * 0.7)
-        radii = np.sort(rng.uniform(0.02, 0.22, int(rng.integers(2, 7)))) * diag
+        n = int(rng.integers(8, 20))
+        cracks, rays = _star(rng, centre, (inward - 1.1, inward + 1.1), n, (0.15 * diag, 0.9 * diag), step * 0.7)
+        radii = np.sort(rng.uniform(0.02, 0.3, int(rng.integers(2, 8)))) * diag
         paths += cracks + _rings(rng, centre, rays, radii)
-        shards += _shards(rng, centre, rays, diag * rng.uniform(0.04, 0.12))
+        shards += _shards(rng, centre, rays, diag * rng.uniform(0.04, 0.12)) + _crushed(
+            rng, centre, diag * rng.uniform(0.03, 0.1)
+        )
     elif style == "lines":
-        for _ in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(1, 5))):
             edge = int(rng.integers(4))
             t = rng.uniform(0.1, 0.9)
             start = np.array([[t * w, 0], [t * w, h], [0, t * h], [w, t * h]][edge])
@@ -146,9 +153,11 @@ def crack_screen(rng: np.random.Generator, screen: Image.Image, min_width: float
     overlay = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     mask = Image.new("L", (w, h), 0)
     d, m = ImageDraw.Draw(overlay), ImageDraw.Draw(mask)
+    if style == "lcd" or rng.random() < 0.2:  # the LCD under the glass: drawn first, cracks over it
+        _lcd(rng, d, m, w, h, diag, paths)
     for shard in shards:  # glass fragments catch the light differently
         tone = int(rng.choice([255, 0]))
-        d.polygon(shard, fill=(tone, tone, tone, int(255 * strength * rng.uniform(0.15, 0.4))))
+        d.polygon(shard, fill=(tone, tone, tone, int(255 * strength * rng.uniform(0.15, 0.5))))
         m.polygon(shard, fill=255)
     lw = max(1, int(round(width)))
     off = max(1.0, width * 0.6)
@@ -163,10 +172,27 @@ def crack_screen(rng: np.random.Generator, screen: Image.Image, min_width: float
         d.line([(x + off, y + off) for x, y in path], fill=edge + (int(170 * a),), width=max(1, lw // 2))
         d.line(path, fill=main + (int(240 * a),), width=lw, joint="curve" if lw >= 4 else None)  # round joints
         m.line(path, fill=255, width=lw + 2 + 2 * int(np.ceil(off)))  # wide enough to cover both lines
-    if style == "lcd" or rng.random() < 0.2:
-        _lcd(rng, d, m, w, h, diag, paths)
+        if len(path) > 2 and rng.random() < 0.3:  # a glint where a broken edge faces the light
+            x, y = path[int(rng.integers(1, len(path)))]
+            r = lw * rng.uniform(1.0, 2.5)
+            d.ellipse([x - r, y - r, x + r, y + r], fill=(255, 255, 255, int(255 * a)))
+            d.line([(x - 3 * r, y), (x + 3 * r, y)], fill=(255, 255, 255, int(200 * a)), width=max(1, lw // 2))
+            m.ellipse([x - 3 * r, y - r, x + 3 * r, y + r], fill=255)
     screen.paste(Image.alpha_composite(screen.convert("RGBA"), overlay).convert("RGB"))
     return mask
+
+
+def _crushed(rng: np.random.Generator, centre: np.ndarray, radius: float) -> list[Path]:
+    """Crushed glass at the impact: many small fragments packed around ``centre``."""
+    out = []
+    for _ in range(int(rng.integers(10, 40))):
+        r = radius * np.sqrt(rng.random())
+        a = rng.uniform(0, 2 * np.pi)
+        c = centre + r * np.array([np.cos(a), np.sin(a)])
+        size = radius * rng.uniform(0.1, 0.35)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 3))
+        out.append([(float(c[0] + size * np.cos(t)), float(c[1] + size * np.sin(t))) for t in angles])
+    return out
 
 
 def _shards(rng: np.random.Generator, centre: np.ndarray, rays: list[Path], radius: float) -> list[Path]:
@@ -213,7 +239,7 @@ def _lcd(
         centre = (
             np.array(paths[0][0]) if paths else np.array([rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h])
         )
-        outline = _blot(rng, centre, diag * rng.uniform(0.04, 0.16))
+        outline = _blot(rng, centre, diag * rng.uniform(0.05, 0.3))
         d.polygon(outline, fill=(5, 5, 8, 245), outline=(120, 40, 160, 255))
         d.line(outline + outline[:1], fill=(150, 60, 190, 200), width=max(1, int(diag * 0.006)))
         m.polygon(outline, fill=255, outline=255)

@@ -4,6 +4,11 @@
 the same models, UIs, glare and reflections; the only difference is whether
 ``damage.crack_screen`` runs on the screen. Reflections are broad and soft (a window, a
 lamp, a diagonal sheen), never thin lines, so they are no stand-in for cracks.
+
+Screens look like real phones' screens: bright, busy wallpapers (photographs, colour
+waves, bokeh, paint splashes) under dense app grids, widgets and status bars. An intact
+phone may also be photographed from the back (``phone_back``: camera bump, logo, glass
+or metal sheen), which a damaged screen never is.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tinytriage.data.synth import draw
+from tinytriage.data.synth import draw, other
 from tinytriage.data.synth.damage import Damage
 from tinytriage.data.synth.scenes import Model, Part, flat, rect_corners
 
@@ -46,6 +51,69 @@ def phone(rng: np.random.Generator, px: float, damage: Damage | None) -> Model:
     x1, y1 = W - rim - bezel, H - rim - bezel - int(H * rng.uniform(0.0, 0.04))
     screen = screen_ui(rng, x1 - x0, y1 - y0, "phone")
     return _finish(rng, img, screen, (x0, y0), radius * 0.8, damage, notch=True)
+
+
+def phone_back(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
+    """A phone face-down: glass or metal back with a sheen, a camera bump, a flash, a logo."""
+    ratio = rng.uniform(1.85, 2.2)
+    H = int(max(64, px))
+    W = int(H / ratio)
+    body = np.array(BODY[int(rng.integers(len(BODY)))], np.float32) * rng.uniform(0.9, 1.1)
+    # a broad sheen across the back: glass and brushed metal both show one
+    y, x = np.mgrid[0 : 1 : H * 1j, 0 : 1 : W * 1j].astype(np.float32)
+    t = rng.uniform(-0.3, 1.3)
+    sheen = np.exp(-(((x + 0.5 * y) / 1.5 - t / 1.5) ** 2) / rng.uniform(0.005, 0.05)) * rng.uniform(0.1, 0.5)
+    shade = 0.85 + 0.15 * (1 - y) + sheen
+    pixels = np.clip(body[None, None, :] * shade[:, :, None] + 60 * sheen[:, :, None], 0, 255).astype(np.uint8)
+    img = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+    shape = Image.new("L", (W, H), 0)
+    radius = W * rng.uniform(0.08, 0.16)
+    ImageDraw.Draw(shape).rounded_rectangle([0, 0, W - 1, H - 1], radius, fill=255)
+    img.paste(Image.fromarray(pixels), (0, 0), shape)
+    d = ImageDraw.Draw(img)
+    dark = tuple(int(c * 0.55) for c in body)
+    lens = W * rng.uniform(0.08, 0.13)
+    if rng.random() < 0.6:  # a square camera bump in the top corner, two or three lenses
+        x0, y0 = W * rng.uniform(0.06, 0.1), W * rng.uniform(0.06, 0.1)
+        side = lens * 2.6
+        if rng.random() < 0.5:
+            x0 = W - x0 - side
+        d.rounded_rectangle([x0, y0, x0 + side, y0 + side], side * 0.25, fill=dark + (255,))
+        centres = [
+            (x0 + side * 0.3, y0 + side * 0.3),
+            (x0 + side * 0.3, y0 + side * 0.72),
+            (x0 + side * 0.72, y0 + side * 0.5),
+        ]
+        centres = centres[: int(rng.integers(2, 4))]
+        flash = (x0 + side * 0.75, y0 + side * 0.2)
+    else:  # a strip or a single lens, centred at the top
+        cx, cy = W / 2 if rng.random() < 0.5 else W * 0.2, H * rng.uniform(0.06, 0.12)
+        centres = [(cx, cy + i * lens * 1.3) for i in range(int(rng.integers(1, 3)))]
+        d.rounded_rectangle(
+            [cx - lens * 0.7, cy - lens * 0.7, cx + lens * 0.7, centres[-1][1] + lens * 0.7],
+            lens * 0.7,
+            fill=dark + (255,),
+        )
+        flash = (cx + lens * 1.3, cy)
+    for cx, cy in centres:
+        r = lens * 0.5
+        d.ellipse(
+            [cx - r, cy - r, cx + r, cy + r],
+            fill=(20, 20, 24, 255),
+            outline=(120, 120, 128, 255),
+            width=max(1, int(r * 0.15)),
+        )
+        d.ellipse([cx - r * 0.45, cy - r * 0.45, cx + r * 0.45, cy + r * 0.45], fill=(30, 40, 70, 255))
+        d.ellipse([cx - r * 0.25, cy - r * 0.35, cx - r * 0.05, cy - r * 0.15], fill=(200, 210, 240, 255))  # glint
+    r = lens * 0.18
+    d.ellipse([flash[0] - r, flash[1] - r, flash[0] + r, flash[1] + r], fill=(245, 235, 200, 255))
+    ink = tuple(int(c) for c in np.clip(body * 0.7 + (40 if body.mean() < 90 else -10), 0, 255))
+    if rng.random() < 0.6:  # a logo mark in the middle, a word near the bottom
+        r = W * rng.uniform(0.07, 0.11)
+        d.ellipse([W / 2 - r, H * 0.45 - r, W / 2 + r, H * 0.45 + r], fill=ink + (255,))
+    if rng.random() < 0.7:
+        draw.greek_line(d, (W * 0.35, H * 0.86), W * 0.3, W * 0.05, ink + (255,), rng)
+    return flat(img, None, lift=0.015)
 
 
 def laptop(rng: np.random.Generator, px: float, damage: Damage | None) -> Model:
@@ -109,7 +177,7 @@ def laptop(rng: np.random.Generator, px: float, damage: Damage | None) -> Model:
     lid_part = lid_model.parts[0]
     parts = [Part(lid_part.image, lid_c @ R.T, lid_part.damage), Part(deck, deck_c @ R.T, cull=True)]
     ground = np.array([deck_c[0], deck_c[1], deck_c[3]]) @ R.T  # the desk: the plane of the deck
-    return Model(parts, ground=ground, lift=0.01)
+    return Model(parts, ground=ground, lift=0.01, holdable=False)
 
 
 def _finish(
@@ -140,7 +208,7 @@ def _finish(
 
 def screen_ui(rng: np.random.Generator, w: int, h: int, form: str) -> Image.Image:
     """What a screen shows: off (dark glass), a lock screen, a home screen, an app, a desktop."""
-    kind = ["off", "lock", "home", "app"][int(rng.choice(4, p=[0.3, 0.2, 0.25, 0.25]))]
+    kind = ["off", "lock", "home", "app"][int(rng.choice(4, p=[0.2, 0.2, 0.35, 0.25]))]
     if kind == "off":
         g = rng.uniform(6, 30)
         y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
@@ -152,6 +220,7 @@ def screen_ui(rng: np.random.Generator, w: int, h: int, form: str) -> Image.Imag
     if kind == "app" or (form == "laptop" and kind == "home"):
         return _app(rng, w, h, form, img)
     d = ImageDraw.Draw(img)
+    _status_bar(rng, d, w, h)
     if kind == "lock":
         draw.text(
             d,
@@ -166,35 +235,139 @@ def screen_ui(rng: np.random.Generator, w: int, h: int, form: str) -> Image.Imag
             y = h * (0.35 + 0.1 * i)
             d.rounded_rectangle([w * 0.05, y, w * 0.95, y + h * 0.08], w * 0.04, fill=(245, 245, 245))
             draw.greek_line(d, (w * 0.1, y + h * 0.02), w * 0.6, w * 0.04, (90, 90, 90), rng)
-    else:  # home screen: a grid of app icons and a dock
-        n_cols = 4
+    else:  # home screen: maybe a widget, a grid of app icons, page dots and a dock
+        n_cols = int(rng.choice([4, 5]))
         cell = w / n_cols
-        for r in range(int(rng.integers(2, 6))):
-            for c in range(n_cols):
-                x, y = c * cell + cell * 0.18, h * 0.08 + r * cell * 1.15
-                d.rounded_rectangle([x, y, x + cell * 0.64, y + cell * 0.64], cell * 0.15, fill=draw.vivid(rng))
-                d.ellipse([x + cell * 0.2, y + cell * 0.2, x + cell * 0.44, y + cell * 0.44], fill=(255, 255, 255))
-        d.rounded_rectangle([w * 0.04, h * 0.86, w * 0.96, h * 0.97], w * 0.06, fill=(235, 235, 240))
-        for c in range(4):
-            x = w * 0.08 + c * w * 0.225
-            d.rounded_rectangle(
-                [x, h * 0.875, x + cell * 0.6, h * 0.875 + cell * 0.6], cell * 0.15, fill=draw.vivid(rng)
+        y = h * 0.06
+        if rng.random() < 0.5:  # a clock or weather widget across the top
+            wh = h * rng.uniform(0.12, 0.2)
+            if rng.random() < 0.5:
+                d.rounded_rectangle([w * 0.05, y, w * 0.95, y + wh], w * 0.06, fill=draw.vivid(rng))
+            draw.text(
+                d,
+                (w * 0.1, y + wh * 0.15),
+                f"{int(rng.integers(0, 24))}:{int(rng.integers(10, 60))}",
+                wh * 0.45,
+                (255, 255, 255),
+                bold=True,
             )
+            draw.greek_line(d, (w * 0.1, y + wh * 0.7), w * 0.5, wh * 0.15, (240, 240, 240), rng)
+            y += wh + h * 0.02
+        for _ in range(int(rng.integers(3, 7))):
+            if y + cell > h * 0.84:
+                break
+            for c in range(n_cols):
+                if rng.random() < 0.1:
+                    continue  # a gap in the grid
+                _icon(rng, d, c * cell + cell * 0.16, y, cell * 0.68)
+                draw.greek_line(d, (c * cell + cell * 0.2, y + cell * 0.74), cell * 0.6, cell * 0.1, (250, 250, 250))
+            y += cell * 1.05
+        for i in range(3):  # page dots
+            r = w * 0.008
+            cx = w / 2 + (i - 1) * w * 0.03
+            d.ellipse(
+                [cx - r, h * 0.845 - r, cx + r, h * 0.845 + r], fill=(255, 255, 255) if i == 0 else (170, 170, 170)
+            )
+        if rng.random() < 0.7:  # a translucent dock
+            d.rounded_rectangle([w * 0.04, h * 0.87, w * 0.96, h * 0.97], w * 0.06, fill=(215, 215, 222))
+        for c in range(4):
+            _icon(rng, d, w * 0.07 + c * w * 0.225, h * 0.88, min(cell * 0.68, h * 0.08))
     return img
 
 
+def _status_bar(rng: np.random.Generator, d: ImageDraw.ImageDraw, w: int, h: int) -> None:
+    """Time on the left; signal, wifi and battery on the right."""
+    size = max(3.0, h * 0.018)
+    white = (255, 255, 255)
+    draw.text(d, (w * 0.06, h * 0.008), f"{int(rng.integers(1, 13))}:{int(rng.integers(10, 60))}", size * 1.3, white)
+    for i in range(4):  # signal bars
+        x = w * 0.7 + i * size * 0.6
+        d.rectangle([x, h * 0.008 + size * (1 - 0.25 * (i + 1)), x + size * 0.4, h * 0.008 + size], fill=white)
+    d.rounded_rectangle(
+        [w * 0.83, h * 0.01, w * 0.83 + size * 2.2, h * 0.01 + size], size * 0.2, outline=white, fill=white
+    )
+
+
+def _icon(rng: np.random.Generator, d: ImageDraw.ImageDraw, x: float, y: float, s: float) -> None:
+    """An app icon: a rounded square of one or two vivid colours with a white glyph."""
+    a, b = draw.vivid(rng), draw.vivid(rng)
+    d.rounded_rectangle([x, y, x + s, y + s], s * 0.23, fill=a)
+    if rng.random() < 0.4:  # a two-tone icon
+        d.pieslice([x, y, x + s, y + s], int(rng.integers(0, 360)), int(rng.integers(90, 270)), fill=b)
+    g = int(rng.integers(5))
+    m = s * 0.28
+    white = (255, 255, 255)
+    if g == 0:
+        d.ellipse([x + m, y + m, x + s - m, y + s - m], fill=white)
+    elif g == 1:
+        d.ellipse([x + m, y + m, x + s - m, y + s - m], outline=white, width=max(1, int(s * 0.08)))
+    elif g == 2:
+        d.polygon([(x + s / 2, y + m), (x + s - m, y + s - m), (x + m, y + s - m)], fill=white)
+    elif g == 3:
+        d.rounded_rectangle([x + m, y + m * 1.2, x + s - m, y + s - m * 1.2], s * 0.05, fill=white)
+    else:
+        draw.text(d, (x + s * 0.3, y + s * 0.15), "ABCDEFGHKMNPRSTW"[int(rng.integers(16))], s * 0.6, white, bold=True)
+
+
 def _wallpaper(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """A gradient between two colours with a few large soft blobs."""
+    """A phone's or laptop's background: a photograph, colour waves, bokeh, a paint splash or blobs."""
+    kind = ["photo", "waves", "bokeh", "splash", "blobs"][int(rng.choice(5, p=[0.3, 0.2, 0.15, 0.15, 0.2]))]
+    if kind == "photo":
+        img = other.landscape(rng, max(8, w // 2), max(8, h // 2)).resize((w, h), Image.BILINEAR)
+        return img.point(lambda v: min(255, int(v * 1.1 + 8)))  # screens are bright and saturated
     a, b = np.array(draw.vivid(rng), np.float32), np.array(draw.vivid(rng), np.float32) * 0.6
+    if kind in ("bokeh", "splash"):
+        a, b = a * 0.25, b * 0.3  # bright shapes on a dark ground
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     img = Image.fromarray(np.broadcast_to(a * (1 - t) + b * t, (h, w, 3)).astype(np.uint8))
-    blobs = Image.new("RGBA", (max(1, w // 4), max(1, h // 4)), (0, 0, 0, 0))
-    d = ImageDraw.Draw(blobs)
-    for _ in range(int(rng.integers(1, 5))):
-        cx, cy, r = rng.uniform(0, w / 4), rng.uniform(0, h / 4), rng.uniform(0.1, 0.4) * w / 4
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=draw.vivid(rng) + (150,))
-    blobs = blobs.filter(ImageFilter.GaussianBlur(w / 40)).resize((w, h), Image.BILINEAR)
-    return Image.alpha_composite(img.convert("RGBA"), blobs).convert("RGB")
+    k = 4  # soft shapes: drawn at quarter size, blurred, scaled up
+    layer = Image.new("RGBA", (max(1, w // k), max(1, h // k)), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    lw, lh = layer.size
+    if kind == "waves":  # bands of colour flowing across the screen
+        xs = np.linspace(-0.1, 1.1, 24) * lw
+        for _ in range(int(rng.integers(3, 7))):
+            y0, amp, f, ph = (
+                rng.uniform(0, lh),
+                rng.uniform(0.05, 0.25) * lh,
+                rng.uniform(0.5, 2.5),
+                rng.uniform(0, 6.3),
+            )
+            thick = rng.uniform(0.05, 0.25) * lh
+            top = y0 + amp * np.sin(f * xs / lw * 2 * np.pi + ph)
+            pts = list(zip(xs.tolist(), top.tolist(), strict=True)) + list(
+                zip(xs[::-1].tolist(), (top + thick)[::-1].tolist(), strict=True)
+            )
+            d.polygon(pts, fill=draw.vivid(rng) + (int(rng.uniform(150, 230)),))
+        blur = lw / 60
+    elif kind == "bokeh":  # out-of-focus lights
+        for _ in range(int(rng.integers(10, 40))):
+            cx, cy, r = rng.uniform(0, lw), rng.uniform(0, lh), rng.uniform(0.03, 0.12) * lw
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=draw.vivid(rng) + (int(rng.uniform(80, 200)),))
+        blur = lw / 80
+    elif kind == "splash":  # strokes and drops of bright paint
+        for _ in range(int(rng.integers(8, 25))):
+            cx, cy = rng.uniform(0, lw), rng.uniform(0, lh)
+            colour = draw.vivid(rng) + (int(rng.uniform(180, 255)),)
+            if rng.random() < 0.5:
+                r = rng.uniform(0.02, 0.15) * lw
+                d.ellipse([cx - r, cy - r * rng.uniform(0.5, 1.5), cx + r, cy + r], fill=colour)
+            else:
+                a_ = rng.uniform(0, np.pi)
+                L = rng.uniform(0.1, 0.6) * lw
+                d.line(
+                    [(cx, cy), (cx + L * np.cos(a_), cy + L * np.sin(a_))],
+                    fill=colour,
+                    width=max(1, int(rng.uniform(0.01, 0.06) * lw)),
+                )
+        blur = lw / 200
+    else:  # a few large soft blobs
+        for _ in range(int(rng.integers(1, 5))):
+            cx, cy, r = rng.uniform(0, lw), rng.uniform(0, lh), rng.uniform(0.1, 0.4) * lw
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=draw.vivid(rng) + (150,))
+        blur = lw / 10
+    layer = layer.filter(ImageFilter.GaussianBlur(max(0.5, blur))).resize((w, h), Image.BILINEAR)
+    return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
 def _app(rng: np.random.Generator, w: int, h: int, form: str, wallpaper: Image.Image | None) -> Image.Image:

@@ -169,20 +169,37 @@ def _scribble(
 
 
 def receipt(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """A narrow till or courier receipt: centred header, item lines, total, barcode."""
+    """A till or courier receipt, long and narrow: centred header and address, date, item
+    lines down most of its length, a total, payment lines, a barcode or QR code, a footer."""
     img = Image.new("RGB", (w, h), paper_colour(rng))
     d = ImageDraw.Draw(img)
     m = w * 0.08
-    draw.text(d, (w * 0.25, h * 0.03), draw.pick(rng, draw.SHOP + draw.CARRIER), w * 0.08, INK, bold=True)
-    draw.paragraph(d, rng, (w * 0.2, h * 0.07, w * 0.8, h * 0.12), w * 0.035, INK)
-    y = h * 0.15
-    while y < h * 0.6:
-        draw.greek_line(d, (m, y), w * rng.uniform(0.3, 0.55), w * 0.035, INK, rng)
-        draw.text(d, (w * 0.72, y), f"{rng.uniform(1, 99):.2f}", w * 0.045, INK)
-        y += w * 0.065
-    draw.text(d, (m, h * 0.64), "TOTAL", w * 0.07, INK, bold=True)
-    draw.text(d, (w * 0.6, h * 0.64), f"{rng.uniform(5, 300):.2f}", w * 0.07, INK, bold=True)
-    draw.barcode(d, rng, (m, h * 0.78, w - m, h * 0.86))
+    size = w * rng.uniform(0.035, 0.05)  # thermal print: small, dense type
+    ink = tuple(int(c) for c in np.array(INK) + rng.uniform(0, 60))  # thermal ink fades to grey
+    y = w * 0.06
+    draw.text(d, (w * 0.25, y), draw.pick(rng, draw.SHOP + draw.CARRIER), w * 0.09, ink, bold=True)
+    y += w * 0.14
+    draw.paragraph(d, rng, (w * 0.2, y, w * 0.8, y + size * 4.5), size, ink)
+    y += size * 6
+    draw.greek_line(d, (m, y), w * 0.7, size, ink, rng)  # date, time, till
+    y += size * 2
+    end = h - w * rng.uniform(0.7, 1.1)  # room for the total, payment and code
+    while y < end:
+        draw.greek_line(d, (m, y), w * rng.uniform(0.3, 0.55), size, ink, rng)
+        draw.text(d, (w * 0.72, y), f"{rng.uniform(1, 99):.2f}", size * 1.2, ink)
+        y += size * rng.uniform(1.6, 2.0)
+        if rng.random() < 0.08:  # a separator
+            d.line([(m, y), (w - m, y)], fill=ink, width=max(1, int(size * 0.1)))
+            y += size
+    draw.text(d, (m, y), "TOTAL", w * 0.07, ink, bold=True)
+    draw.text(d, (w * 0.6, y), f"{rng.uniform(5, 300):.2f}", w * 0.07, ink, bold=True)
+    y += w * 0.12
+    draw.paragraph(d, rng, (m, y, w - m, y + size * 4), size, ink)
+    y += size * 5
+    if rng.random() < 0.6:
+        draw.barcode(d, rng, (m, y, w - m, y + w * 0.15))
+    else:
+        draw.matrix_code(img, rng, (w * 0.3, y, w * 0.7, y + w * 0.4))
     return img
 
 
@@ -213,9 +230,9 @@ def _page(rng: np.random.Generator, page: Image.Image) -> Image.Image:
 
 def paperwork(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
     """One document on the surface: a label, an invoice, an order form or a receipt."""
-    kind = ["label", "invoice", "form", "receipt"][int(rng.choice(4, p=[0.35, 0.3, 0.2, 0.15]))]
+    kind = ["label", "invoice", "form", "receipt"][int(rng.choice(4, p=[0.3, 0.22, 0.18, 0.3]))]
     H = int(max(96, px))
-    aspect = {"label": 1.5, "invoice": 1.414, "form": 1.414, "receipt": rng.uniform(2.2, 3.2)}[kind]
+    aspect = {"label": 1.5, "invoice": 1.414, "form": 1.414, "receipt": rng.uniform(2.5, 6.0)}[kind]
     W = int(H / aspect)
     make = {"label": shipping_label, "invoice": invoice, "form": order_form, "receipt": receipt}[kind]
     return flat(_page(rng, make(rng, W, H)), lift=0.004)

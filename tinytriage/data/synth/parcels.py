@@ -24,10 +24,31 @@ KRAFT = [
 
 
 def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Model:
-    """A taped cardboard box, turned so that one or two sides show beside the top."""
+    """A taped cardboard box, turned so that one or two sides show beside the top, as seen
+    from standing height on a doorstep; sometimes a smaller box stacked on it."""
     a, b, c = 1.0, rng.uniform(0.5, 1.0), rng.uniform(0.25, 0.8)
     s = 1.0 / max(a, b, c)
     a, b, c = a * s, b * s, c * s
+    parts = _cuboid(rng, px, a, b, c, np.zeros(3), 0.0)
+    if rng.random() < 0.25:  # a second, smaller box on top
+        k = rng.uniform(0.45, 0.85)
+        a2, b2, c2 = a * k, b * k * rng.uniform(0.7, 1.2), c * k * rng.uniform(0.5, 0.9)
+        at = np.array([rng.uniform(-0.15, 0.15) * a, rng.uniform(-0.15, 0.15) * b, c2])  # its bottom on our top
+        parts += _cuboid(rng, px * k, a2, b2, c2, at, rng.uniform(-0.4, 0.4))
+    # turn the box so its sides show: pitch toward the camera, then a little yaw
+    p, q = np.radians(rng.uniform(5, 55)) * rng.choice([-1, 1]), np.radians(rng.uniform(-40, 40))
+    R = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    R = np.array([[np.cos(q), 0, np.sin(q)], [0, 1, 0], [-np.sin(q), 0, np.cos(q)]]) @ R
+    parts = [Part(part.image, part.corners @ R.T, cull=True) for part in parts]
+    ground = np.array([[0, 0, -c], [1, 0, -c], [0, 1, -c]]) @ R.T
+    return Model(parts, ground=ground, lift=c * 0.6, holdable=False, seen_from_afar=True)
+
+
+def _cuboid(
+    rng: np.random.Generator, px: float, a: float, b: float, c: float, at: np.ndarray, yaw: float
+) -> list[Part]:
+    """The faces of an a x b x c box, top face at z = at[2] centred on at[:2], turned by
+    ``yaw`` about z: sides (drawn only if seen) then the top."""
     dark, light = KRAFT[int(rng.integers(len(KRAFT)))]
     tape = _tape_style(rng)
     tape_w = b * rng.uniform(0.1, 0.18)
@@ -65,14 +86,10 @@ def box(rng: np.random.Generator, px: float, damage: Damage | None = None) -> Mo
         np.array([[x, -y, 0], [-x, -y, 0], [-x, -y, -z], [x, -y, -z]]),  # back (-y)
         np.array([[-x, -y, 0], [-x, y, 0], [-x, y, -z], [-x, -y, -z]]),  # left (-x)
     ]
-    # turn the box so its sides show: pitch toward the camera, then a little yaw
-    p, q = np.radians(rng.uniform(5, 35)) * rng.choice([-1, 1]), np.radians(rng.uniform(-30, 30))
-    R = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    R = np.array([[np.cos(q), 0, np.sin(q)], [0, 1, 0], [-np.sin(q), 0, np.cos(q)]]) @ R
-    parts = [Part(img, corners @ R.T, cull=True) for img, corners in zip(sides, side_c, strict=True)]
-    parts.append(Part(top.convert("RGBA"), top_c @ R.T, cull=True))
-    ground = np.array([[0, 0, -z], [1, 0, -z], [0, 1, -z]]) @ R.T
-    return Model(parts, ground=ground, lift=c * 0.6)
+    Z = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    parts = [Part(img, corners @ Z.T + at, cull=True) for img, corners in zip(sides, side_c, strict=True)]
+    parts.append(Part(top.convert("RGBA"), top_c @ Z.T + at, cull=True))
+    return parts
 
 
 def _tape_style(rng: np.random.Generator) -> tuple[int, int, int]:

@@ -5,12 +5,14 @@ RGBA parts with their corners in 3-D object units (long side about 1) - or a ful
 picture (a landscape, a selfie, a screenshot). ``compose`` places a model: the surface
 is warped through the homography of the plane the object stands on, the object casts a
 soft shadow, each part is warped through its own homography, and an occluder (a thumb, a
-pen) may cover part of it. The damage mask of a part follows the same warps and is
+pen) may cover part of it, or a hand hold it: palm behind, fingers and thumb curled over
+its edges. The damage mask of a part follows the same warps and is
 cleared under anything painted over it, so it shows exactly the visible damage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +41,8 @@ class Model:
     ground: np.ndarray = field(default_factory=lambda: np.array([[0, 0, -0.02], [1, 0, -0.02], [0, 1, -0.02]]))
     # (3, 3): origin, a point along u, a point along v of the surface plane (object units)
     lift: float = 0.02  # height of the object above the surface: how far its shadow falls
+    holdable: bool = True  # small enough to hold in one hand (a shot's "hand" becomes a thumb if not)
+    seen_from_afar: bool = False  # photographed from a few steps back too (a parcel on a doorstep)
 
 
 def rect_corners(w: float, h: float, z: float = 0.0) -> np.ndarray:
@@ -107,8 +111,13 @@ def compose(
 ) -> tuple[Image.Image, Image.Image | None]:
     """Photograph ``model`` on the shot's surface: (RGB canvas, damage mask "L" or None)."""
     points = np.concatenate([p.corners for p in model.parts])
-    cam = camera.frame_camera(shot.pose, points, size)
+    pose = shot.pose
+    if model.seen_from_afar and shot.step_back < 1:
+        pose = dataclasses.replace(pose, fill=pose.fill * shot.step_back)
+    cam = camera.frame_camera(pose, points, size)
     canvas = surface(shot, rng, cam, model.ground, size)
+    if shot.backdrop == "wall":
+        _wall(canvas, rng)
     placed = []  # (warped RGBA, offset, warped damage)
     alpha = Image.new("L", size, 0)
     for part in model.parts:
@@ -125,6 +134,8 @@ def compose(
         placed.append((img, xy, dmg))
         alpha.paste(255, xy, img.getchannel("A"))
     _cast_shadow(canvas, alpha, shot, model.lift * cam.f / shot.pose.distance)
+    # paints the palm now; None: no hand (or the object is too big to hold: a thumb instead)
+    fingers = _hand(canvas, alpha, shot, rng) if shot.occluder == "hand" and model.holdable else None
     mask = Image.new("L", size, 0) if any(d is not None for _, _, d in placed) else None
     for img, xy, dmg in placed:
         a = img.getchannel("A")
@@ -134,8 +145,107 @@ def compose(
             mask.paste(0, xy, a.point(lambda v: 255 if v > 128 else 0))
             if dmg is not None:
                 mask.paste(dmg, xy, a.point(lambda v: 255 if v > 128 else 0))
-    occlude(canvas, mask, shot, rng)
+    if fingers is not None:
+        canvas.paste(fingers.convert("RGB"), (0, 0), fingers.getchannel("A"))
+        if mask is not None:
+            mask.paste(0, (0, 0), fingers.getchannel("A").point(lambda v: 255 if v > 96 else 0))
+    else:
+        occlude(canvas, mask, shot, rng)
     return canvas, mask
+
+
+SKIN = [(224, 172, 140), (198, 134, 100), (141, 85, 56), (236, 194, 170), (110, 68, 45)]
+
+
+def _hand(canvas: Image.Image, alpha: Image.Image, shot: Shot, rng: np.random.Generator) -> Image.Image | None:
+    """A hand holding the object whose silhouette is ``alpha``: the palm and wrist are
+    painted on ``canvas`` now (behind the object); returns the fingers and thumb (RGBA),
+    to be painted over the object's edges once it is in place."""
+    a = np.asarray(alpha.reduce(4)) > 128  # quarter size: edges need not be exact
+    rows = np.nonzero(a.any(1))[0]
+    if len(rows) < 4:
+        return None
+    w, h = canvas.size
+    top, bottom = rows[0] * 4, rows[-1] * 4
+    tone = np.array(SKIN[int(rng.integers(len(SKIN)))], np.float64) * rng.uniform(0.85, 1.05)
+    skin = tuple(int(c) for c in np.clip(tone, 0, 255)) + (255,)
+    shade = tuple(int(c * 0.78) for c in tone) + (255,)
+    light = tuple(int(min(255, c * 1.12 + 10)) for c in tone) + (255,)
+
+    def edges(y: float) -> tuple[float, float]:  # the object's left and right edge at height y
+        r = a[min(len(a) - 1, max(0, int(y / 4)))]
+        xs = np.nonzero(r)[0]
+        return (xs[0] * 4.0, xs[-1] * 4.0 + 4) if len(xs) else (w / 2, w / 2)
+
+    mid = top + (bottom - top) * rng.uniform(0.55, 0.8)
+    left, right = edges(mid)
+    span = max(8.0, right - left, (bottom - top) * 0.4)  # a hand is sized for the object, not for a narrow strip
+    palm = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(palm)
+    cx = (left + right) / 2 + span * rng.uniform(-0.15, 0.15)
+    _capsule(d, np.array([cx, mid]), np.array([cx + span * rng.uniform(-0.3, 0.3), h * 1.3]), span * 1.15, shade)
+    _capsule(d, np.array([cx, mid]), np.array([cx, h * 1.3]), span * 0.95, skin)  # the wrist
+    canvas.paste(palm.convert("RGB"), (0, 0), palm.getchannel("A"))
+
+    hand = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(hand)
+    width = span * rng.uniform(0.13, 0.18)
+    side = 1 if rng.random() < 0.5 else -1  # the fingers wrap over this edge, the thumb over the other
+    for i in range(int(rng.integers(2, 5))):  # fingertips over one edge, one below another
+        y = mid - (i + 0.3) * width * 1.05
+        if y < top:
+            break
+        e = edges(y)[0 if side < 0 else 1]
+        outside = np.array([e + side * width * 1.5, y + width * 0.3])
+        tip = np.array([e - side * width * rng.uniform(0.3, 0.9), y])
+        _capsule(d, outside, tip, width, shade)
+        _capsule(d, outside, tip + side * width * 0.1, width * 0.75, skin)
+    e = edges(mid)[1 if side < 0 else 0]  # the thumb, from the palm across the other edge
+    base = np.array([e - side * width * 1.2, mid + width * 2])
+    tip = np.array([e + side * width * rng.uniform(0.5, 1.8), mid - width * rng.uniform(0.5, 2.5)])
+    _capsule(d, base, tip, width * 1.15, shade)
+    _capsule(d, base, tip, width * 0.9, skin)
+    nail = tip - (tip - base) / max(1e-6, np.hypot(*(tip - base))) * width * 0.3
+    _capsule(d, nail, tip, width * 0.5, light)
+    return hand
+
+
+def _wall(canvas: Image.Image, rng: np.random.Generator) -> None:
+    """A wall across the top of the frame where the floor meets it (a step's riser at the
+    join), maybe a door in it and a bush in front: a doorstep, a hallway, a desk by a wall."""
+    w, h = canvas.size
+    y = int(h * rng.uniform(0.15, 0.5))  # where the floor meets the wall
+    kind = ["plain", "pavers", "wood", "concrete"][int(rng.integers(4))]
+    dark, light = textures.surface_colours(rng, kind)
+    canvas.paste(textures.material(rng, kind, (w, y), dark * 1.1, light * 1.1), (0, 0))
+    d = ImageDraw.Draw(canvas)
+    riser = int(h * rng.uniform(0.0, 0.06))
+    tone = tuple(int(c) for c in np.clip(light * rng.uniform(0.8, 1.05), 0, 255))
+    d.rectangle([0, y - riser, w, y], fill=tone)
+    d.line([(0, y), (w, y)], fill=tuple(int(c * 0.6) for c in tone), width=max(1, h // 150))
+    if rng.random() < 0.5:  # a door: panel, frame, handle
+        x0 = w * rng.uniform(0.0, 0.7)
+        x1 = x0 + w * rng.uniform(0.2, 0.4)
+        door = [(40, 35, 32), (120, 70, 40), (230, 228, 222), (60, 80, 110), (150, 40, 35)][int(rng.integers(5))]
+        d.rectangle([x0 - w * 0.02, -1, x1 + w * 0.02, y - riser], fill=(215, 212, 205))
+        d.rectangle([x0, -1, x1, y - riser], fill=door)
+        if rng.random() < 0.5:
+            d.rectangle(
+                [x0 + (x1 - x0) * 0.2, y * 0.1, x1 - (x1 - x0) * 0.2, y * 0.45], fill=tuple(c // 2 for c in door)
+            )
+        r = w * 0.01
+        hx, hy = x1 - (x1 - x0) * 0.12, y * 0.55
+        d.ellipse([hx - r, hy - r, hx + r, hy + r], fill=(190, 180, 150))
+    if rng.random() < 0.5:  # a bush at one side, over the join
+        bw, bh = int(w * rng.uniform(0.2, 0.45)), int(h * rng.uniform(0.25, 0.5))
+        leaves = textures.fbm(rng, bh, bw, 24, 3)
+        shape = textures.fbm(rng, bh, bw, 3, 2)
+        yy, xx = np.mgrid[-1 : 1 : bh * 1j, -1 : 1 : bw * 1j]
+        alpha = ((shape * 0.6 + 0.4 - (xx**2 + yy**2) * 0.5) > 0.35).astype(np.uint8) * 255
+        green = np.array([rng.uniform(25, 60), rng.uniform(60, 110), rng.uniform(20, 50)], np.float32)
+        rgb = np.clip(green[None, None] * (0.5 + leaves[:, :, None]), 0, 255).astype(np.uint8)
+        x = 0 if rng.random() < 0.5 else w - bw
+        canvas.paste(Image.fromarray(rgb), (x, max(0, y - bh // 2)), Image.fromarray(alpha, "L"))
 
 
 def _cast_shadow(canvas: Image.Image, alpha: Image.Image, shot: Shot, lift_px: float) -> None:
@@ -156,7 +266,8 @@ def _cast_shadow(canvas: Image.Image, alpha: Image.Image, shot: Shot, lift_px: f
 
 
 def occlude(canvas: Image.Image, mask: Image.Image | None, shot: Shot, rng: np.random.Generator) -> None:
-    """Paint the shot's occluder (a thumb or a pen entering from an edge) and clear the mask under it."""
+    """Paint the shot's occluder (a thumb or a pen entering from an edge) and clear the mask under it.
+    A "hand" that could not hold the object (``compose``) or a full-frame picture is a thumb."""
     if shot.occluder == "none":
         return
     w, h = canvas.size
@@ -171,7 +282,7 @@ def occlude(canvas: Image.Image, mask: Image.Image | None, shot: Shot, rng: np.r
     direction = np.array(
         [inward[0] * np.cos(ang) - inward[1] * np.sin(ang), inward[0] * np.sin(ang) + inward[1] * np.cos(ang)]
     )
-    if shot.occluder == "thumb":
+    if shot.occluder in ("thumb", "hand"):
         width = long * rng.uniform(0.1, 0.16)
         length = long * rng.uniform(0.15, 0.35)
         tip = start + direction * length

@@ -62,6 +62,28 @@ SURFACES: dict[str, list[tuple[tuple[int, int, int], tuple[int, int, int]]]] = {
         ((32, 32, 34), (58, 58, 61)),  # black desk
         ((135, 135, 133), (165, 165, 162)),  # grey laminate
     ],
+    # a product shot: a seamless paper sweep, white or pale, nearly flat
+    "studio": [
+        ((236, 236, 236), (255, 255, 255)),  # white
+        ((214, 216, 220), (246, 247, 250)),  # cool pale grey
+        ((226, 222, 214), (252, 250, 245)),  # warm off-white
+        ((160, 162, 166), (205, 207, 211)),  # mid grey
+    ],
+    # outdoors, where couriers leave parcels: driveways, kerbs, porch steps, doormats
+    "asphalt": [
+        ((38, 38, 40), (105, 105, 108)),  # fresh, dark
+        ((70, 70, 70), (140, 138, 134)),  # worn, grey
+    ],
+    "pavers": [
+        ((120, 60, 45), (185, 110, 85)),  # red brick
+        ((105, 100, 95), (175, 168, 158)),  # grey paving stones
+        ((150, 125, 95), (205, 185, 150)),  # sandstone
+    ],
+    "doormat": [
+        ((95, 65, 35), (170, 130, 80)),  # coir
+        ((35, 35, 38), (80, 80, 84)),  # black rubber
+        ((70, 55, 45), (130, 110, 90)),  # brown rubber
+    ],
 }
 
 
@@ -148,6 +170,46 @@ def _plain(rng: np.random.Generator, n: int) -> np.ndarray:
     return 0.6 * fbm(rng, n, n, 3, 3) + 0.4 * fbm(rng, n, n, 128, 2)
 
 
+def _studio(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A paper sweep: one broad soft gradient (the light falling off), almost no texture."""
+    return 0.9 * fbm(rng, n, n, 1, 2) + 0.1 * fbm(rng, n, n, 64, 1)
+
+
+def _asphalt(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Tarmac: bright and dark stones in dark binder, patches of wear, maybe a crack."""
+    stones = rng.random((n, n), dtype=np.float32)
+    stones = np.where(stones > 0.93, 1.0, np.where(stones < 0.1, 0.0, 0.45)).astype(np.float32)
+    chips = np.asarray(Image.fromarray(stones, "F").resize((n // 2, n // 2), Image.BOX).resize((n, n)), np.float32)
+    wear = fbm(rng, n, n, 5, 4)
+    return 0.5 * chips + 0.3 * wear + 0.2 * fbm(rng, n, n, 200, 1)
+
+
+def _pavers(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Bricks or paving stones in a running bond, each its own tone, dark joints."""
+    rows = int(rng.integers(6, 12))
+    bh = n // rows
+    bw = int(bh * rng.uniform(1.6, 2.2))
+    joint = max(2, bh // 12)
+    yy, xx = np.mgrid[0:n, 0:n]
+    row = yy // bh
+    shifted = xx + (row % 2) * (bw // 2)
+    tone = rng.uniform(0.6, 1.0, size=(rows + 2, n // bw + 3)).astype(np.float32)
+    out = 0.7 * tone[row, shifted // bw] + 0.3 * fbm(rng, n, n, 48, 3)
+    out[(yy % bh < joint) | (shifted % bw < joint)] *= 0.4
+    return out
+
+
+def _doormat(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Coir or rubber: fine bristle rows and a raised border."""
+    yy = np.arange(n, dtype=np.float32)[:, None]
+    rows = 0.5 + 0.5 * np.sin(yy * rng.uniform(0.5, 0.9))
+    bristles = fbm(rng, n, n, 160, 2, aspect=0.3)
+    out = 0.4 * rows + 0.6 * bristles
+    b = n // int(rng.integers(8, 14))
+    out[:b], out[-b:], out[:, :b], out[:, -b:] = out[:b] * 0.6, out[-b:] * 0.6, out[:, :b] * 0.6, out[:, -b:] * 0.6
+    return out
+
+
 def _cardboard(rng: np.random.Generator, n: int) -> np.ndarray:
     fibres = fbm(rng, n, n, 96, 2, aspect=4.0)
     blotches = fbm(rng, n, n, 6, 4)
@@ -177,6 +239,10 @@ _MAKERS = {
     "concrete": _concrete,
     "fabric": _fabric,
     "plain": _plain,
+    "studio": _studio,
+    "asphalt": _asphalt,
+    "pavers": _pavers,
+    "doormat": _doormat,
 }
 
 #: Cached patterns per surface kind (variety comes from crop, scale and colour too).
