@@ -423,3 +423,17 @@ def test_compare_finds_photos_in_a_regular_install(tmp_path, monkeypatch, tiny_m
     assert datasets.bundled_samples() == tmp_path / "prefix" / "share" / "tinytriage" / "samples"
     x, _, paths = sample_batch(tiny_model_file, None, 6)
     assert x.shape[0] == 6 and all(str(tmp_path / "prefix") in p for p in paths)
+
+
+def test_calibrate_says_what_its_threshold_reached_and_the_model_keeps_it(photos, tiny_model_path, tmp_path):
+    """An untrained model: no threshold reaches 99% precision; calibrate says so (not a
+    silent 0.5) and the model file keeps what the threshold reached."""
+    from tinytriage.models.file import read_model
+
+    _, labelled = photos
+    r = invoke("calibrate", labelled, "--model", tiny_model_path, "--out", tmp_path / "c.safetensors")
+    assert r.exit_code == 0, r.stderr
+    review = read_model(tmp_path / "c.safetensors").metrics["calibration"]["review"]
+    assert review["of"] == 6 and review["target_precision"] == 0.99 and not review["met"]
+    assert "calibrated on 6 photos:" in r.stdout and "on photos the temperature was not fitted on" in r.stdout
+    assert "no threshold reaches 99% precision on these 6 photos" in r.stdout or "no photo reaches it" in r.stdout
