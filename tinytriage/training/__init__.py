@@ -1,25 +1,28 @@
-"""Training: the loop (``loop``), the run as data (``run``), checkpoints (``checkpoint``),
-the learning-rate schedule, calibration maths and the damage-map task."""
+"""Training: the loop (``loop``), fine-tuning a pretrained network (``finetune``), the run
+as data (``run``), checkpoints (``checkpoint``), the learning-rate schedule, calibration
+maths and the damage-map task.
 
-from tinytriage.training.loop import (
-    EpochMetrics,
-    TrainConfig,
-    TrainResult,
-    convert_head_weight,
-    evaluate_arrays,
-    train,
-    with_arch_defaults,
-)
-from tinytriage.training.run import RunState, model_config_from_options
+The public names below are looked up on first use: ``predict`` imports
+``training.calibration`` (softmax) and must not pay for the loop's imports (~50 ms)."""
 
-__all__ = [
-    "EpochMetrics",
-    "RunState",
-    "TrainConfig",
-    "TrainResult",
-    "convert_head_weight",
-    "evaluate_arrays",
-    "model_config_from_options",
-    "train",
-    "with_arch_defaults",
-]
+_PUBLIC = {
+    "EpochMetrics": "tinytriage.training.run",
+    "RunState": "tinytriage.training.run",
+    "TrainConfig": "tinytriage.training.run",
+    "TrainResult": "tinytriage.training.run",
+    "model_config_from_options": "tinytriage.training.run",
+    "with_arch_defaults": "tinytriage.training.run",
+    "convert_head_weight": "tinytriage.training.checkpoint",
+    "evaluate_arrays": "tinytriage.training.loop",
+    "train": "tinytriage.training.loop",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tinytriage.training' has no attribute {name!r}")
+    from importlib import import_module  # not `from tinytriage.training import ...`: that asks this function again
+
+    return getattr(import_module(_PUBLIC[name]), name)
