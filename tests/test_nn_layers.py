@@ -445,6 +445,7 @@ DEPTHWISE_CONFIGS = [
     ((2, 3, 9, 7), 3, 1, 2, 2),
     ((2, 3, 6, 5), (3, 5), (2, 1), (1, 2), 1),
     ((3, 5, 6, 6), 3, 3, 0, 1),  # stride 3: dx cells no window reads
+    ((2, 3, 9, 10), 3, 2, 2, 2),  # stride and dilation 2: column phases with a dilated kernel
     ((1, 2, 3, 3), 5, 1, 2, 1),  # kernel larger than the input: every tap cut at the border
 ]
 

@@ -12,6 +12,12 @@ is one multiply and one add per kernel offset (u, v), each over a strided slab: 
 output cells (i, j) at once, the input cells that offset reads. ``w[u, v]`` is a (C,) row
 that broadcasts over the slab (with stride 1 along W, a row of cells is W*C numbers in a
 row of memory, and the kernel row is tiled W times to match: one long loop per row).
+With a stride S along W a slab's cells are S apart, and NumPy would loop over one cell's C
+numbers at a time; so the forward pass first copies each band's input rows into S column
+phases (phase p holds columns p, p + S, p + 2S, ...), and column j*S + v*D - P of the input
+is column j + (v*D - P) // S of phase (v*D - P) % S: runs of numbers again (backward reads
+the strided slabs as they are). Each product goes through a scratch laid out like the part
+of the band it is added to, which NumPy runs at close to its contiguous speed.
 
 Bands. A slab of the whole batch is far bigger than the CPU's cache, and the K*K passes
 would each read it from main memory. So the work goes a band of output rows at a time
@@ -79,45 +85,101 @@ def _bands(N: int, rows: int, row_bytes: int) -> list[tuple[slice, slice]]:
     return [(images, slice(0, rows)) for images in split(N, max(1, rows * row_bytes), BAND_BYTES)]
 
 
+def _band_shape(tasks: list[tuple[slice, slice]], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The largest band of ``tasks`` in an array of ``shape`` (images, rows, ...): the scratch's shape."""
+    if not tasks:
+        return (0, 0, *shape[2:])
+    return (max(im.stop - im.start for im, _ in tasks), max(r.stop - r.start for _, r in tasks), *shape[2:])
+
+
+def _shift(s: slice, start: int) -> slice:
+    """A slice of rows (step 1 or ``stride``) counted from row ``start`` instead of row 0."""
+    return slice(s.start - start, s.stop - start, s.step)
+
+
 def _rows(a: np.ndarray, flat: bool) -> np.ndarray:
     """(N, H, W, C) -> (N, H, W*C) when ``flat``: a channels-last row is W*C numbers in a row
     of memory, so with stride 1 along W a slab's row is one run of numbers (a view)."""
     return a.reshape(*a.shape[:2], -1) if flat else a
 
 
-def _column_taps(weight: np.ndarray, dtype, stride_w: int, pad_left: int, dilation_w: int, W: int, Wo: int, flat: bool):
-    """Per kernel column v: ``(out cols, in cols, kernels)`` or None when the column only
-    ever reads the zero border. ``kernels[u]`` is the kernel row w[u, v] (C,) that
+def _column_taps(
+    weight: np.ndarray,
+    dtype,
+    stride_w: int,
+    pad_left: int,
+    dilation_w: int,
+    W: int,
+    Wo: int,
+    flat: bool,
+    phases: bool = False,
+):
+    """Per kernel column v: ``(out cols, in cols, kernels, phase)`` or None when the column
+    only ever reads the zero border. ``kernels[u]`` is the kernel row w[u, v] (C,) that
     broadcasts over a slab; when ``flat``, the slices count numbers, not cells, and the
-    kernel row is tiled along the row to match."""
+    kernel row is tiled along the row to match. With ``phases`` (a stride along W, flat),
+    the input's columns are split into ``stride_w`` phases (``_column_phases``): column
+    j*S + v*D - P is column j + (v*D - P) // S of phase (v*D - P) % S, so the in cols count
+    cells of that phase, one after the other; else ``phase`` is None."""
     C, _, KH, KW = weight.shape
     w_rows = np.ascontiguousarray(weight.reshape(C, KH, KW).transpose(1, 2, 0)).astype(dtype, copy=False)  # (KH, KW, C)
     taps = []
     for v in range(KW):
-        tap = _tap(v * dilation_w - pad_left, stride_w, (0, Wo), (0, W))
+        shift, step, width, phase = v * dilation_w - pad_left, stride_w, W, None
+        if phases:
+            phase, shift = shift % stride_w, shift // stride_w
+            step, width = 1, len(range(phase, W, stride_w))  # the phase's columns: phase, phase + S, ...
+        tap = _tap(shift, step, (0, Wo), (0, width))
         if tap is None or not flat:
-            taps.append(None if tap is None else (*tap, w_rows[:, v]))
+            taps.append(None if tap is None else (*tap, w_rows[:, v], phase))
             continue
         (o, i), n = tap, tap[0].stop - tap[0].start
         taps.append(
-            (slice(o.start * C, o.stop * C), slice(i.start * C, (i.start + n) * C), np.tile(w_rows[:, v], (1, n)))
+            (
+                slice(o.start * C, o.stop * C),
+                slice(i.start * C, (i.start + n) * C),
+                np.tile(w_rows[:, v], (1, n)),
+                phase,
+            )
         )
     return taps
 
 
+def _column_phases(x_cl: np.ndarray, images: slice, rows: slice, S: int, out: np.ndarray) -> np.ndarray:
+    """The input rows ``rows`` of ``images`` split by column into S phases, phase p holding
+    columns p, p + S, p + 2S, ...: ``out[:n, :R, p]`` is phase p as flat rows of numbers,
+    (n, R, ceil(W/S)*C). A strided convolution's slabs then read runs of numbers, as with
+    stride 1, instead of one cell's C numbers at a time; one copy of the band's rows, in cache."""
+    n, R = images.stop - images.start, rows.stop - rows.start
+    W, C = x_cl.shape[2:]
+    for p in range(S):
+        Wp = len(range(p, W, S))
+        dst = out[:n, :R, p, : Wp * C].reshape(n, R, Wp, C)
+        np.copyto(dst, x_cl[images, rows, p::S])
+    return out[:n, :R]
+
+
 def _sum_of_taps(band: np.ndarray, terms: list, tmp: np.ndarray) -> None:
-    """``band = sum of src * w`` over ``terms`` ``(dst, src, w)``, each dst a view into ``band``,
-    in their order: the first term that covers the whole band is written, not added, so the
-    band needs no zeroing (with "same" padding the centre tap does); the others are added
-    through the calling thread's scratch ``tmp``, so that nothing is allocated."""
-    first = next((k for k, (dst, _, _) in enumerate(terms) if dst.size == band.size), None)
+    """``band[index] += src * w`` for every term ``(index, src, w)`` in their order: the first
+    term that covers the whole band is written, not added, so the band needs no zeroing (with
+    "same" padding the centre tap does); the others go through the calling thread's scratch
+    ``tmp``, so that nothing is allocated. ``tmp`` is at least the band's shape and
+    ``tmp[index]`` is used, so the product lies in memory exactly as its destination does:
+    NumPy then runs both calls at close to its contiguous speed (a scratch packed to the
+    slab's own shape ran each call 2-3x slower)."""
+    first = next((k for k, (index, _, _) in enumerate(terms) if band[index].size == band.size), None)
     if first is None:
         band[...] = 0
     else:
-        dst, src, w = terms.pop(first)
-        np.multiply(src, w, out=dst)
-    for dst, src, w in terms:
-        t = tmp[: src.size].reshape(src.shape)
+        index, src, w = terms.pop(first)
+        np.multiply(src, w, out=band[index])
+    t_band = tmp.reshape(-1)[: band.size].reshape(band.shape)
+    for index, src, w in terms:
+        dst = band[index]
+        if any(isinstance(i, slice) and i.step not in (None, 1) for i in index):
+            t = tmp.reshape(-1)[: dst.size].reshape(dst.shape)  # a strided dst (stride 2's dx): packed is faster
+        else:
+            t = t_band[index]
         np.multiply(src, w, out=t)
         np.add(dst, t, out=dst)
 
@@ -166,31 +228,50 @@ def _depthwise(x, weight, bias, stride, padding, dilation, workspace, relu=False
     dtype = np.result_type(x, weight)
     x_cl = channels_last(x.astype(dtype, copy=False))  # (N, H, W, C)
     out = empty((N, Ho, Wo, C), dtype)  # (N, H', W', C)
-    flat = SW == 1  # slabs' rows are runs of numbers: index (N, H, W*C) rows
-    cols = _column_taps(weight, dtype, SW, PL, DW, W, Wo, flat)
-    x_rows, out_rows = _rows(x_cl, flat), _rows(out, flat)
+    phases = SW > 1  # a stride along W: each band's input rows split into column phases first
+    cols = _column_taps(weight, dtype, SW, PL, DW, W, Wo, True, phases)  # slabs' rows are runs of numbers
+    x_rows, out_rows = _rows(x_cl, True), _rows(out, True)  # (N, H, W*C), (N, H', W'*C)
     b = None if bias is None else bias.astype(dtype, copy=False)
-    b_row = b if b is None or not flat else np.tile(b, Wo)  # (C,) or, along a flat row, (W'*C,)
+    b_row = None if b is None else np.tile(b, Wo)  # along a flat row, (W'*C,)
     tasks = _bands(N, Ho, Wo * C * out.itemsize)
-    tmp_size = max((im.stop - im.start) * (r.stop - r.start) for im, r in tasks) * Wo * C if tasks else 0
+    tmp_shape = _band_shape(tasks, out_rows.shape)
+
+    def input_rows(rows: slice) -> slice:
+        """The input rows that the output rows ``rows`` read (the zero border left out)."""
+        lo = max(0, rows.start * SH - PT)
+        return slice(lo, max(lo, min(H, (rows.stop - 1) * SH + (KH - 1) * DH - PT + 1)))
+
+    if phases:
+        R_in = max(input_rows(r).stop - input_rows(r).start for _, r in tasks) if tasks else 0
+        phase_shape = (tmp_shape[0], R_in, SW, -(-W // SW) * C)
 
     def band(task: tuple[slice, slice]) -> None:
         images, rows = task
+        src, first = x_rows[images], 0  # the slabs' source, and its first row's number in x
+        if phases:
+            r_in = input_rows(rows)
+            src = _column_phases(
+                x_cl, images, r_in, SW, ws.scratch(f"phases {threading.get_ident()}", phase_shape, dtype)
+            )
+            first = r_in.start
         terms = []  # out[i, j] += x_pad[i*S + u*D, j*S + v*D] * w[u, v], for every cell of the band at once
         for u in range(KH):
             r = _tap(u * DH - PT, SH, (rows.start, rows.stop), (0, H))
             for v in range(KW):
                 if r is None or cols[v] is None:
                     continue  # this offset only ever reads the zero border
-                (o_r, x_r), (o_c, x_c, w) = r, cols[v]
-                terms.append((out_rows[images, o_r, o_c], x_rows[images, x_r, x_c], w[u]))
+                (o_r, x_r), (o_c, x_c, w, p) = r, cols[v]
+                slab = src[:, _shift(x_r, first), x_c] if p is None else src[:, _shift(x_r, first), p, x_c]
+                terms.append(((slice(None), _shift(o_r, rows.start), o_c), slab, w[u]))
         mine = out_rows[images, rows]
-        _sum_of_taps(mine, terms, ws.scratch(f"forward {threading.get_ident()}", (tmp_size,), dtype))
+        _sum_of_taps(mine, terms, ws.scratch(f"forward {threading.get_ident()}", tmp_shape, dtype))
         if b_row is not None:
             mine += b_row
-        if relu:
+        if relu and cap is not None:
+            np.clip(mine, 0, cap, out=mine)  # ReLU6 in one pass, several times faster than max then min
+        elif relu:
             np.maximum(mine, 0, out=mine)
-        if cap is not None:
+        elif cap is not None:
             np.minimum(mine, cap, out=mine)
 
     parallel_map(band, tasks)
@@ -225,7 +306,7 @@ def depthwise_conv2d_backward(
             for v in range(KW):
                 if r is None or cols[v] is None:
                     continue
-                (o_r, x_r), (o_c, x_c, _) = r, cols[v]
+                (o_r, x_r), (o_c, x_c, _, _) = r, cols[v]
                 # d out[i, j] / d w[u, v] = x_pad[i*S + u*D, j*S + v*D], summed over the band's cells:
                 # over its rows here, (W'*C,) per number of a flat row or (C,), then over the columns
                 d, xs = d_rows[images, o_r, o_c], x_rows[images, x_r, x_c]
@@ -252,7 +333,7 @@ def depthwise_conv2d_backward(
     dx = empty((N, H, W, C), dtype)  # (N, H, W, C)
     dx_rows = _rows(dx, flat)
     tasks = _bands(N, H, W * C * dx.itemsize)
-    tmp_size = max((im.stop - im.start) * (r.stop - r.start) for im, r in tasks) * W * C if tasks else 0
+    tmp_shape = _band_shape(tasks, dx_rows.shape)
 
     def scatter(task: tuple[slice, slice]) -> None:
         images, rows = task
@@ -262,9 +343,9 @@ def depthwise_conv2d_backward(
             for v in range(KW):
                 if r is None or cols[v] is None:
                     continue
-                (o_r, x_r), (o_c, x_c, w) = r, cols[v]
-                terms.append((dx_rows[images, x_r, x_c], d_rows[images, o_r, o_c], w[u]))
-        _sum_of_taps(dx_rows[images, rows], terms, ws.scratch(f"backward {threading.get_ident()}", (tmp_size,), dtype))
+                (o_r, x_r), (o_c, x_c, w, _) = r, cols[v]
+                terms.append(((slice(None), _shift(x_r, rows.start), x_c), d_rows[images, o_r, o_c], w[u]))
+        _sum_of_taps(dx_rows[images, rows], terms, ws.scratch(f"backward {threading.get_ident()}", tmp_shape, dtype))
 
     parallel_map(scatter, tasks)
     return nchw(dx), dw, db

@@ -187,9 +187,11 @@ def _correlate(
             mine = out[n0 : n0 + n].reshape(-1, G, Og)
         if bias_g is not None:
             mine += bias_g  # broadcasts over the rows
-        if relu:
+        if relu and cap is not None:
+            np.clip(mine, 0, cap, out=mine)  # ReLU6 in one pass, several times faster than max then min
+        elif relu:
             np.maximum(mine, 0, out=mine)
-        if cap is not None:
+        elif cap is not None:
             np.minimum(mine, cap, out=mine)
 
     parallel_map(task, chunks, blas=True)

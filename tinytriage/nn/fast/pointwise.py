@@ -71,9 +71,11 @@ def _pointwise(x, weight, bias, relu=False, cap=None):
         np.matmul(x_rows[rows], w_mat, out=mine)  # (m, C) @ (C, O)
         if b is not None:
             mine += b
-        if relu:
+        if relu and cap is not None:
+            np.clip(mine, 0, cap, out=mine)  # ReLU6 in one pass, several times faster than max then min
+        elif relu:
             np.maximum(mine, 0, out=mine)
-        if cap is not None:
+        elif cap is not None:
             np.minimum(mine, cap, out=mine)
 
     parallel_map(chunk, _chunks(N * H * W, C, O, out.itemsize), blas=True)
