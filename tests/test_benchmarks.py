@@ -5,9 +5,12 @@ script runs to the end on this install and that its report is consistent with it
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -55,3 +58,34 @@ def test_bench_depthwise_times_both_engines_and_they_agree():
     for r in report["rows"]:
         assert r["forward_ms"] > 0 and math.isfinite(r["backward_ms"]), r
     assert report["machine"] and report["input"] == [2, 8, 12, 12]
+
+
+def test_bench_efficientnet_reports_three_engines_and_its_ratios_are_its_medians():
+    report = run_json("bench_efficientnet.py", "--sizes", "32", "--batch", "2", "--repeats", "1")
+    engines = ["numpy", "torch_nchw", "torch_channels_last"]
+    assert report["machine"]["cpu"] and report["machine"]["vector_units"] and report["machine"]["torch"]
+    assert (report["batch"], report["repeats"], report["dtype"]) == (2, 1, "float32")
+    [r] = report["sizes"]
+    assert r["size"] == 32
+    # the same network in all three: same weights, same logits
+    assert r["logits_largest_difference"] <= 1e-4 * max(1.0, r["logits_scale"]), r
+    for runs, medians, per in (
+        (r["forward_runs_s"], r["forward_ms_per_photo"], 1e3 / 2),  # ms per photo of a batch of 2
+        (r["train_step_runs_s"], r["train_step_s"], 1.0),
+    ):
+        assert list(medians) == engines
+        for k in engines:
+            assert len(runs[k]) == 1 and all(math.isfinite(t) and t > 0 for t in runs[k])
+            assert medians[k] == pytest.approx(per * statistics.median(runs[k]), rel=1e-12)
+    for k in engines[1:]:  # each ratio is the quotient of the two medians the report prints
+        assert r["ratio_forward"][k] == pytest.approx(r["forward_ms_per_photo"]["numpy"] / r["forward_ms_per_photo"][k])
+        assert r["ratio_train_step"][k] == pytest.approx(r["train_step_s"]["numpy"] / r["train_step_s"][k])
+    for what, limit in (("forward", 1.0), ("train_step", 1.3)):  # the targets, against PyTorch's default
+        t = r["targets"][what]
+        assert t["at_most"] == limit and t["ratio"] == r[f"ratio_{what}"]["torch_nchw"]
+        assert t["met"] == (t["ratio"] <= limit)
+    for k in engines:  # each engine's memory, from a process of its own
+        m = r["memory"][k]
+        assert m["rss_before_mb"] > 0 and m["high_water_reset"] in (True, False)
+        assert math.isfinite(m["rss_peak_growth_mb"]) and math.isfinite(m["rss_peak_growth_later_step_mb"])
+    assert r["memory"]["numpy"]["traced_peak_mb"] > 0
