@@ -31,6 +31,7 @@ from tinytriage.nn import (  # noqa: E402
     Flatten,
     GlobalAvgMaxPool2d,
     GradcheckError,
+    GroupLogSoftmax,
     InvertedResidual,
     Linear,
     MaxPool2d,
@@ -105,6 +106,11 @@ STATS = {
     "running_var": np.array([0.25, 2.0, 1.5]),
     "num_batches_tracked": np.array(7),
 }
+
+
+GROUPS = np.array(  # 7 classes in 5 groups: one class in two groups, one in none, a group of one
+    [[1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 0], [1, 0, 0, 0, 1, 0, 0]], float
+)
 
 
 def bn_stats(**channels):
@@ -213,6 +219,10 @@ LAYERS = [
     case("linear-no-bias",          twins(Linear, tnn.Linear, 6, 4, bias=False),                            (3, 6)),
     case("flatten",                 twins(Flatten, tnn.Flatten),                                            (2, 3, 4, 5)),
     case("flatten-1-2",             twins(Flatten, tnn.Flatten, 1, 2),                                      (2, 3, 4, 5)),
+    # -- grouped log-softmax (the PriorClassifier's prior; twin in tinytriage.models.torch_efficientnet)
+    case("group-log-softmax",       twins(GroupLogSoftmax, torch_eff.GroupLogSoftmax, 7, 5),                (3, 7), params={"members": GROUPS}),
+    case("group-log-softmax-far",   twins(GroupLogSoftmax, torch_eff.GroupLogSoftmax, 7, 5),                scaled(40.0, (4, 7)), params={"members": GROUPS}),
+    case("group-log-softmax-one",   twins(GroupLogSoftmax, torch_eff.GroupLogSoftmax, 4, 1),                (2, 4), params={"members": np.ones((1, 4))}),
     # -- batch norm: train (batch statistics, running statistics updated) and eval
     case("bn-train",                twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (4, 3, 5, 6)),
     case("bn-train-batch-1",        twins(BatchNorm2d, tnn.BatchNorm2d, 3),                                 (1, 3, 4, 4)),
@@ -667,6 +677,7 @@ GRADCHECK = [
     pytest.param(lambda: AdaptiveAvgPool2d((2, 3)), [(1, 2, 5, 7)], id="adaptive-avg"),
     pytest.param(lambda: GlobalAvgMaxPool2d(), [(2, 3, 4, 5)], id="global-avgmax"),
     pytest.param(lambda: ReLU(), [(3, 7)], id="relu"),
+    pytest.param(lambda: _groups(GroupLogSoftmax(7, 5)), [(3, 7)], id="group-log-softmax"),
     pytest.param(lambda: Linear(5, 3), [(4, 5)], id="linear"),
     pytest.param(lambda: Flatten(), [(2, 2, 3)], id="flatten"),
     pytest.param(lambda: BatchNorm2d(2), [(3, 2, 2, 3)], id="bn-train"),
@@ -677,6 +688,11 @@ GRADCHECK = [
     pytest.param(lambda: GELU(), [(3, 7)], id="gelu"),
     pytest.param(lambda: Attention(4, 2), [(2, 3, 4)], id="attention"),
 ]
+
+
+def _groups(layer):
+    layer.load_state_dict({"members": GROUPS})
+    return layer
 
 
 @pytest.mark.parametrize("make, inputs", GRADCHECK)

@@ -23,6 +23,11 @@ weights load by name (``models/convert_efficientnet_lite0.py``), and the PyTorch
 The model is a ``Sequential`` of those children: ``features`` is everything before the
 global pool (the last spatial map, 7x7 at 224 px, is where Grad-CAM looks) and ``head``
 the rest, as the triage CNN's.
+
+With ``prior_classes`` > 0 the classifier is a ``PriorClassifier``: a new linear layer
+plus what the pretrained classifier already knows, each class's group of pretrained
+classes (ImageNet's cellular_telephone, laptop, ... for an intact device) read as a
+log-probability. The tinytriage model bundled for ``predict`` is one (models/NOTICE.md).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class EfficientNetConfig:
     stages: tuple[str, ...] = field(default=LITE0_STAGES)  # one block string per stage (see the docstring)
     drop_rate: float = 0.2  # dropout before the classifier, training only
     bn_eps: float = 1e-3  # TensorFlow's BatchNorm epsilon, which the ImageNet weights were trained with
+    prior_classes: int = 0  # > 0: a PriorClassifier reading this many pretrained classes (1000); 0: one Linear
 
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
@@ -140,7 +146,11 @@ class EfficientNet(Sequential):
             "global_pool": nn.AdaptiveAvgPool2d(1),  # (N, 1280, h, w) -> (N, 1280, 1, 1)
             "flatten": nn.Flatten(),
             "dropout": nn.Dropout(cfg.drop_rate, rng=rng),
-            "classifier": nn.Linear(cfg.head_chs, cfg.num_classes, dtype=dtype, rng=rng),
+            "classifier": (
+                PriorClassifier(cfg.head_chs, cfg.num_classes, cfg.prior_classes, dtype=dtype, rng=rng)
+                if cfg.prior_classes
+                else nn.Linear(cfg.head_chs, cfg.num_classes, dtype=dtype, rng=rng)
+            ),
         }
         for name, layer in layers.items():
             self.add_module(name, layer)
@@ -160,6 +170,40 @@ class EfficientNet(Sequential):
     def head(self) -> Sequential:
         """Global pool, flatten, dropout, classifier: (N, 1280, h, w) -> logits (N, classes)."""
         return Sequential(*list(self)[self._split() :])
+
+
+class PriorClassifier(Module):
+    """A new linear classifier plus the log-probability that a pretrained classifier gives
+    each class's group of its own classes:
+
+        logits_k = fc(f)_k + log sum_{j in group k} softmax(pretrained(f))_j       f (N, C)
+
+    ``pretrained`` is the network's original classifier (ImageNet's 1000 classes) and
+    ``groups`` says which of its classes make each new class (a 0/1 buffer, ``members``,
+    (K, J)): what the pretrained network already knows, written down without a photo. The
+    softmax of these logits is p(class) proportional to p_pretrained(group) exp(fc(f)):
+    ``fc`` learns how the new classes differ from that prior (an intact phone from a
+    cracked one, which share a group). The backward pass is the sum of the two paths."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        prior_classes: int,
+        dtype: type = np.float32,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.fc = self.add_module("fc", nn.Linear(in_features, num_classes, dtype=dtype, rng=rng))
+        self.pretrained = self.add_module("pretrained", nn.Linear(in_features, prior_classes, dtype=dtype, rng=rng))
+        self.groups = self.add_module("groups", nn.GroupLogSoftmax(prior_classes, num_classes, dtype=dtype))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.fc(x) + self.groups(self.pretrained(x))  # (N, K) + (N, K)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        # both paths read x: its gradient is the sum of theirs
+        return self.fc.backward(grad_out) + self.pretrained.backward(self.groups.backward(grad_out))
 
 
 def _flatten(layers: list[Module]) -> list[Module]:
@@ -201,7 +245,7 @@ def layer_table(cfg: EfficientNetConfig) -> list[LayerSpec]:
             expand = 0 if kind == "ds" else c_in * mid + 2 * mid  # 1x1 expansion and its BatchNorm
             params = expand + mid * k * k + 2 * mid + mid * c_out + 2 * c_out  # depthwise, BN, 1x1, BN
             add(f"blocks.{s}.{b}", kind, c_out, params, k, stride)
-    c_last, head, n = block_specs(cfg)[-1][-1][2], cfg.head_chs, cfg.num_classes
+    c_last, head, n, J = block_specs(cfg)[-1][-1][2], cfg.head_chs, cfg.num_classes, cfg.prior_classes
     add("conv_head", "conv", head, c_last * head)
     add("bn2", "bn", head, 2 * head)
     add("act2", "relu6", head, 0)
@@ -209,7 +253,8 @@ def layer_table(cfg: EfficientNetConfig) -> list[LayerSpec]:
         LayerSpec("global_pool", "avgpool", "", (head, 1, 1), 0, S, 1, 0),  # one window the size of the map
         LayerSpec("flatten", "flatten", "", (head,), 0, 1, 1, 0),
         LayerSpec("dropout", "dropout", "", (head,), 0, 1, 1, 0),  # identity in eval mode
-        LayerSpec("classifier", "linear", "classifier", (n,), head * n + n, 1, 1, 0),
+        # with a prior: the new linear layer and the pretrained classifier it reads beside it
+        LayerSpec("classifier", "prior" if J else "linear", "classifier", (n,), head * (n + J) + n + J, 1, 1, 0),
     ]
 
 
@@ -231,4 +276,4 @@ def count_macs(cfg: EfficientNetConfig) -> int:
             macs += size * size * mid * k * k  # depthwise
             macs += size * size * mid * c_out  # project 1x1
     c_last = block_specs(cfg)[-1][-1][2]
-    return macs + size * size * c_last * cfg.head_chs + cfg.head_chs * cfg.num_classes
+    return macs + size * size * c_last * cfg.head_chs + cfg.head_chs * (cfg.num_classes + cfg.prior_classes)

@@ -15,7 +15,7 @@ class LayerSpec(NamedTuple):
     """One layer of a model, computed from its config alone."""
 
     name: str  # conv1, blocks.1.0, avgpool, ...: the engines' name for it (``layer_names``) or the head's
-    kind: str  # conv, bn, relu, relu6, maxpool, ds / ir (a mobile block), avgpool, flatten, dropout, linear
+    kind: str  # conv, bn, relu, relu6, maxpool, ds / ir (a mobile block), avgpool, flatten, dropout, linear, prior
     tensors: str  # prefix of its tensors in the model file ("features.0", "blocks.1.0"); "" if it has none
     output_shape: tuple[int, ...]  # for one photo: (C, H, W) or (features,)
     params: int  # trainable parameters (BatchNorm's running statistics are not trained)

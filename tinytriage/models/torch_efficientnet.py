@@ -1,6 +1,6 @@
 """PyTorch twins of the pieces of EfficientNet-Lite that ``torch.nn`` lacks: TensorFlow's
-"same" padding and the two mobile blocks of ``tinytriage.nn.mobile``, with timm's names,
-so parameter keys match the NumPy blocks' (and timm's ``tf_efficientnet_lite0``'s) name for
+"same" padding, the two mobile blocks of ``tinytriage.nn.mobile`` and the classifier with a
+pretrained prior (``GroupLogSoftmax``, ``PriorClassifier``), with timm's names, so parameter keys match the NumPy blocks' (and timm's ``tf_efficientnet_lite0``'s) name for
 name. Imported only when torch is wanted."""
 
 from __future__ import annotations
@@ -96,6 +96,32 @@ class InvertedResidual(nn.Module):
         return x + shortcut if self.has_skip else x
 
 
+class GroupLogSoftmax(nn.Module):
+    """Twin of ``tinytriage.nn.GroupLogSoftmax``: log sum_{j in group k} softmax(x)_j, as a
+    logsumexp of the log-softmax over each group (a class outside it adds log 0 = -inf)."""
+
+    def __init__(self, in_features: int, num_groups: int) -> None:
+        super().__init__()
+        self.register_buffer("members", torch.zeros(num_groups, in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(x, dim=1)  # (N, J)
+        return torch.logsumexp(log_p[:, None, :] + torch.log(self.members)[None], dim=2)  # (N, K, J) -> (N, K)
+
+
+class PriorClassifier(nn.Module):
+    """Twin of ``tinytriage.models.efficientnet.PriorClassifier``: fc(f) + groups(pretrained(f))."""
+
+    def __init__(self, in_features: int, num_classes: int, prior_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+        self.pretrained = nn.Linear(in_features, prior_classes)
+        self.groups = GroupLogSoftmax(prior_classes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.groups(self.pretrained(x))
+
+
 class TorchEfficientNet(nn.Module):
     """PyTorch twin of ``tinytriage.models.efficientnet.EfficientNet``: the same children,
     so the same state-dict keys (timm's ``tf_efficientnet_lite0``)."""
@@ -123,7 +149,11 @@ class TorchEfficientNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(cfg.drop_rate)
-        self.classifier = nn.Linear(cfg.head_chs, cfg.num_classes)
+        self.classifier = (
+            PriorClassifier(cfg.head_chs, cfg.num_classes, cfg.prior_classes)
+            if cfg.prior_classes
+            else nn.Linear(cfg.head_chs, cfg.num_classes)
+        )
 
     @property
     def features(self) -> nn.Sequential:

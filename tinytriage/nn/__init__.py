@@ -30,6 +30,7 @@ from tinytriage.nn.fast.parallel import get_num_threads, set_num_threads
 from tinytriage.nn.fast.pointwise import pointwise_conv2d_backward, pointwise_conv2d_forward
 from tinytriage.nn.fast.pool import maxpool2d_backward, maxpool2d_forward
 from tinytriage.nn.gradcheck import GradcheckError, gradcheck, numerical_grad
+from tinytriage.nn.group_softmax import GroupLogSoftmax
 from tinytriage.nn.linear import Flatten, Linear
 from tinytriage.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss
 from tinytriage.nn.mobile import DepthwiseSeparableConv, InvertedResidual, make_divisible
@@ -83,6 +84,7 @@ __all__ = [
     "make_divisible",
     "Linear",
     "Flatten",
+    "GroupLogSoftmax",
     "BatchNorm2d",
     "batch_norm_reference",
     "batch_norm_backward_reference",
