@@ -59,7 +59,9 @@ def explain(
     demo: bool = typer.Option(False, "--demo", help="The worked example on a 4x4 patch, step by step."),
     model: Path | None = typer.Option(None, "--model", "-m", help="Model file; default: the bundled model."),
     backend: str = typer.Option("numpy", "--backend", "-b", help="Engine: numpy (from scratch) or torch."),
-    arch: str | None = typer.Option(None, "--arch", help="cnn or vit: picks the bundled model. Default: cnn."),
+    arch: str | None = typer.Option(
+        None, "--arch", help="efficientnet_lite0, cnn or vit: picks the bundled model. Default: efficientnet_lite0."
+    ),
     device: str = typer.Option("cpu", "--device", help="torch backend only: cpu or cuda."),
     layer: str | None = typer.Option(
         None,
@@ -119,7 +121,10 @@ SecondLookOpt = typer.Option(
     help="Look again, closer, at the devices the model is unsure about (when the model file says how).",
 )  # fmt: skip
 ArchOpt = typer.Option(
-    None, "--arch", help="Model: cnn or vit; picks the bundled model (a model file knows its own). Default: cnn."
+    None,
+    "--arch",
+    help="Model: efficientnet_lite0, cnn or vit; picks the bundled model (a model file knows its own). "
+    "Default: efficientnet_lite0.",
 )
 RoutesOpt = typer.Option(
     None, "--routes", help='TOML file of class = "queue" lines (a [routes] table); default: the model\'s routes.'

@@ -646,7 +646,7 @@ def explain_photo(
     default the strongest activation of the layer's block (over all channels, or in
     ``channel``); with ``at`` alone, the channel most active at that cell. ``class_name`` is the Grad-CAM class (default: the predicted one).
     ``save_dir`` writes the feature-map grid and the heatmap overlay as PNGs. ``model`` None
-    means the bundled model of ``arch`` (default cnn)."""
+    means the bundled model of ``arch`` (default efficientnet_lite0)."""
     from tinytriage.data.preprocess import load_image, preprocess_with_geometry
     from tinytriage.files import atomic_write_bytes
     from tinytriage.inference.predict import PhotoFailure, Predictor

@@ -35,6 +35,8 @@ from tinytriage.inference.inputs import IMAGE_EXTENSIONS, PhotoFailure, expand_i
 from tinytriage.inference.second_look import SecondLook, cam_region, class_activation_maps, combine, gate, head_weight
 from tinytriage.models.file import ModelFile, read_model_or_bundled
 from tinytriage.training.calibration import softmax
+from tinytriage.training.ood import REASON as OOD_REASON
+from tinytriage.training.ood import ResidualGate
 
 
 @dataclass
@@ -48,7 +50,8 @@ class Prediction:
     top3: list[tuple[str, float]]
     route: str  # the queue the ticket goes to
     needs_review: bool
-    review_reason: str | None  # "low confidence", "not a ticket photo", "routed to review", or None
+    # "low confidence", "not a ticket photo", "routed to review", "unlike the training photos", or None
+    review_reason: str | None
     backend: str
     model: str
     second_look: bool = False  # probabilities are the mean of the whole photo's and a closer look's
@@ -81,6 +84,7 @@ class Predictor:
     routes: dict[str, str] = field(default_factory=dict)
     second_look: SecondLook | None = None  # from the model file, unless switched off
     model_name: str = ""  # the model as the user gave it (a file or a run folder); the bundled file's name
+    ood: ResidualGate | None = None  # the model file's out-of-distribution gate (training.ood), if it has one
 
     @classmethod
     def load(
@@ -94,7 +98,7 @@ class Predictor:
         arch: str | None = None,
         second_look: bool = True,
     ) -> Predictor:
-        """``model``: a model file, or None for the bundled model of ``arch`` (default cnn).
+        """``model``: a model file, or None for the bundled model of ``arch`` (default efficientnet_lite0).
         The file records its architecture; ``arch`` only checks it. ``second_look=False``
         ignores the file's second-look setting (first look only)."""
         from tinytriage.engines import load_engine
@@ -113,7 +117,8 @@ class Predictor:
         if not 0.0 <= t <= 1.0:
             raise ConfigError(f"must be between 0 and 1, got {t}", option="--threshold")
         look = SecondLook.from_dict(mf.second_look) if second_look and mf.second_look else None
-        return cls(mf, path, engine, backend, t, merged, look, str(model) if model else path.name)
+        gate = ResidualGate.from_ood(mf.ood)
+        return cls(mf, path, engine, backend, t, merged, look, str(model) if model else path.name, gate)
 
     @property
     def preprocess_config(self):
@@ -121,8 +126,10 @@ class Predictor:
 
         return Preprocess.from_dict(self.model_file.preprocess)
 
-    def decide_probs(self, path: str, probs: np.ndarray, second_look: bool = False) -> Prediction:
-        """Calibrated probabilities of one photo (K,) -> class, route, review flag."""
+    def decide_probs(self, path: str, probs: np.ndarray, second_look: bool = False, unlike: bool = False) -> Prediction:
+        """Calibrated probabilities of one photo (K,) -> class, route, review flag. ``unlike``:
+        the photo's features lie beyond the model's out-of-distribution gate (``training.ood``):
+        a person looks at it, whatever the confidence."""
         classes = self.model_file.classes
         order = np.argsort(-probs)
         label, confidence = classes[order[0]], float(probs[order[0]])
@@ -130,6 +137,8 @@ class Predictor:
         reason = None
         if route == HUMAN_REVIEW:  # the open set, or a class a team routes to a person
             reason = "not a ticket photo" if label == OPEN_SET else "routed to review"
+        elif unlike:
+            reason, route = OOD_REASON, HUMAN_REVIEW
         elif confidence < self.threshold:
             reason, route = "low confidence", HUMAN_REVIEW
         return Prediction(
@@ -216,18 +225,24 @@ class Predictor:
         if not good:
             return out
         x = np.concatenate([loaded[i][1][0] for i in good])  # (B, 3, S, S)
-        if self.second_look is None:
+        unlike = np.zeros(len(x), bool)
+        if self.second_look is None and self.ood is None:
             first, regions = softmax(self.engine.logits(x), self.model_file.temperature), {}
         else:
-            logits, features = self.engine.logits_and_features(x)
+            logits, features = self.engine.logits_and_features(x)  # features (B, C, h, w)
             first = softmax(logits, self.model_file.temperature)
-            regions = self._regions(first, features, [loaded[i][1][1] for i in good])
+            if self.ood is not None:
+                unlike = self.ood.unlike(features.mean(axis=(2, 3)))  # on the pooled features (B, C)
+            if self.second_look is not None:
+                regions = self._regions(first, features, [loaded[i][1][1] for i in good])
+            else:
+                regions = {}
         for j, i in enumerate(good):
             path = loaded[i][0]
             if j in regions:
-                out[i] = _Waiting(path, first[j], pool.submit(self._close_up, path, regions[j]))
+                out[i] = _Waiting(path, first[j], pool.submit(self._close_up, path, regions[j]), bool(unlike[j]))
             else:
-                out[i] = self.decide_probs(path, first[j])
+                out[i] = self.decide_probs(path, first[j], unlike=bool(unlike[j]))
         return out
 
     def _ready(self, queue: deque, batch_size: int, final: bool = False) -> Iterator[Prediction | PhotoFailure]:
@@ -240,10 +255,10 @@ class Predictor:
             shown = [(w, a) for w, a in zip(waiting, arrays, strict=True) if a is not None]
             second = softmax(self._close_up_logits([a for _, a in shown]), self.model_file.temperature) if shown else []
             for (w, _), p2 in zip(shown, second, strict=True):
-                w.result = self.decide_probs(w.path, combine(w.first, p2), second_look=True)
+                w.result = self.decide_probs(w.path, combine(w.first, p2), second_look=True, unlike=w.unlike)
             for w, a in zip(waiting, arrays, strict=True):
                 if a is None:  # read once already; if it fails now, the first look decides
-                    w.result = self.decide_probs(w.path, w.first)
+                    w.result = self.decide_probs(w.path, w.first, unlike=w.unlike)
         while queue and not (isinstance(queue[0], _Waiting) and queue[0].result is None):
             r = queue.popleft()
             yield r.result if isinstance(r, _Waiting) else r
@@ -304,4 +319,5 @@ class _Waiting:
     path: str
     first: np.ndarray  # (K,) calibrated probabilities of the first look
     close_up: Future  # -> uint8 (S, S, 3), or None if the photo no longer decodes
+    unlike: bool = False  # beyond the out-of-distribution gate (first look)
     result: Prediction | None = None

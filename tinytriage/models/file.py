@@ -50,7 +50,9 @@ class ModelFile:
     tensors: dict[str, np.ndarray]  # state_dict, PyTorch keys
     threshold: float = 0.5  # below this calibrated confidence -> human review
     temperature: float = 1.0  # logits / T before softmax (temperature scaling)
-    ood: dict[str, Any] = field(default_factory=dict)  # open-set score calibration
+    # out-of-distribution gate (tinytriage.training.ood): {"score": "residual", "dims", "threshold",
+    # ..., "mean": (C,) array, "basis": (C, dims) array}; its arrays are stored as tensors "ood.<name>"
+    ood: dict[str, Any] = field(default_factory=dict)
     second_look: dict[str, Any] = field(default_factory=dict)  # tinytriage.inference.second_look.SecondLook; {}: none
     training: dict[str, Any] = field(default_factory=dict)  # seed, args, per-epoch metrics
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of these weights
@@ -68,7 +70,7 @@ class ModelFile:
             "preprocess": self.preprocess,
             "threshold": self.threshold,
             "temperature": self.temperature,
-            "ood": self.ood,
+            "ood": {k: v for k, v in self.ood.items() if not isinstance(v, np.ndarray)},
             "second_look": self.second_look,
             "training": self.training,
             "metrics": self.metrics,
@@ -128,7 +130,38 @@ def save_model(model_file: ModelFile, path: str | os.PathLike) -> Path:
         raise ModelFileError(f"refusing to save non-finite (NaN/Inf) weights: {', '.join(bad)}")
     meta = json.dumps(finite_json(model_file.metadata()), allow_nan=False, sort_keys=True)
     tensors = {k: np.array(v, order="C", copy=None) for k, v in model_file.tensors.items()}
+    tensors |= {f"{OOD_PREFIX}{k}": np.array(v, np.float32, order="C") for k, v in ood_arrays(model_file).items()}
     return atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: meta}))
+
+
+# -- the out-of-distribution gate's arrays -------------------------------------------
+
+OOD_PREFIX = "ood."  # its arrays ride in the file as tensors under this prefix, beside the network's
+
+
+def ood_arrays(model_file: ModelFile) -> dict[str, np.ndarray]:
+    """The arrays of ``model_file.ood`` (the network's own tensors are ``model_file.tensors``)."""
+    return {k: v for k, v in model_file.ood.items() if isinstance(v, np.ndarray)}
+
+
+def _check_ood(mf: ModelFile, arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Put the file's ``ood.*`` tensors into ``mf.ood``, checked: a mean of the pooled
+    features (C,) and ``dims`` directions (C, dims), finite, and a threshold."""
+    if not mf.ood and not arrays:
+        return
+    try:
+        dims, _ = int(mf.ood["dims"]), float(mf.ood["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: malformed ood metadata ({err!r} missing or not a number)") from None
+    if get_arch(mf.arch).features_module is None:
+        raise ModelFileError(f"{path}: an ood gate reads conv features; a {mf.arch} has none")
+    C = get_arch(mf.arch).feature_map_shape(mf.config)[0]
+    want = {"mean": (C,), "basis": (C, dims)}
+    arrays = {k.removeprefix(OOD_PREFIX): np.asarray(v, np.float32) for k, v in arrays.items()}
+    got = {k: tuple(v.shape) for k, v in arrays.items()}
+    if got != want or not all(np.isfinite(v).all() for v in arrays.values()):
+        raise ModelFileError(f"{path}: ood tensors {got}, expected finite {want}")
+    mf.ood |= arrays
 
 
 # -- loading --------------------------------------------------------------------------
@@ -208,9 +241,11 @@ def read_model(path: str | os.PathLike) -> ModelFile:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: tinytriage metadata is missing or malformed: {err}") from None
+    arrays = {k: mf.tensors.pop(k) for k in [k for k in mf.tensors if k.startswith(OOD_PREFIX)]}
     check_tensors(mf, path)
     _check_second_look(mf, path)
     mf.config = full_config(mf.arch, mf.config)  # a file from before a config field existed
+    _check_ood(mf, arrays, path)
     return mf
 
 
@@ -289,10 +324,16 @@ def build_numpy_model(arch: str, config: dict, seed: int = 0, init: bool = True)
 
 # -- the bundled model ---------------------------------------------------------------
 
-BUNDLED = {"cnn": "triage_cnn.safetensors", "vit": "triage_vit.safetensors"}
+BUNDLED = {
+    # ImageNet's EfficientNet-Lite0 under a head learnt from generated photos (models/make_triage_effnet.py)
+    "efficientnet_lite0": "triage_effnet.safetensors",
+    "cnn": "triage_cnn.safetensors",  # the textbook CNN, trained from scratch (the lesson, explain --demo)
+    "vit": "triage_vit.safetensors",
+}
+DEFAULT_BUNDLED = "efficientnet_lite0"  # what predict, evaluate and explain use without --model or --arch
 
 
-def bundled_model_path(arch: str = "cnn") -> Path:
+def bundled_model_path(arch: str = DEFAULT_BUNDLED) -> Path:
     """The model shipped with tinytriage for ``arch``, found from any working directory."""
     if arch not in BUNDLED:
         raise ModelFileError(f"no bundled {arch} model (bundled: {', '.join(BUNDLED)}); pass --model FILE")
@@ -323,9 +364,9 @@ def bundled_file(name: str) -> Path:
 
 
 def read_model_or_bundled(model: str | os.PathLike | None, arch: str | None = None) -> tuple[ModelFile, Path]:
-    """Read ``model``, or the bundled model of ``arch`` (default cnn) when no file is given.
-    With both, check that the file holds that architecture (a file knows its own)."""
-    path = Path(model) if model else bundled_model_path(arch or "cnn")
+    """Read ``model``, or the bundled model of ``arch`` (default ``DEFAULT_BUNDLED``) when no
+    file is given. With both, check that the file holds that architecture (a file knows its own)."""
+    path = Path(model) if model else bundled_model_path(arch or DEFAULT_BUNDLED)
     mf = read_model(path)
     if arch is not None and mf.arch != arch:
         raise ModelFileError(f"{path}: holds a {mf.arch} model, not a {arch}; drop --arch or pass a {arch} model file")

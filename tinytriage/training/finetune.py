@@ -127,9 +127,13 @@ def fit_linear_head(
     lr: float = HEAD_LR,
     weight_decay: float = HEAD_WEIGHT_DECAY,
     label_smoothing: float = 0.05,
+    offset: np.ndarray | None = None,
 ) -> LinearHead:
     """Multinomial logistic regression by full-batch Adam on standardised features, then
-    the standardisation folded in: W (x - mu) / sd + b = (W / sd) x + (b - W (mu / sd))."""
+    the standardisation folded in: W (x - mu) / sd + b = (W / sd) x + (b - W (mu / sd)).
+
+    ``offset`` (N, K), fixed logits added before the softmax: what the head learns is then
+    a correction to them (a ``PriorClassifier``'s prior, ``training.prior``)."""
     N, C = x.shape
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = (x - mu) / sd  # (N, C)
@@ -138,8 +142,9 @@ def fit_linear_head(
     W, b = np.zeros((C, num_classes)), np.zeros(num_classes)
     m = [np.zeros_like(W), np.zeros_like(b)]
     v = [np.zeros_like(W), np.zeros_like(b)]
+    fixed = 0.0 if offset is None else offset
     for t in range(1, steps + 1):
-        logits = z @ W + b  # (N, K)
+        logits = z @ W + b + fixed  # (N, K)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         d = (p - target) / N  # d mean cross-entropy / d logits
@@ -225,13 +230,18 @@ def train_head(
     )
     emit(events.Epoch(metrics=metrics))
 
+    config = {**pretrained.config, "num_classes": len(classes)}
     tensors = dict(pretrained.tensors)  # read_model made them float32 (num_batches_tracked stays int64)
-    (w_name,) = [k for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 2]  # the classifier
+    if config.get("prior_classes"):  # a PriorClassifier's groups are its own classes': a plain Linear instead
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+        config["prior_classes"], w_name = 0, "classifier.weight"
+    else:
+        (w_name,) = [k for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 2]  # the classifier
     tensors[w_name] = head.weight.astype(np.float32)
     tensors[w_name.removesuffix("weight") + "bias"] = head.bias.astype(np.float32)
     model_file = ModelFile(
         arch=pretrained.arch,
-        config=spec.full_config({**pretrained.config, "num_classes": len(classes)}),
+        config=spec.full_config(config),
         classes=list(classes),
         routes=routes,
         preprocess=pcfg.to_dict(),
