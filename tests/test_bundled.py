@@ -47,7 +47,7 @@ def test_bundled_cnn_is_the_default_recipe():
 
 
 def test_readme_first_command_from_another_folder(tmp_path):
-    photo = REPO / "samples" / "screen_damage" / "screen_damage_00000.jpg"
+    photo = REPO / "samples" / "screen_damage" / "screen_damage_00004.jpg"
     r = run_cli("predict", str(photo), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)

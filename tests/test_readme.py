@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 
-FIRST_COMMAND = "pip install . && tinytriage predict samples/screen_damage/screen_damage_00000.jpg"
+FIRST_COMMAND = "pip install . && tinytriage predict samples/screen_damage/screen_damage_00004.jpg"
 CI_MARKER = "# --- the README's second command, verbatim ---"
 
 
@@ -44,7 +44,13 @@ def test_readme_shows_what_the_first_command_prints():
     blocks = fenced_blocks(README.read_text())
     first = next(i for i, (_, lines) in enumerate(blocks) if FIRST_COMMAND in lines)
     printed = "\n".join(blocks[first + 1][1])
-    assert "samples/screen_damage/screen_damage_00000.jpg" in printed and "refurbishment" in printed
+    # the row the README shows is the row the command prints today (the bundled default model)
+    from conftest import run_cli
+
+    r = run_cli("predict", FIRST_COMMAND.split()[-1], cwd=REPO, env={"COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if "screen_damage_00004" in line)
+    assert row in printed and "refurbishment" in row
 
 
 def package_paths(text: str) -> set[str]:
