@@ -75,6 +75,10 @@ class Engine(Protocol):
         """Forward, backward, optimizer step: (loss, logits) of the batch."""
         ...
 
+    def use_float64(self) -> None:
+        """Compute in float64 from now on (before the first step)."""
+        ...
+
     def reseed(self, seed_seq: list[int]) -> None:
         """Fresh random generators for dropout (per epoch, so resuming is exact)."""
         ...

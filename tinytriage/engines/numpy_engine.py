@@ -213,6 +213,12 @@ class NumpyEngine:
             self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state)
 
+    def use_float64(self) -> None:
+        """Compute in float64 from now on (``compare``'s gradient and training checks);
+        before the first step: the optimizer is made afresh."""
+        self.model.astype(np.float64)
+        self._inference_model, self.optimizer = None, None
+
     def reseed(self, seed_seq: list[int]) -> None:
         """Give every Dropout layer a fresh generator (per epoch, so resuming is exact)."""
         for i, (_, m) in enumerate(self.model.named_modules()):

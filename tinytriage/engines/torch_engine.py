@@ -225,6 +225,12 @@ class TorchEngine:
             else:
                 st[k] = torch.tensor(float(np.asarray(v)))
 
+    def use_float64(self) -> None:
+        """Compute in float64 from now on (``compare``'s checks); before the first step."""
+        self.dtype = torch.float64
+        self.model.to(dtype=self.dtype)
+        self.optimizer = None
+
     def reseed(self, seed_seq: list[int]) -> None:
         torch.manual_seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
 
