@@ -13,6 +13,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tinytriage.nn.fast.epilogue import bias_and_activation
 from tinytriage.nn.fast.memory import Workspace, channel_sums, channels_last, empty, nchw
 from tinytriage.nn.fast.parallel import parallel_map
 from tinytriage.nn.fast.pool import running_max_cl
@@ -185,14 +186,7 @@ def _correlate(
         if pool is not None:  # (n, H', W', O) -> (n, H'', W'', O), into out
             running_max_cl(out[n0 : n0 + n], mine.reshape(n, Ho, Wo, O), pool_k, pool_s)
             mine = out[n0 : n0 + n].reshape(-1, G, Og)
-        if bias_g is not None:
-            mine += bias_g  # broadcasts over the rows
-        if relu and cap is not None:
-            np.clip(mine, 0, cap, out=mine)  # ReLU6 in one pass, several times faster than max then min
-        elif relu:
-            np.maximum(mine, 0, out=mine)
-        elif cap is not None:
-            np.minimum(mine, cap, out=mine)
+        bias_and_activation(mine, bias_g, relu, cap)
 
     parallel_map(task, chunks, blas=True)
 
