@@ -6,6 +6,8 @@ its PyTorch twin, the same arguments, the input shapes.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from tinytriage.errors import ShapeError  # noqa: E402
 from tinytriage.models import torch_efficientnet as torch_eff  # noqa: E402
 from tinytriage.models import torch_vit  # noqa: E402
 from tinytriage.models.torch_cnn import TorchGlobalAvgMaxPool2d  # noqa: E402
+from tinytriage.models.vit import ViTConfig  # noqa: E402
 from tinytriage.nn import (  # noqa: E402
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -65,7 +68,17 @@ from tinytriage.nn import (  # noqa: E402
     pointwise_conv2d_forward,
 )
 from tinytriage.nn.fast import depthwise as fast_depthwise  # noqa: E402
-from tinytriage.nn.transformer import GELU, Attention, Block, LayerNorm, Mlp, PatchEmbed  # noqa: E402
+from tinytriage.nn.transformer import (  # noqa: E402
+    GELU,
+    Attention,
+    Block,
+    ConvNormAct,
+    ConvPatchEmbed,
+    LayerNorm,
+    Mlp,
+    PatchEmbed,
+    VisionTransformer,
+)
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 DTYPES = [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32")]
@@ -94,6 +107,24 @@ def uniform(shape):
 
 def scaled(scale, shape):
     return lambda rng, dtype: (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def vit_twins(**config):
+    """A whole ViT from one ``ViTConfig`` in both engines (the NumPy one built directly, so
+    that it computes the photo's gradient too, which ``build_vit`` skips)."""
+    cfg = ViTConfig(**config)
+    return (lambda: VisionTransformer(**asdict(cfg))), (lambda: torch_vit.TorchVisionTransformer(cfg))
+
+
+# a 8x8 photo in a 2x2 grid of 4x4 cells, one block of 2 heads: every part, and fast
+SMALL_VIT = dict(in_chans=3, num_classes=3, img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2)
+
+
+# two heads that prefer opposite classes: the average far from either softmax. (At 3: larger
+# weights scale up the gradients and float32's rounding alone then passes the table's
+# atol of 1e-5; float64 still agrees with torch to 1e-10 at 10.)
+_W = 3 * np.random.default_rng(1).standard_normal((3, 8))
+HEADS_APART = {"head.weight": _W, "head_dist.weight": -_W}
 
 
 def small_cnn(conv, relu, pool, flatten, linear, seq):
@@ -270,6 +301,25 @@ LAYERS = [
     case("block",                   twins(Block, torch_vit.Block, 8, 2, mlp_ratio=2.0),                     (2, 5, 8)),
     case("block-3-heads-no-bias",   twins(Block, torch_vit.Block, 12, 3, qkv_bias=False),                   (1, 4, 12)),
     case("patch-embed",             twins(PatchEmbed, torch_vit.PatchEmbed, 12, 4, 3, 8),                   (2, 3, 12, 12)),
+    # -- early convolutions (Xiao et al. 2021): conv -> BatchNorm -> ReLU stages, then a 1x1 projection
+    case("conv-norm-act",           twins(ConvNormAct, torch_vit.ConvNormAct, 3, 4),                        (2, 3, 7, 6)),
+    case("conv-norm-act-eval",      twins(ConvNormAct, torch_vit.ConvNormAct, 3, 4),                        (2, 3, 6, 6), train=False,
+         params=bn_stats(bn=4)),
+    case("conv-patch-embed",        twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 8, 4, 3, 6, (4, 5)),    (2, 3, 8, 8)),
+    case("conv-patch-embed-s8",     twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 16, 8, 2, 4, (3, 4, 6)), (2, 2, 16, 16)),
+    case("conv-patch-embed-eval",   twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 8, 4, 3, 6, (4, 5)),    (2, 3, 8, 8), train=False,
+         params=bn_stats(**{"stem.0.bn": 4, "stem.1.bn": 5})),
+    # -- whole ViTs: the distillation token (DeiT) in training mode, (N, 2, K), and eval mode, log of the
+    #    averaged softmaxes (N, K); the conv stem; both
+    case("vit",                     vit_twins(**SMALL_VIT),                                                 (2, 3, 8, 8)),
+    case("vit-distilled-train",     vit_twins(**SMALL_VIT, distilled=True),                                 (2, 3, 8, 8)),
+    case("vit-distilled-eval",      vit_twins(**SMALL_VIT, distilled=True),                                 (2, 3, 8, 8), train=False),
+    case("vit-distilled-eval-apart", vit_twins(**SMALL_VIT, distilled=True),                                (2, 3, 8, 8), train=False,
+         params=HEADS_APART),
+    case("vit-conv-stem",           vit_twins(**SMALL_VIT, conv_stem=[4, 6]),                               (2, 3, 8, 8)),
+    case("vit-conv-stem-distilled", vit_twins(**SMALL_VIT, conv_stem=[4, 6], distilled=True),               (2, 3, 8, 8)),
+    case("vit-conv-stem-distilled-eval", vit_twins(**SMALL_VIT, conv_stem=[4, 6], distilled=True),          (2, 3, 8, 8), train=False,
+         params=bn_stats(**{"patch_embed.stem.0.bn": 4, "patch_embed.stem.1.bn": 6})),
     # -- mobile blocks: twins in tinytriage.models.torch_efficientnet, timm's names; train and eval, with and without the residual
     case("ds-residual",             twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7)),
     case("ds-residual-eval",        twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7), train=False,
@@ -688,6 +738,10 @@ GRADCHECK = [
     pytest.param(lambda: LayerNorm(4), [(2, 3, 4)], id="layernorm"),
     pytest.param(lambda: GELU(), [(3, 7)], id="gelu"),
     pytest.param(lambda: Attention(4, 2), [(2, 3, 4)], id="attention"),
+    pytest.param(lambda: ConvPatchEmbed(8, 4, 2, 4, (3, 3)), [(2, 2, 8, 8)], id="conv-patch-embed"),
+    pytest.param(
+        lambda: VisionTransformer(**SMALL_VIT, distilled=True).eval(), [(2, 3, 8, 8)], id="vit-distilled-eval"
+    ),
 ]
 
 

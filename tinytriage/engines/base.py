@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tinytriage.errors import ShapeError
+
 
 @dataclass
 class OptimConfig:
@@ -67,12 +69,17 @@ class Engine(Protocol):
         ...
 
     # -- training --
+    # y is (N,) class indices for a model with one head. A model whose training-mode output
+    # has several heads, (N, H, K) (a distilled ViT: H = 2, the class head and the
+    # distillation head), takes (N, H) targets, one per head (the true label, the teacher's);
+    # the loss is then the mean cross-entropy over all N*H rows. Either way the logits
+    # returned are (N, K), the class head's ([:, 0]), so accuracy is computed as for one head.
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
-        """Forward and backward in training mode, no step: (loss, logits, gradients by name)."""
+        """Forward and backward in training mode, no step: (loss, class-head logits (N, K), gradients by name)."""
         ...
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
-        """Forward, backward, optimizer step: (loss, logits) of the batch."""
+        """Forward, backward, optimizer step: (loss, class-head logits (N, K)) of the batch."""
         ...
 
     def use_float64(self) -> None:
@@ -91,3 +98,22 @@ class Engine(Protocol):
     def optimizer_state(self) -> dict: ...
 
     def load_optimizer_state(self, state: dict) -> None: ...
+
+
+def check_head_targets(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` as integer class indices, one per head of the (N, H, K) training logits: (N, H)."""
+    N, H, K = logits.shape
+    y = np.asarray(y)
+    if y.shape != (N, H) or not np.issubdtype(y.dtype, np.integer):
+        raise ShapeError(
+            f"the model gives {H} heads' logits, (N, H, K) = {(N, H, K)}: targets must be (N, H) = {(N, H)} "
+            f"integer class indices, one per head (a distilled ViT: the true label, then the teacher's), "
+            f"got {y.dtype} shape {tuple(y.shape)}"
+        )
+    return y
+
+
+def class_logits(logits):
+    """The class head's (N, K) logits of (N, K) or (N, H, K) training logits (head 0);
+    NumPy arrays and torch tensors alike."""
+    return logits[:, 0] if logits.ndim == 3 else logits

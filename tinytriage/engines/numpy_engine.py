@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytriage import nn
-from tinytriage.engines.base import OptimConfig
+from tinytriage.engines.base import OptimConfig, check_head_targets, class_logits
 from tinytriage.errors import TinyTriageError
 from tinytriage.models import Architecture
 
@@ -161,12 +161,25 @@ class NumpyEngine:
         return A, g, logits
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
-        """Forward and backward in training mode, no optimizer step (used by ``compare``)."""
+        """Forward and backward in training mode, no optimizer step (used by ``compare``).
+        The logits returned are (N, classes): the class head's, for a model with several."""
         self.model.train()
-        logits = self.model(x)
-        loss, dlogits = self.loss_fn(logits, y)
+        logits = self.model(x)  # (N, K), or (N, H, K) from H heads (a distilled ViT: H = 2)
+        loss, dlogits = self._loss(logits, y)
         self.model.backward(dlogits)
-        return float(loss), logits, self.model.grads
+        return float(loss), class_logits(logits), self.model.grads
+
+    def _loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-entropy of (N, K) logits and (N,) class indices; of (N, H, K) logits, one row
+        per head, and (N, H) targets, the mean over all N*H rows (with a distilled ViT that is
+        DeiT's hard distillation: half the class head's loss on the labels, half the
+        distillation head's on the teacher's)."""
+        if logits.ndim == 2:
+            return self.loss_fn(logits, y)
+        N, H, K = logits.shape
+        y = check_head_targets(logits, y)
+        loss, dlogits = self.loss_fn(logits.reshape(N * H, K), y.reshape(N * H))
+        return loss, dlogits.reshape(N, H, K)
 
     def damage_loss_and_grads(
         self, x: np.ndarray, y: np.ndarray, coverage: np.ndarray

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinytriage.engines.base import OptimConfig
+from tinytriage.engines.base import OptimConfig, check_head_targets, class_logits
 from tinytriage.errors import BackendUnavailable, TinyTriageError
 from tinytriage.models import Architecture
 
@@ -131,13 +131,23 @@ class TorchEngine:
         return as_np(A), as_np(dA), as_np(logits)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray):
+        """Forward and backward in training mode, no step: (loss, class-head logits (N, K), gradients)."""
         self.model.train()
         self.model.zero_grad(set_to_none=True)
-        logits = self.model(self._tensor(x))
-        loss = self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
+        logits = self.model(self._tensor(x))  # (N, K), or (N, H, K) from H heads (a distilled ViT)
+        loss = self._loss(logits, y)
         loss.backward()
         grads = {n: p.grad.detach().cpu().numpy() for n, p in self.model.named_parameters()}
-        return loss.item(), logits.detach().cpu().numpy(), grads
+        return loss.item(), class_logits(logits).detach().cpu().numpy(), grads
+
+    def _loss(self, logits: torch.Tensor, y: np.ndarray) -> torch.Tensor:
+        """Cross-entropy of (N, K) logits and (N,) targets, or of (N, H, K) logits and (N, H)
+        targets over all N*H rows (``NumpyEngine._loss``: DeiT's hard distillation)."""
+        if logits.ndim == 3:
+            N, H, K = logits.shape
+            y = check_head_targets(logits, y).reshape(N * H)
+            logits = logits.reshape(N * H, K)
+        return self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
         """Forward, backward, step. After ``distribute()``, x and y are this rank's share of the
@@ -174,12 +184,12 @@ class TorchEngine:
 
         self.ddp.train()
         self.model.zero_grad(set_to_none=True)
-        logits = self.ddp(self._tensor(x))  # (B/W, classes): this rank's share
-        loss = self.loss_fn(logits, torch.from_numpy(np.asarray(y, np.int64)).to(self.device))
+        logits = self.ddp(self._tensor(x))  # (B/W, classes): this rank's share ((B/W, H, classes): H heads)
+        loss = self._loss(logits, y)
         loss.backward()  # DDP averages the gradients over the ranks here
         self.optimizer.step()
         loss_all = distributed.mean_over_ranks(loss)  # the mean of equal shares' means: the batch mean
-        logits_all = distributed.gather_rows(logits)  # (B, classes), in global batch order
+        logits_all = distributed.gather_rows(class_logits(logits))  # (B, classes), in global batch order
         return float(loss_all), logits_all.float().cpu().numpy()
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -114,15 +114,27 @@ def _vit_summary(config: dict) -> ModelSummary:
     # norm1, qkv, proj, norm2, fc1, fc2
     block = 2 * D + (3 * D * D + qkv_bias) + (D * D + D) + 2 * D + (D * hidden + hidden) + (hidden * D + D)
     # a patch sees its P x P pixels; after the first attention every token can see every patch
-    rows = [
-        LayerRow("patch_embed", "conv", "patch_embed.proj", (D, gh, gw), D * cfg.in_chans * P * P + D, P, P),
-        LayerRow("tokens", "cls_token + pos_embed", "cls_token, pos_embed", (T, D), D + T * D, P, P),
-    ]
+    rows, rf, c_in = [], P, cfg.in_chans
+    if cfg.conv_stem:  # early convolutions: 3x3 stride 2 each, so the window grows by 2 jumps a stage
+        rf, jump, side = 1, 1, cfg.img_size
+        for i, c_out in enumerate(cfg.conv_stem):
+            rf, jump, side = rf + 2 * jump, 2 * jump, side // 2
+            params = c_out * c_in * 9 + 2 * c_out  # the conv's kernels (no bias), BatchNorm's gamma and beta
+            rows.append(
+                LayerRow(f"stem.{i}", "conv-bn-relu", f"patch_embed.stem.{i}", (c_out, side, side), params, rf, jump)
+            )
+            c_in = c_out
+        rows.append(LayerRow("patch_embed", "conv", "patch_embed.proj", (D, gh, gw), D * c_in + D, rf, P))  # 1x1
+    else:
+        rows.append(LayerRow("patch_embed", "conv", "patch_embed.proj", (D, gh, gw), D * c_in * P * P + D, P, P))
+    prefix = "cls_token, dist_token" if cfg.distilled else "cls_token"
+    kind = prefix.replace(", ", " + ") + " + pos_embed"
+    rows.append(LayerRow("tokens", kind, f"{prefix}, pos_embed", (T, D), cfg.num_prefix_tokens * D + T * D, rf, P))
     rows += [LayerRow(f"blocks.{i}", "block", f"blocks.{i}", (T, D), block, cfg.img_size, P) for i in range(cfg.depth)]
-    rows += [
-        LayerRow("norm", "layernorm", "norm", (T, D), 2 * D, cfg.img_size, P),
-        LayerRow("head", "linear", "head", (cfg.num_classes,), D * cfg.num_classes + cfg.num_classes, cfg.img_size, P),
-    ]
+    rows.append(LayerRow("norm", "layernorm", "norm", (T, D), 2 * D, cfg.img_size, P))
+    heads = ["head", "head_dist"] if cfg.distilled else ["head"]  # the class head, the distillation head
+    K = cfg.num_classes
+    rows += [LayerRow(h, "linear", h, (K,), D * K + K, cfg.img_size, P) for h in heads]
     return ModelSummary("vit", cfg.img_size, rows, sum(r.params for r in rows))
 
 

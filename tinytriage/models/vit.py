@@ -14,18 +14,27 @@ plus the class token (Dosovitskiy et al. 2020). Why these defaults:
   is the costliest elementwise op in NumPy; ratio 4 makes each step about 1.5x slower
   and adds 0.15 M parameters for a few thousand training photos.
 
+Two options, off by default (the bundled ViT has neither):
+
+* ``conv_stem``: early convolutions (Xiao et al. 2021) instead of the patchify stem: 3x3
+  stride-2 convolutions with BatchNorm and ReLU, one per entry, then a 1x1 projection.
+  Their total stride is the patch size: [24, 48, 96] with patch_size 8, say.
+* ``distilled``: DeiT's distillation token and second head (Touvron et al. 2021), trained
+  on a teacher's labels; training-mode logits are (N, 2, K) and targets (N, 2).
+
 The same ``ViTConfig`` builds the PyTorch twin (`tinytriage.models.torch_vit`) with the same
 parameter names, so one ``.safetensors`` file runs in both engines.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tinytriage.errors import ShapeError
-from tinytriage.nn.transformer import VisionTransformer
+from tinytriage.nn.conv import Conv2d
+from tinytriage.nn.transformer import ConvPatchEmbed, VisionTransformer
 
 
 @dataclass
@@ -41,8 +50,20 @@ class ViTConfig:
     num_heads: int = 4  # attention heads per block; each sees embed_dim / num_heads features
     mlp_ratio: float = 2.0  # hidden width of each block's MLP, as a multiple of embed_dim
     qkv_bias: bool = True  # biases on the query/key/value projection (timm's default)
+    distilled: bool = False  # DeiT's distillation token and its head (head_dist), for a teacher's labels
+    # output channels of the early 3x3 stride-2 convolutions (Xiao et al. 2021); empty: patchify
+    conv_stem: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.conv_stem = [int(c) for c in self.conv_stem]  # from a tuple or a JSON list alike
+        if any(c < 1 for c in self.conv_stem):
+            raise ShapeError(f"ViT: conv_stem channels must be positive, got {self.conv_stem}")
+        if self.conv_stem and self.patch_size != 2 ** len(self.conv_stem):
+            n, stride = len(self.conv_stem), 2 ** len(self.conv_stem)
+            raise ShapeError(
+                f"ViT: conv_stem of {n} convolution{'s' if n > 1 else ''} has stride {stride}, "
+                f"but patch_size is {self.patch_size}: set patch_size {stride}"
+            )
         if self.img_size % self.patch_size:
             raise ShapeError(
                 f"ViT: img_size {self.img_size} is not a multiple of patch_size {self.patch_size} "
@@ -58,13 +79,22 @@ class ViTConfig:
         return side, side
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, and the distillation token if distilled."""
+        return 2 if self.distilled else 1
+
+    @property
     def num_tokens(self) -> int:
-        """Tokens per photo: one per patch plus the class token."""
+        """Tokens per photo: one per patch plus the prefix tokens."""
         gh, gw = self.grid_size
-        return gh * gw + 1
+        return gh * gw + self.num_prefix_tokens
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("distilled", "conv_stem"):
+            if not d[key]:
+                del d[key]  # files of the plain ViT stay as they were
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ViTConfig:
@@ -84,26 +114,46 @@ def build_vit(cfg: ViTConfig, rng: np.random.Generator | None = None, dtype: typ
         num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio,
         qkv_bias=cfg.qkv_bias,
+        distilled=cfg.distilled,
+        conv_stem=cfg.conv_stem,
         dtype=dtype,
         rng=np.random.default_rng(0) if rng is None else rng,
     )
-    # training never uses the gradient of the photo itself: the patch conv skips it
-    model.patch_embed.proj.needs_input_grad = False
+    # training never uses the gradient of the photo itself: the first conv skips it
+    first_conv(model).needs_input_grad = False
     return model
+
+
+def first_conv(model: VisionTransformer) -> Conv2d:
+    """The convolution that reads the photo: the patch projection, or the stem's first."""
+    if isinstance(model.patch_embed, ConvPatchEmbed):
+        return model.patch_embed.stem[0].conv
+    return model.patch_embed.proj
 
 
 def forward_with_attention(model: VisionTransformer, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Logits (N, num_classes) and each block's attention probabilities
-    (N, heads, 1 + T, 1 + T), in eval mode: what ``tinytriage.explain.rollout`` turns into heatmaps."""
+    (N, heads, P + T, P + T), P prefix tokens, in eval mode: what ``tinytriage.explain.rollout``
+    turns into heatmaps."""
     model.eval()
     logits = model(x)
     return logits, [a.copy() for a in model.attention_maps()]
 
 
 def count_macs(cfg: ViTConfig) -> int:
-    """Multiply-adds of one forward pass for one photo (matrix products only)."""
+    """Multiply-adds of one forward pass for one photo (matrix products and convolutions only)."""
     T, D = cfg.num_tokens, cfg.embed_dim
+    gh, gw = cfg.grid_size
     hidden = int(D * cfg.mlp_ratio)
-    patches = (T - 1) * D * cfg.in_chans * cfg.patch_size**2
+    if cfg.conv_stem:
+        embed, side, c_in = 0, cfg.img_size, cfg.in_chans
+        for c_out in cfg.conv_stem:  # each 3x3 stride-2 conv: one 3x3 x c_in kernel per output cell
+            side //= 2
+            embed += side * side * c_out * c_in * 9
+            c_in = c_out
+        embed += gh * gw * D * c_in  # the 1x1 projection
+    else:
+        embed = gh * gw * D * cfg.in_chans * cfg.patch_size**2  # one P x P kernel per patch and feature
     per_block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * hidden  # qkv, q.k and attn.v, proj, mlp
-    return patches + cfg.depth * per_block + D * cfg.num_classes
+    heads = 2 if cfg.distilled else 1  # the class head, and the distillation head
+    return embed + cfg.depth * per_block + heads * D * cfg.num_classes

@@ -6,25 +6,41 @@ learned position embeddings, run a stack of Transformer encoder blocks (Vaswani 
 2017, "Attention Is All You Need", with each norm moved before its sub-layer) and
 classify from the class token. Bottom-up, as in nanoGPT's model.py:
 
-    erf -> GELU, LayerNorm -> Attention, Mlp -> Block -> PatchEmbed -> VisionTransformer
+    erf -> GELU, LayerNorm -> Attention, Mlp -> Block -> PatchEmbed, ConvNormAct -> ConvPatchEmbed
+        -> VisionTransformer
+
+Two variations, each off by default:
+
+* Early convolutions (Xiao et al. 2021, "Early Convolutions Help Transformers See
+  Better"): ``ConvPatchEmbed`` replaces the one P x P patchify convolution by a few 3x3
+  stride-2 convolutions with BatchNorm and ReLU, then a 1x1 projection; the tokens are
+  the same P x P cells, seen through a gentler, overlapping stem.
+* A distillation token (Touvron et al. 2021, DeiT, "Training data-efficient image
+  transformers & distillation through attention"): a second learned token beside the
+  class token, with its own head, trained on a teacher's labels. In training the model
+  gives both heads' logits; at inference their softmaxes averaged.
 
 Class names, arguments and parameter keys follow PyTorch and timm's VisionTransformer
 (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.0.attn.qkv``, ``norm``,
-``head``), so weights move by name between this file, ``tinytriage.models.torch_vit`` and any
+``head``; ``dist_token`` and ``head_dist`` of timm's ``VisionTransformerDistilled``), so
+weights move by name between this file, ``tinytriage.models.torch_vit`` and any
 timm-structured PyTorch model. Shapes: N images, T tokens, D = embed_dim features,
-H heads of hd = D / H features each.
+H heads of hd = D / H features each, K classes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from tinytriage.errors import ShapeError
+from tinytriage.nn.activation import ReLU
 from tinytriage.nn.conv import Conv2d, pair
 from tinytriage.nn.linear import Linear
 from tinytriage.nn.module import Module, Sequential, check_ndim
+from tinytriage.nn.norm import BatchNorm2d
 
 # -- erf, to double precision and vectorised -------------------------------------------------
 # GELU needs the error function on every hidden activation, and the float64 parity tests
@@ -327,6 +343,97 @@ class PatchEmbed(Module):
         return f"img_size={self.img_size}, patch_size={self.patch_size}, grid_size={self.grid_size}"
 
 
+class ConvNormAct(Module):
+    """One stage of a convolutional stem: conv (no bias) -> BatchNorm2d -> ReLU, with timm's
+    ``ConvNormAct`` names (``conv``, ``bn``). The BatchNorm makes the conv's bias redundant."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 1,
+        dtype: type = np.float32,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv = self.add_module(
+            "conv", Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False, dtype=dtype, rng=rng)
+        )
+        self.bn = self.add_module("bn", BatchNorm2d(out_channels, dtype=dtype))
+        self.act = self.add_module("act", ReLU())
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.act(self.bn(self.conv(x)))  # (N, C, H, W) -> (N, out_channels, H/2, W/2)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        return self.conv.backward(self.bn.backward(self.act.backward(grad_out)))  # None when conv skips dx
+
+
+class ConvPatchEmbed(Module):
+    """The convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See
+    Better"): a ``stem`` of 3x3 stride-2 ``ConvNormAct`` stages (padding 1), each halving
+    the image, with ``stem_channels[i]`` output channels, then a 1x1 conv ``proj`` (with
+    bias) to embed_dim; (N, C, H, W) -> (N, T, D) as ``PatchEmbed``, one token per P x P
+    cell, P = 2^len(stem_channels).
+
+    Where patchify sees each patch once through one linear map, the stem's overlapping
+    3x3 windows and nonlinearities give the Transformer better-conditioned inputs: the
+    paper finds training steadier across optimizers and learning rates, and accuracy up,
+    at about the same cost. The keys are ``stem.{i}.conv``, ``stem.{i}.bn`` and ``proj``,
+    the last the same as patchify's projection."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        stem_channels: Sequence[int] = (48, 96, 192, 384),
+        dtype: type = np.float32,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.img_size = pair(img_size, "img_size", "ConvPatchEmbed", 1)
+        self.patch_size = pair(patch_size, "patch_size", "ConvPatchEmbed", 1)
+        stride = 2 ** len(stem_channels)  # each stage halves the image
+        if not stem_channels or self.patch_size != (stride, stride):
+            raise ShapeError(
+                f"ConvPatchEmbed: a stem of {len(stem_channels)} stride-2 convolutions has stride {stride}, "
+                f"not patch_size {self.patch_size} (it needs at least one convolution)"
+            )
+        if self.img_size[0] % stride or self.img_size[1] % stride:
+            raise ShapeError(f"ConvPatchEmbed: img_size {self.img_size} is not a multiple of patch_size {stride}")
+        self.grid_size = (self.img_size[0] // stride, self.img_size[1] // stride)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        chans = [in_chans, *stem_channels]
+        stages = [
+            ConvNormAct(c_in, c_out, dtype=dtype, rng=rng) for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)
+        ]
+        self.stem = self.add_module("stem", Sequential(*stages))
+        self.proj = self.add_module("proj", Conv2d(chans[-1], embed_dim, 1, dtype=dtype, rng=rng))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        check_ndim(x, 4, "ConvPatchEmbed", "(N, C, H, W)")
+        if x.shape[2:] != self.img_size:
+            raise ShapeError(
+                f"ConvPatchEmbed: expected {self.img_size[0]}x{self.img_size[1]} images, got shape {tuple(x.shape)}"
+            )
+        x = self.stem(x)  # (N, C', H/P, W/P): each stage halves the image
+        x = self.proj(x)  # (N, D, H/P, W/P): each cell's C' features mixed into D
+        N, D, gh, gw = x.shape
+        return x.reshape(N, D, gh * gw).transpose(0, 2, 1)  # (N, T, D)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        N, T, D = grad_out.shape
+        d = grad_out.transpose(0, 2, 1).reshape(N, D, *self.grid_size)  # back to (N, D, H/P, W/P)
+        return self.stem.backward(self.proj.backward(d))  # None when the first conv skips dx
+
+    def extra_repr(self) -> str:
+        return f"img_size={self.img_size}, patch_size={self.patch_size}, grid_size={self.grid_size}"
+
+
 def trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype: type) -> np.ndarray:
     """N(0, std^2) draws, redrawn until within 2 std of zero (BERT's and ViT's init).
 
@@ -340,13 +447,29 @@ def trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float, d
     return (std * out).astype(dtype)
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, stably: z - max(z) - log(sum(exp(z - max(z))))."""
+    shifted = z - z.max(axis=-1, keepdims=True)  # max 0: exp cannot overflow
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 class VisionTransformer(Module):
     """timm's ``VisionTransformer`` with a class token (Dosovitskiy et al. 2020), in NumPy.
 
-    ``forward_features``: patch tokens, class token prepended, position embeddings added,
-    ``depth`` blocks, final LayerNorm -> (N, 1 + T, D); ``forward_head``: ``head`` on the
+    ``forward_features``: patch tokens, prefix tokens prepended, position embeddings added,
+    ``depth`` blocks, final LayerNorm -> (N, P + T, D); ``forward_head``: ``head`` on the
     class token -> (N, num_classes). Defaults are timm's ViT-B/16; ``tinytriage.models.vit.ViTConfig``
-    holds the small model tinytriage trains."""
+    holds the small model tinytriage trains.
+
+    ``conv_stem`` (channels, one per 3x3 stride-2 convolution) embeds the patches with
+    ``ConvPatchEmbed`` instead of ``PatchEmbed``; ``patch_size`` must then be 2^len(conv_stem).
+
+    ``distilled`` adds DeiT's distillation token (timm's ``VisionTransformerDistilled``):
+    ``dist_token`` is token 1, right after the class token (``num_prefix_tokens`` = 2), with
+    its own ``head_dist``. In training mode ``forward`` gives both heads' logits,
+    (N, 2, K): [:, 0] the class head's (trained on the true labels), [:, 1] the distillation
+    head's (trained on the teacher's). In eval mode it gives (N, K) log((p + q) / 2), p and q
+    the two heads' softmaxes: log-probabilities, so their softmax is the average itself."""
 
     def __init__(
         self,
@@ -359,59 +482,122 @@ class VisionTransformer(Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        distilled: bool = False,
+        conv_stem: Sequence[int] = (),
         dtype: type = np.float32,
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
         rng = np.random.default_rng(0) if rng is None else rng
         self.num_classes, self.embed_dim = num_classes, embed_dim
-        self.patch_embed = self.add_module(
-            "patch_embed", PatchEmbed(img_size, patch_size, in_chans, embed_dim, dtype=dtype, rng=rng)
-        )
-        T = self.patch_embed.num_patches
+        self.num_prefix_tokens = 2 if distilled else 1  # the class token, and the distillation token
+        if conv_stem:
+            embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim, conv_stem, dtype=dtype, rng=rng)
+        else:
+            embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, dtype=dtype, rng=rng)
+        self.patch_embed = self.add_module("patch_embed", embed)
+        T, P = self.patch_embed.num_patches, self.num_prefix_tokens
         blocks = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dtype=dtype, rng=rng) for _ in range(depth)]
         self.blocks = self.add_module("blocks", Sequential(*blocks))
         self.norm = self.add_module("norm", LayerNorm(embed_dim, eps=1e-6, dtype=dtype))
         self.head = self.add_module("head", Linear(embed_dim, num_classes, dtype=dtype, rng=rng))
+        self.head_dist = None
+        if distilled:
+            self.head_dist = self.add_module("head_dist", Linear(embed_dim, num_classes, dtype=dtype, rng=rng))
         # timm's init: truncated normal (std .02) for the embeddings and every Linear weight,
         # zero biases; LayerNorms start as the identity and the patch Conv2d keeps PyTorch's
         # init. (Current timm draws cls_token from N(0, 1e-6); DeiT and older timm, as here, .02.)
         self._params["cls_token"] = trunc_normal(rng, (1, 1, embed_dim), 0.02, dtype)  # (1, 1, D)
-        self._params["pos_embed"] = trunc_normal(rng, (1, T + 1, embed_dim), 0.02, dtype)  # (1, 1 + T, D)
+        self._params["pos_embed"] = trunc_normal(rng, (1, P + T, embed_dim), 0.02, dtype)  # (1, P + T, D)
+        if distilled:
+            self._params["dist_token"] = trunc_normal(rng, (1, 1, embed_dim), 0.02, dtype)  # (1, 1, D)
         for _, module in self.named_modules():
             if isinstance(module, Linear):
                 module._params["weight"] = trunc_normal(rng, module._params["weight"].shape, 0.02, dtype)
                 if "bias" in module._params:
                     module._params["bias"] = np.zeros_like(module._params["bias"])
-        self._num_tokens = T + 1
+        self._num_tokens = P + T
+        self._averaged: tuple | None = None  # eval mode, distilled: what backward needs of the average
+
+    def _pos_embed(self, x: np.ndarray) -> np.ndarray:
+        """Prefix tokens prepended and position embeddings added (timm's ``_pos_embed``):
+        (N, T, D) patch tokens -> (N, P + T, D)."""
+        N, T, D = x.shape
+        prefix = [self._params["cls_token"]]  # the class token is token 0...
+        if self.head_dist is not None:
+            prefix.append(self._params["dist_token"])  # ...and the distillation token token 1
+        prefix = [np.broadcast_to(p, (N, 1, D)) for p in prefix]  # one copy per image
+        x = np.concatenate([*prefix, x], axis=1)  # (N, P + T, D)
+        return x + self._params["pos_embed"]  # where each patch sits: learned, one vector per token
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         x = self.patch_embed(x)  # (N, T, D)
-        N, T, D = x.shape
-        cls = np.broadcast_to(self._params["cls_token"], (N, 1, D))  # one copy per image
-        x = np.concatenate([cls, x], axis=1)  # (N, 1 + T, D): the class token is token 0
-        x = x + self._params["pos_embed"]  # where each patch sits: learned, one vector per token
-        x = self.blocks(x)  # (N, 1 + T, D)
+        x = self._pos_embed(x)  # (N, P + T, D)
+        x = self.blocks(x)  # (N, P + T, D)
         return self.norm(x)
 
     def forward_head(self, x: np.ndarray) -> np.ndarray:
-        return self.head(x[:, 0])  # the class token's features (N, D) -> logits (N, num_classes)
+        logits = self.head(x[:, 0])  # the class token's features (N, D) -> logits (N, K)
+        if self.head_dist is None:
+            return logits
+        logits_dist = self.head_dist(x[:, 1])  # the distillation token's (N, D) -> (N, K)
+        if self.training:
+            self._averaged = None
+            return np.stack([logits, logits_dist], axis=1)  # (N, 2, K): each head trains on its labels
+        # inference (DeiT): the two heads' softmaxes averaged, log((p + q) / 2), as log-probabilities
+        log_p, log_q = log_softmax(logits), log_softmax(logits_dist)  # (N, K) each
+        out = np.logaddexp(log_p, log_q) - math.log(2)  # (N, K)
+        self._averaged = (log_p, log_q, out)
+        return out
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self.forward_head(self.forward_features(x))
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        dcls = self.head.backward(grad_out)  # (N, D)
+    def backward_head(self, grad_out: np.ndarray) -> np.ndarray:
+        """d logits -> d of ``forward_features``' output, (N, P + T, D): only the prefix
+        tokens reach the heads."""
+        if self.head_dist is None:
+            dcls = self.head.backward(grad_out)  # (N, D)
+            N, D = dcls.shape
+            dx = np.zeros((N, self._num_tokens, D), dtype=dcls.dtype)
+            dx[:, 0] = dcls  # only the class token reaches the head
+            return dx
+        if self._averaged is None:  # training: (N, 2, K), one slice per head
+            if grad_out.ndim != 3 or grad_out.shape[1] != 2:
+                raise ShapeError(
+                    f"VisionTransformer: a distilled model in training mode gives (N, 2, K) logits, "
+                    f"so backward takes (N, 2, K) gradients, got shape {tuple(grad_out.shape)}"
+                )
+            dlogits, dlogits_dist = grad_out[:, 0], grad_out[:, 1]  # (N, K) each
+        else:  # eval: out = log((p + q) / 2)
+            log_p, log_q, out = self._averaged
+            # d out_k = (dp_k + dq_k) / (p_k + q_k): each head's probabilities take the upstream
+            # gradient weighted by their share of the sum, p_k / (p_k + q_k) = exp(log p_k - out_k) / 2
+            a_p = grad_out * np.exp(log_p - out - math.log(2))  # (N, K)
+            a_q = grad_out * np.exp(log_q - out - math.log(2))  # (N, K)
+            # p = softmax(z): dz = p * (dp - sum_k p_k dp_k) = a_p - p sum_k a_p,k
+            p, q = np.exp(log_p), np.exp(log_q)
+            dlogits = a_p - p * a_p.sum(axis=-1, keepdims=True)
+            dlogits_dist = a_q - q * a_q.sum(axis=-1, keepdims=True)
+        dcls = self.head.backward(dlogits)  # (N, D)
+        ddist = self.head_dist.backward(dlogits_dist)  # (N, D)
         N, D = dcls.shape
         dx = np.zeros((N, self._num_tokens, D), dtype=dcls.dtype)
-        dx[:, 0] = dcls  # only the class token reaches the head
-        dx = self.blocks.backward(self.norm.backward(dx))  # (N, 1 + T, D)
+        dx[:, 0], dx[:, 1] = dcls, ddist  # token 0 reaches the class head, token 1 the distillation head
+        return dx
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        dx = self.backward_head(grad_out)  # (N, P + T, D)
+        dx = self.blocks.backward(self.norm.backward(dx))  # (N, P + T, D)
         self._grads = {
             "cls_token": dx[:, :1].sum(axis=0, keepdims=True),  # shared by every image: sum over N
             "pos_embed": dx.sum(axis=0, keepdims=True),  # added to every image: sum over N
         }
-        return self.patch_embed.backward(dx[:, 1:])  # None when the patch conv skips dx
+        if self.head_dist is not None:
+            self._grads["dist_token"] = dx[:, 1:2].sum(axis=0, keepdims=True)
+        return self.patch_embed.backward(dx[:, self.num_prefix_tokens :])  # None when the first conv skips dx
 
     def attention_maps(self) -> list[np.ndarray]:
-        """Each block's attention probabilities from the last forward, (N, heads, 1 + T, 1 + T)."""
+        """Each block's attention probabilities from the last forward, (N, heads, P + T, P + T):
+        the prefix tokens first (the class token, then the distillation token if any)."""
         return [block.attn.attn for block in self.blocks]
