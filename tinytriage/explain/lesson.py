@@ -465,17 +465,16 @@ def vit_token_maps(model, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
         N, T, D = tokens.shape
         return tokens.transpose(0, 2, 1).reshape(N, D, gh, gw)  # (N, D, gh, gw), row-major patches
 
+    P = model.num_prefix_tokens  # the class token (and a distilled model's distillation token) come first
     tok = model.patch_embed(x)  # (N, T, D)
-    N, T, D = tok.shape
     maps = [("patch embedding", grid(tok))]
-    cls = np.broadcast_to(model._params["cls_token"], (N, 1, D))
-    h = np.concatenate([cls, tok], axis=1) + model._params["pos_embed"]  # (N, 1 + T, D)
-    maps.append(("+ position embedding", grid(h[:, 1:])))
+    h = model._pos_embed(tok)  # (N, P + T, D): prefix tokens prepended, position embedding added
+    maps.append(("+ position embedding", grid(h[:, P:])))
     depth = len(model.blocks)
     for i, block in enumerate(model.blocks):
         h = block(h)
         if i == 0 or i == depth - 1:
-            maps.append((f"block {i + 1}" + (" (last)" if i == depth - 1 and depth > 1 else ""), grid(h[:, 1:])))
+            maps.append((f"block {i + 1}" + (" (last)" if i == depth - 1 and depth > 1 else ""), grid(h[:, P:])))
     return maps
 
 
