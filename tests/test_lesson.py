@@ -11,6 +11,7 @@ from conftest import run_cli
 
 from tinytriage.explain.lesson import Generate, Generated, LessonConfig, photo_set, shift_right, translation_test
 from tinytriage.models.cnn import CNNConfig, TriageCNN
+from tinytriage.models.file import read_model
 from tinytriage.models.vit import ViTConfig, build_vit
 
 
@@ -63,22 +64,46 @@ def test_photo_sets_are_cached_and_grow(tmp_path):
 
 def test_lesson_end_to_end_tiny(tmp_path):
     data, save = tmp_path / "data", tmp_path / "out"
-    tiny = ["--sizes", "4,8", "--input-size", "24", "--photo-size", "48,96", "--test-per-class", "3",
+    # 48 px: a multiple of the plain ViT's 12-pixel patches and of the early-conv stem's stride 16
+    tiny = ["--sizes", "4,8", "--input-size", "48", "--photo-size", "48,96", "--test-per-class", "3",
             "--batch-size", "8", "--shifts", "4,12"]  # fmt: skip
     p = run_cli("lesson", str(data), *tiny, "--steps", "4", "--save", str(save), "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["budget"] == "steps" and r["n_test"] == 15
-    runs = {(x["arch"], x["per_class"]): x for x in r["runs"]}
-    assert set(runs) == {(a, n) for a in ("cnn", "vit") for n in (4, 8)}
+    runs = {(x["model"], x["per_class"]): x for x in r["runs"]}
+    models = ("cnn", "vit", "vit_conv", "vit_distilled")
+    assert set(runs) == {(m, n) for m in models for n in (4, 8)}
     for n in (4, 8):
-        cnn, vit = runs["cnn", n], runs["vit", n]
-        assert cnn["steps"] == vit["steps"] and cnn["epochs"] == vit["epochs"]  # the same budget
-        assert 0 <= cnn["test_acc"] <= 1 and 0 <= vit["test_acc"] <= 1
-        assert cnn["params"] > 0 and vit["macs"] > 0 and cnn["train_seconds"] > 0
+        cnn = runs["cnn", n]
+        for m in models:
+            run = runs[m, n]
+            assert run["steps"] == cnn["steps"] and run["epochs"] == cnn["epochs"]  # the same budget
+            assert 0 <= run["test_acc"] <= 1 and run["params"] > 0 and run["macs"] > 0 and run["train_seconds"] > 0
+    conv = read_model(runs["vit_conv", 8]["model_path"]).config
+    assert conv["conv_stem"] and conv["patch_size"] == 16
+    distilled = json.loads((save / "runs" / "vit_distilled-n8" / "metrics.json").read_text())["args"]
+    assert distilled["teacher"] == runs["cnn", 8]["model_path"]  # taught by the CNN trained on the same photos
     assert (save / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((save / "lesson.json").read_text())["runs"] == r["runs"]
     assert {row["shift_px"] for row in r["translation"]["rows"]} == {4, 12}
+
+    # the same lesson again: every run is kept, none trained, the same table
+    p = run_cli("lesson", str(data), *tiny, "--steps", "4", "--save", str(save), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["runs"] == r["runs"]
+    # a lesson stopped before its last run: the finished ones are kept, the last one trained
+    ledger = json.loads((save / "runs.json").read_text())
+    ledger["runs"] = [x for x in ledger["runs"] if (x["model"], x["per_class"]) != ("vit_distilled", 8)]
+    (save / "runs.json").write_text(json.dumps(ledger))
+    p = run_cli("lesson", str(data), *tiny, "--steps", "4", "--save", str(save))
+    assert p.returncode == 0, p.stderr
+    assert "7 run(s) finished before are kept" in p.stdout + p.stderr
+    trained = [line.split() for line in p.stderr.splitlines() if line.startswith("[")]
+    assert len(trained) == 1 and trained[0][1:6] == ["ViT", "distilled", "on", "8/class:", "test"]
+    # ... and with other settings in the same folder: refused, nothing overwritten
+    p = run_cli("lesson", str(data), *tiny, "--steps", "5", "--save", str(save))
+    assert p.returncode != 0 and "other settings" in p.stderr and "Traceback" not in p.stderr
 
     # the translation test alone, on the two models the lesson trained
     models = f"{runs['cnn', 8]['model_path']},{runs['vit', 8]['model_path']}"

@@ -298,6 +298,18 @@ def train(
         help="cnn, numpy engine: also learn where each screen_damage photo's damage box is (its NAME.json "
         "sidecar), a training-only task weighted by this much (e.g. 1); 0 turns it off.",
     ),
+    conv_stem: str | None = typer.Option(
+        None,
+        "--conv-stem",
+        help="vit: early convolutions instead of patches (Xiao et al. 2021): output channels of each 3x3 "
+        "stride-2 convolution, comma-separated, e.g. 24,48,96,96; the patch size becomes 2 per convolution.",
+    ),
+    teacher: str | None = typer.Option(
+        None,
+        "--teacher",
+        help="vit: distil from this model file (or a bundled one by architecture, e.g. cnn): a distillation "
+        "token learns the teacher's class for each photo beside the class token's true labels (DeiT).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -316,7 +328,9 @@ def train(
     from tinytriage.training.run import DEFAULT_ARCH, model_config_from_options
 
     backend, arch = _engine(backend, arch)
-    model_config = model_config_from_options(arch or DEFAULT_ARCH, widths=widths, depths=depths, pool=pool)
+    model_config = model_config_from_options(
+        arch or DEFAULT_ARCH, widths=widths, depths=depths, pool=pool, conv_stem=conv_stem
+    )
     cfg = TrainConfig(
         data_dir=str(data_dir), out=None if out is None else str(out), exist_ok=exist_ok,
         routes=None if routes is None else load_routes(routes), arch=arch, backend=backend,
@@ -326,6 +340,7 @@ def train(
         augment=augment, resume=resume,
         init=None if init is None else str(init), model_config=model_config, damage_weight=damage_weight,
         pretrained=None if from_scratch else ("auto" if pretrained is None else str(pretrained)),
+        teacher=teacher,
     )  # fmt: skip
     main = is_main()  # under torchrun, rank 0 alone prints
     with TrainProgress(quiet=quiet or not main) as progress:
@@ -487,14 +502,25 @@ def lesson(
         False, "--translation-only", help="Only the translation test, on --models (default: the bundled ones)."
     ),
     models: str | None = typer.Option(None, "--models", help="With --translation-only: CNN_FILE,VIT_FILE."),
+    variants: str = typer.Option(
+        "cnn,vit,vit_conv,vit_distilled",
+        "--variants",
+        help="Models to train: cnn, vit (patches), vit_conv (early convolutions), vit_distilled "
+        "(a distillation token taught by the cnn trained on the same photos).",
+    ),
     save: Path | None = typer.Option(
-        None, "--save", help="Folder for lesson.json, accuracy_vs_size.png and the trained models."
+        None,
+        "--save",
+        help="Folder for lesson.json, accuracy_vs_size.png and the trained models. The same lesson run again "
+        "with the same --save continues where it stopped.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
 ) -> None:
     """The inductive-bias lesson: CNN vs ViT test accuracy as the training set grows, same
-    budget for both; then the translation test (a CNN's maps shift with the photo, a ViT's don't)."""
+    budget for all, with the two ways to give a ViT a CNN's biases back (early convolutions,
+    distillation from the CNN); then the translation test (a CNN's maps shift with the photo,
+    a ViT's don't)."""
     from tinytriage.cli.render import LessonProgress, print_lesson, print_translation
     from tinytriage.explain.lesson import LessonConfig, default_data_dir, run_lesson, run_translation
 
@@ -509,6 +535,7 @@ def lesson(
         steps=steps, epochs=epochs, batch_size=batch_size, backend=engine, device=device, input_size=input_size,
         seed=seed, photo_size=(min(lo_hi), max(lo_hi)), workers=workers, save=str(save) if save else None,
         shifts=_ints(shifts, "--shifts") if shifts else None,
+        models=tuple(v.strip() for v in variants.split(",") if v.strip()),
     )  # fmt: skip
     with LessonProgress(quiet=quiet or as_json) as progress:
         if translation_only:

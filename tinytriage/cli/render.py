@@ -239,6 +239,11 @@ class TrainProgress:
                 err.print(f"resuming after epoch {e.epoch}")
             case events.DamageBoxes():
                 err.print(f"damage maps: {e.n} of {e.of} training photos have a damage box")
+            case events.Teacher():
+                err.print(
+                    f"distilling from {e.path} ({e.arch}): it gives the true class to {e.agreement:.1%} "
+                    "of the training photos"
+                )
             case events.Step():
                 fields = dict(epoch=f"{e.epoch}/{e.epochs}", loss=e.loss, acc=e.acc, ips=e.images_per_s)
                 if self.task is None:
@@ -1011,7 +1016,7 @@ class LessonProgress:
                 self._print(f"  {e.n_photos} photos in {e.seconds:.0f} s")
             case lesson.RunStart():
                 self.run = e
-                desc = f"[{e.index}/{e.total}] {_ARCH_NAMES[e.arch]} on {e.per_class}/class"
+                desc = f"[{e.index}/{e.total}] {lesson.MODELS[e.model].label} on {e.per_class}/class"
                 if self.task is None:
                     self.task = self.progress.add_task(desc, total=e.steps, loss=float("nan"))
                 self.progress.reset(self.task, total=e.steps, description=desc, loss=float("nan"))
@@ -1021,10 +1026,12 @@ class LessonProgress:
             case lesson.RunDone(run=r):
                 index, total = (self.run.index, self.run.total) if self.run else ("?", "?")
                 self._print(
-                    f"[{index}/{total}] {_ARCH_NAMES[r.arch]:>3} on "
+                    f"[{index}/{total}] {lesson.MODELS[r.model].label:>17} on "
                     f"{r.per_class:>5}/class: test acc {r.test_acc:.3f}  ({r.steps} steps, "
                     f"{r.epochs} epochs, {r.train_seconds:.0f} s)"
                 )
+            case lesson.Resumed():
+                self._print(f"continuing the lesson in {e.folder}: {e.runs} run(s) finished before are kept")
             case lesson.TranslationStart():
                 self._print("translation test ...")
 
@@ -1040,37 +1047,40 @@ def _si(n: float) -> str:
 
 
 def print_lesson(r, *, as_json: bool) -> None:
-    """The size sweep as one table (rows: training-set sizes; both models side by side),
-    then the translation test."""
+    """The size sweep as one table (rows: training-set sizes; the models side by side, test
+    accuracy and training time), the models' sizes, then the translation test."""
+    from tinytriage.explain.lesson import MODELS
+
     if as_json:
         write_json_line(r.to_json())
         return
-    runs = {(x.arch, x.per_class): x for x in r.runs}
+    runs = {(x.model, x.per_class): x for x in r.runs}
+    names = [m for m in MODELS if any(x.model == m for x in r.runs)]
     budget = f"{r.config.epochs} epoch(s)" if r.budget == "epochs" else f"about {r.config.steps} steps"
     t = Table(
-        title=f"CNN vs ViT: accuracy on {r.n_test} test photos ({r.config.backend} engine; budget per run: {budget} "
-        f"of {r.config.batch_size} photos, the same for both models)"
+        title=f"test accuracy on {r.n_test} photos (training time): {r.config.backend} engine, "
+        f"{budget} of {r.config.batch_size} photos per run"
     )
     t.add_column("photos/class", justify="right")
     t.add_column("steps", justify="right")
-    for arch in ("CNN", "ViT"):
-        t.add_column(f"{arch} test acc", justify="right")
-        t.add_column(f"{arch} time", justify="right")
-    t.add_column("better", justify="center")
+    for name in names:
+        t.add_column(MODELS[name].label, justify="right")
     for n in sorted({x.per_class for x in r.runs}):
-        c, v = runs.get(("cnn", n)), runs.get(("vit", n))
-        if c is None or v is None:
-            continue
-        best = "CNN" if c.test_acc > v.test_acc else "ViT" if v.test_acc > c.test_acc else "="
-        t.add_row(
-            str(n), str(c.steps), f"{c.test_acc:.3f}", f"{c.train_seconds:.0f} s", f"{v.test_acc:.3f}",
-            f"{v.train_seconds:.0f} s", best,
-        )  # fmt: skip
+        row = [runs.get((name, n)) for name in names]
+        best = max((x.test_acc for x in row if x is not None), default=math.nan)
+        cells = [
+            "-"
+            if x is None
+            else (f"[bold]{x.test_acc:.3f}[/bold]" if x.test_acc == best else f"{x.test_acc:.3f}")
+            + ("" if x is None else f" ({x.train_seconds:.0f} s)")
+            for x in row
+        ]
+        steps = next((str(x.steps) for x in row if x is not None), "-")
+        t.add_row(str(n), steps, *cells)
     out.print(t)
-    for arch in ("cnn", "vit"):
-        x = next((x for x in r.runs if x.arch == arch), None)
-        if x is not None:
-            out.print(f"{_ARCH_NAMES[arch]}: {_si(x.params)} parameters, {_si(x.macs)} multiply-adds per photo")
+    for name in names:
+        x = next(x for x in r.runs if x.model == name)
+        out.print(f"{MODELS[name].label}: {_si(x.params)} parameters, {_si(x.macs)} multiply-adds per photo")
     if r.plot_path:
         out.print(f"plot: {r.plot_path}   report: {r.report_path}")
     if r.translation is not None:

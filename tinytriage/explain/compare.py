@@ -177,6 +177,8 @@ def compare(
 
     # backward: one batch in training mode, dropout off, float64 (the module docstring says why)
     cfg = _without_dropout(mf)
+    if mf.config.get("distilled"):  # two heads: the distillation token's target is a teacher's
+        y = np.stack([y, pb.argmax(1)], axis=1)  # class; the model's own (engine b's) stands in for it
     x64 = x.astype(np.float64)
     ga, gb = _fresh(a_name, mf, cfg, float64=True), _fresh(b_name, mf, cfg, float64=True)
     loss_a, _, grads_a = ga.loss_and_grads(x64, y)

@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,30 @@ from tinytriage.errors import DatasetError, ModelFileError, TinyTriageError
 from tinytriage.models import get_arch
 from tinytriage.training.events import Step
 
-ARCHS = ("cnn", "vit")  # the lesson compares these two (the table in tinytriage.models has them all)
+ARCHS = ("cnn", "vit")  # the translation test compares these two (the table in tinytriage.models has them all)
+
+
+@dataclass(frozen=True)
+class LessonModel:
+    """One model the lesson trains at every size: an architecture, its config, and whom it learns from."""
+
+    arch: str  # a row of tinytriage.models.ARCHS
+    label: str  # its name in the table and the plot
+    config: dict[str, Any]  # overrides of the arch's config (LessonConfig.cnn_config / vit_config go under them)
+    teacher: str | None = None  # the lesson model whose run on the same photos it distils (DeiT)
+
+
+# The lesson's models, in training order (a teacher before its student). The two ways to give
+# a ViT a CNN's inductive biases back: early convolutions build locality and weight sharing
+# into the stem (Xiao et al. 2021; four 3x3 stride-2 convolutions, stride 16, so a 96-pixel
+# photo is 6 x 6 tokens instead of the plain ViT's 8 x 8 patches of 12), and distillation
+# teaches them through the labels of a CNN trained on the same photos (Touvron et al. 2021).
+MODELS: dict[str, LessonModel] = {
+    "cnn": LessonModel("cnn", "CNN", {}),
+    "vit": LessonModel("vit", "ViT", {}),
+    "vit_conv": LessonModel("vit", "ViT + early convs", {"conv_stem": [24, 48, 96, 96], "patch_size": 16}),
+    "vit_distilled": LessonModel("vit", "ViT distilled", {}, teacher="cnn"),
+}
 
 
 @dataclass
@@ -68,7 +91,10 @@ class LessonConfig:
     # quarter of the ViT's), the model its recorded run in the README used
     cnn_config: dict[str, Any] = field(default_factory=lambda: {"widths": [16, 32, 64, 128]})
     vit_config: dict[str, Any] = field(default_factory=dict)  # overrides of ViTConfig
-    save: str | None = None  # folder for lesson.json, accuracy_vs_size.png and the trained runs
+    models: tuple[str, ...] = tuple(MODELS)  # which of MODELS to train, in MODELS' order
+    # folder for lesson.json, accuracy_vs_size.png and the trained runs; a lesson run again with
+    # the same --save and settings continues where it stopped (runs.json lists the finished runs)
+    save: str | None = None
     shifts: tuple[int, ...] | None = None  # translation test shifts in pixels (None: from the models)
     translation_photos: int = 2  # test photos per class for the translation test
 
@@ -81,6 +107,7 @@ WARMUP_FRACTION = 0.05  # both models warm up over the first 5% of their steps
 class LessonRun:
     """One model trained on one training-set size."""
 
+    model: str  # a key of MODELS
     arch: str
     per_class: int  # training photos per class generated (validation is split off these)
     n_train: int  # photos the optimizer saw (after the validation split)
@@ -147,9 +174,9 @@ class LessonResult:
             "tinytriage_version": __version__,
         }
 
-    def accuracy(self, arch: str) -> list[float]:
-        """Test accuracy of ``arch`` per training-set size, smallest first."""
-        by_size = {r.per_class: r.test_acc for r in self.runs if r.arch == arch}
+    def accuracy(self, model: str) -> list[float]:
+        """Test accuracy of lesson model ``model`` per training-set size, smallest first."""
+        by_size = {r.per_class: r.test_acc for r in self.runs if r.model == model}
         return [by_size.get(n, math.nan) for n in sorted(set(self.config.sizes))]
 
 
@@ -177,7 +204,7 @@ class RunStart:
 
     index: int  # 1-based, of ``total`` runs
     total: int
-    arch: str
+    model: str  # a key of MODELS
     per_class: int  # training photos per class
     epochs: int
     steps: int  # optimizer steps the run will take
@@ -189,11 +216,19 @@ class RunDone:
 
 
 @dataclass(frozen=True)
+class Resumed:
+    """A lesson run again with the same ``--save``: these runs finished before and are kept."""
+
+    folder: str
+    runs: int
+
+
+@dataclass(frozen=True)
 class TranslationStart:
     """The translation test begins."""
 
 
-LessonEvent = Generate | Generated | RunStart | Step | RunDone | TranslationStart
+LessonEvent = Generate | Generated | Resumed | RunStart | Step | RunDone | TranslationStart
 ProgressFn = Callable[[LessonEvent], None]
 
 
@@ -270,12 +305,13 @@ def _n_train(data_dir: Path, seed: int, val_fraction: float) -> int:
 
 
 def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonResult:
-    """Train the CNN and the ViT on every size with the same budget; test both on one test set;
-    then the translation test on the pair trained on the largest set.
+    """Train every lesson model on every size with the same budget; test all on one test set;
+    then the translation test on the CNN and the plain ViT trained on the largest set.
 
     Each model keeps its own optimizer and learning rate (the architecture table's ``train_defaults``: SGD for
-    the CNN, AdamW for the ViT); both warm up over the first 5% of their steps and use the
-    same batch size, augmentation and validation split."""
+    the CNN, AdamW for the ViT); all warm up over the first 5% of their steps and use the
+    same batch size, augmentation and validation split. With ``save`` the finished runs are
+    listed in ``runs.json`` as they end, and the same lesson run again skips them."""
     from tinytriage.engines import load_engine
     from tinytriage.models.file import build_numpy_model, read_model
     from tinytriage.training.loop import TrainConfig, evaluate_arrays, train
@@ -286,72 +322,148 @@ def run_lesson(cfg: LessonConfig, progress: ProgressFn | None = None) -> LessonR
         raise TinyTriageError("--sizes: give training-set sizes of at least 2 photos per class, e.g. 25,100,400")
     if cfg.epochs is None and cfg.steps < 1:
         raise TinyTriageError("--steps must be at least 1")
+    names = _check_models(cfg.models)
     root = Path(cfg.data_dir)
     pool = photo_set(root / "train", cfg.seed, sizes[-1], cfg, emit)
     test_pool = photo_set(root / "test", TEST_SEED_OFFSET + cfg.seed, cfg.test_per_class, cfg, emit)
 
     work = Path(cfg.save) if cfg.save else Path(tempfile.mkdtemp(prefix="tinytriage-lesson-"))
+    done = _finished_runs(work, cfg) if cfg.save else {}
+    if done:
+        emit(Resumed(folder=str(work), runs=len(done)))
     runs: list[LessonRun] = []
     last_models: dict[str, Any] = {}
     try:
         test_dir = first_n(test_pool, cfg.test_per_class, work / "data" / "test")
         X_test, y_test, classes = load_test_arrays(test_dir, cfg.input_size)
-        total = len(sizes) * len(ARCHS)
+        total = len(sizes) * len(names)
         for i_size, n in enumerate(sizes):
             data = first_n(pool, n, work / "data" / f"n{n}")
             n_train = _n_train(data, cfg.seed, TrainConfig.val_fraction)
             steps_per_epoch = max(1, n_train // cfg.batch_size)  # as train() counts them
             epochs = cfg.epochs if cfg.epochs is not None else max(1, round(cfg.steps / steps_per_epoch))
-            for i_arch, arch in enumerate(ARCHS):
-                emit(RunStart(index=i_size * len(ARCHS) + i_arch + 1, total=total, arch=arch, per_class=n,
-                              epochs=epochs, steps=epochs * steps_per_epoch))  # fmt: skip
-                tcfg = TrainConfig(
-                    data_dir=str(data), out=str(work / "runs" / f"{arch}-n{n}"), exist_ok=True, arch=arch, backend=cfg.backend,
-                    device=cfg.device, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                    input_size=cfg.input_size, warmup_epochs=WARMUP_FRACTION * epochs,
-                    model_config={"cnn": cfg.cnn_config, "vit": cfg.vit_config}[arch],
-                )  # fmt: skip
-                result = train(tcfg, _quiet(emit))
-                if result.interrupted:
-                    raise KeyboardInterrupt
-                mf = read_model(result.model_path)
-                if mf.classes != classes:
-                    raise DatasetError(f"test classes {classes} differ from training classes {mf.classes}")
-                _, test_acc, _ = evaluate_arrays(load_engine(cfg.backend, mf, device=cfg.device), X_test, y_test)
-                model = build_numpy_model(arch, mf.config)
-                model.load_state_dict(mf.tensors)
-                last_models[arch] = (model, str(result.model_path))
-                run = LessonRun(
-                    arch=arch, per_class=n, n_train=n_train, epochs=epochs, steps=epochs * steps_per_epoch,
-                    params=model.num_parameters(), macs=count_macs(arch, mf.config),
-                    train_seconds=result.train_seconds, val_acc=result.best_val_acc, test_acc=test_acc,
-                    model_path=str(result.model_path) if cfg.save else "",
-                )  # fmt: skip
+            for i_model, name in enumerate(names):
+                spec = MODELS[name]
+                out = work / "runs" / f"{name}-n{n}"
+                run = done.get((name, n))
+                if run is None:
+                    emit(RunStart(index=i_size * len(names) + i_model + 1, total=total, model=name, per_class=n,
+                                  epochs=epochs, steps=epochs * steps_per_epoch))  # fmt: skip
+                    base = cfg.cnn_config if spec.arch == "cnn" else cfg.vit_config
+                    teacher = (
+                        None
+                        if spec.teacher is None
+                        else str(work / "runs" / f"{spec.teacher}-n{n}" / "model.safetensors")
+                    )
+                    tcfg = TrainConfig(
+                        data_dir=str(data), out=str(out), exist_ok=True, arch=spec.arch, backend=cfg.backend,
+                        device=cfg.device, epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                        input_size=cfg.input_size, warmup_epochs=WARMUP_FRACTION * epochs,
+                        model_config={**base, **spec.config}, teacher=teacher,
+                    )  # fmt: skip
+                    result = train(tcfg, _quiet(emit))
+                    if result.interrupted:
+                        raise KeyboardInterrupt
+                    mf = read_model(result.model_path)
+                    if mf.classes != classes:
+                        raise DatasetError(f"test classes {classes} differ from training classes {mf.classes}")
+                    engine = load_engine(cfg.backend, mf, device=cfg.device)
+                    _, test_acc, _ = evaluate_arrays(engine, X_test, y_test)
+                    model = build_numpy_model(spec.arch, mf.config)
+                    run = LessonRun(
+                        model=name, arch=spec.arch, per_class=n, n_train=n_train, epochs=epochs,
+                        steps=epochs * steps_per_epoch, params=model.num_parameters(),
+                        macs=count_macs(spec.arch, mf.config), train_seconds=result.train_seconds,
+                        val_acc=result.best_val_acc, test_acc=test_acc, model_path=str(result.model_path),
+                    )  # fmt: skip
+                    if cfg.save:
+                        done[(name, n)] = run
+                        _write_finished_runs(work, cfg, done)
+                    emit(RunDone(run=run))
+                if n == sizes[-1] and name in ARCHS:
+                    last_models[name] = run.model_path
                 runs.append(run)
-                emit(RunDone(run=run))
 
-        emit(TranslationStart())
-        x = _per_class_photos(X_test, y_test, cfg.translation_photos)
-        translation = translation_test(
-            last_models["cnn"][0], last_models["vit"][0], x, cfg.shifts,
-            labels={a: last_models[a][1] if cfg.save else f"trained on {sizes[-1]}/class" for a in ARCHS},
-        )  # fmt: skip
+        translation = None
+        if set(ARCHS) <= set(last_models):
+            emit(TranslationStart())
+            x = _per_class_photos(X_test, y_test, cfg.translation_photos)
+            loaded = {}
+            for arch in ARCHS:
+                mf = read_model(last_models[arch])
+                loaded[arch] = build_numpy_model(arch, mf.config)
+                loaded[arch].load_state_dict(mf.tensors)
+            translation = translation_test(
+                loaded["cnn"], loaded["vit"], x, cfg.shifts,
+                labels={a: last_models[a] if cfg.save else f"trained on {sizes[-1]}/class" for a in ARCHS},
+            )  # fmt: skip
     finally:
         if not cfg.save:
             shutil.rmtree(work, ignore_errors=True)
+    if not cfg.save:
+        runs = [replace(r, model_path="") for r in runs]
 
     result = LessonResult(cfg, "epochs" if cfg.epochs is not None else "steps", len(y_test), runs, translation)
     if cfg.save:
         from tinytriage.files import atomic_write_bytes
         from tinytriage.plots import accuracy_vs_size_png
 
-        png = accuracy_vs_size_png(
-            sizes, {"CNN": result.accuracy("cnn"), "ViT": result.accuracy("vit")}, chance=1 / len(classes)
-        )
+        series = {MODELS[name].label: result.accuracy(name) for name in names}
+        png = accuracy_vs_size_png(sizes, series, chance=1 / len(classes))
         result.plot_path = str(atomic_write_bytes(work / "accuracy_vs_size.png", png))
         result.report_path = str(work / "lesson.json")
         atomic_write_bytes(work / "lesson.json", json.dumps(_finite(result.to_json()), indent=2).encode())
     return result
+
+
+def _check_models(models: Sequence[str]) -> list[str]:
+    """``--variants`` in training order, each teacher before its student."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise TinyTriageError(f"--variants: choose from {', '.join(MODELS)}, got {', '.join(models) or 'none'}")
+    names = [m for m in MODELS if m in models]
+    for name in names:
+        teacher = MODELS[name].teacher
+        if teacher is not None and teacher not in names:
+            raise TinyTriageError(f"--variants: {name} learns from {teacher}'s runs: add {teacher}")
+    return names
+
+
+RUNS_FILE = "runs.json"  # in a lesson's --save folder: its settings and its finished runs
+
+
+def _settings(cfg: LessonConfig) -> dict[str, Any]:
+    """What decides a run's result: a finished run is reused only under the same settings."""
+    fixed = asdict(cfg)
+    for key in ("data_dir", "save", "workers", "shifts", "translation_photos", "models"):
+        fixed.pop(key)
+    return json.loads(json.dumps(fixed))  # tuples as lists, as read back
+
+
+def _finished_runs(work: Path, cfg: LessonConfig) -> dict[tuple[str, int], LessonRun]:
+    """The runs an earlier lesson with the same settings finished in ``work`` (model file still there)."""
+    try:
+        ledger = json.loads((work / RUNS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise TinyTriageError(
+            f"{work / RUNS_FILE}: cannot read the finished runs ({err}); delete it to start over"
+        ) from None
+    if ledger.get("settings") != _settings(cfg):
+        raise TinyTriageError(
+            f"--save {work} holds a lesson with other settings; use another folder, or delete {work / RUNS_FILE} "
+            "to start over there"
+        )
+    runs = [LessonRun(**r) for r in ledger.get("runs", [])]
+    return {(r.model, r.per_class): r for r in runs if Path(r.model_path).exists()}
+
+
+def _write_finished_runs(work: Path, cfg: LessonConfig, done: dict[tuple[str, int], LessonRun]) -> None:
+    from tinytriage.files import atomic_write_bytes
+
+    ledger = {"settings": _settings(cfg), "runs": [asdict(r) for r in done.values()]}
+    atomic_write_bytes(work / RUNS_FILE, json.dumps(_finite(ledger), indent=1).encode())
 
 
 def run_translation(

@@ -2,7 +2,7 @@
 
 ``train(cfg, progress)`` calls ``progress(event)`` with these as the run goes, in this
 order: ``Scan`` (and a second one for ``--val-dir``), ``Plan``, ``Duplicates``, ``Cache``,
-``Unreadable``, ``DamageBoxes``, ``Init`` or ``Resume``, then per epoch a ``Step`` per
+``Unreadable``, ``DamageBoxes``, ``Teacher``, ``Init`` or ``Resume``, then per epoch a ``Step`` per
 batch and an ``Epoch``; ``Interrupted`` on Ctrl-C. The library prints nothing: the CLI's
 ``render.TrainProgress`` turns them into a progress bar and one line per epoch.
 """
@@ -70,6 +70,15 @@ class Init:
 
 
 @dataclass(frozen=True)
+class Teacher:
+    """``--teacher``: each training photo's class by the teacher, for the distillation token."""
+
+    path: str  # the teacher's model file
+    arch: str
+    agreement: float  # share of training photos where the teacher's class is the true one
+
+
+@dataclass(frozen=True)
 class Resume:
     """``--resume``: the checkpoint's weights, optimizer and history are back."""
 
@@ -105,5 +114,7 @@ class Interrupted:
     checkpoint: str | None  # where the checkpoint is (None: no epoch completed, none written)
 
 
-Event = Scan | Plan | Duplicates | Cache | Unreadable | DamageBoxes | Init | Resume | Step | Epoch | Interrupted
+Event = (
+    Scan | Plan | Duplicates | Cache | Unreadable | DamageBoxes | Teacher | Init | Resume | Step | Epoch | Interrupted
+)
 ProgressFn = Callable[[Event], None]

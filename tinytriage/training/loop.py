@@ -57,6 +57,7 @@ from tinytriage.training.checkpoint import (
     save_checkpoint,
 )
 from tinytriage.training.damage_maps import boxes_in_cache, cell_coverage, damage_head_for
+from tinytriage.training.distill import teacher_labels
 from tinytriage.training.events import ProgressFn
 from tinytriage.training.finetune import train_pretrained
 from tinytriage.training.folders import Folders, choose_for_photos, default_routes, scan_folders
@@ -139,6 +140,10 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
     checkpoint = read_checkpoint(run_dir / CHECKPOINT, run) if cfg.resume else None
     start_weights = init_weights(Path(cfg.init), run) if cfg.init and not cfg.resume else None
     data = _decode(cfg, folders, emit)
+    if cfg.teacher is not None:  # DeiT: the distillation token learns the teacher's classes
+        taught = teacher_labels(cfg.teacher, data.train.paths, data.train.labels, folders.classes)
+        data.teacher = taught.labels
+        emit(events.Teacher(path=taught.path, arch=taught.arch, agreement=taught.agreement))
     optim = OptimConfig(
         name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
     )
@@ -208,11 +213,12 @@ def _fit(engine: Engine, run: RunState, data: TrainingData, batches: _Batches, e
                 if b + 1 < steps_per_epoch:  # batch b+1 is augmented while batch b trains
                     upcoming = ahead.submit(batches.make, order, rng, b + 1)
                 yb = y_train[batch.idx]  # the whole batch's labels; this process trains on yb[batch.mine]
+                targets = yb if data.teacher is None else np.stack([yb, data.teacher[batch.idx]], axis=1)  # (n, 2)
                 lr = lr_at(epoch * steps_per_epoch + b, total_steps, cfg.lr, warmup)
                 if batch.coverage is None:
-                    loss, logits = engine.train_step(batch.x, yb[batch.mine], lr)  # loss and logits of the whole batch
+                    loss, logits = engine.train_step(batch.x, targets[batch.mine], lr)  # the whole batch's
                 else:
-                    loss, logits = engine.train_step(batch.x, yb[batch.mine], lr, coverage=batch.coverage)
+                    loss, logits = engine.train_step(batch.x, targets[batch.mine], lr, coverage=batch.coverage)
                     damage_sum += engine.damage_loss * len(yb)
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -279,6 +285,7 @@ class TrainingData:
     train: ResizedCache  # (N, S, S, 3) uint8 squares, S a little larger than the input when augmenting
     x_val: np.ndarray  # (M, 3, input_size, input_size) float32, normalised
     y_val: np.ndarray  # (M,) class indices
+    teacher: np.ndarray | None = None  # (N,) the teacher's class for each training photo (--teacher)
 
 
 def _decode(cfg: TrainConfig, folders: Folders, emit: ProgressFn) -> TrainingData:

@@ -55,6 +55,9 @@ class TrainConfig:
     routes: dict[str, str] | None = None  # class -> queue (train --routes); None: each class's default
     damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.training.damage_maps)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
+    # a model file (or the name of a bundled model's architecture, e.g. "cnn") whose class for
+    # each training photo a distilled ViT's distillation token learns (training.distill)
+    teacher: str | None = None
 
 
 DEFAULT_ARCH = "efficientnet_lite0"  # what train fine-tunes when --arch is not given
@@ -71,6 +74,12 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     defaults = {**spec.train_defaults, "input_size": spec.default_input_size}
     unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     pretrained = cfg.pretrained
+    if cfg.teacher is not None:  # DeiT's distillation: a distilled model, trained by the loop
+        if "distilled" not in spec.config.__dataclass_fields__:
+            distillable = ", ".join(n for n, a in ARCHS.items() if "distilled" in a.config.__dataclass_fields__)
+            raise TrainingError(f"--teacher trains a distilled transformer (--arch {distillable}), not {cfg.arch}")
+        cfg = replace(cfg, model_config={**cfg.model_config, "distilled": True})
+        pretrained = None
     if cfg.init is not None or cfg.resume:  # the loop continues from those weights
         pretrained = None
     elif pretrained == "auto":
@@ -117,13 +126,24 @@ def _holds_run(folder: Path) -> str | None:
 
 
 def model_config_from_options(
-    arch: str, *, widths: str | None = None, depths: str | None = None, pool: str | None = None
+    arch: str,
+    *,
+    widths: str | None = None,
+    depths: str | None = None,
+    pool: str | None = None,
+    conv_stem: str | None = None,
 ) -> dict[str, Any]:
-    """``TrainConfig.model_config`` from ``train``'s --widths, --depths and --pool as typed
-    (``"16,32,64"``), checked before any photo is read: each sets a field of the
-    architecture's config (only the CNN's has them), --depths gives one count per stage,
-    --pool names a head pooling. Raises ``ConfigError`` naming the option."""
+    """``TrainConfig.model_config`` from ``train``'s --widths, --depths, --pool and
+    --conv-stem as typed (``"16,32,64"``), checked before any photo is read: each sets a
+    field of the architecture's config (the CNN's the first three, the ViT's the last),
+    --depths gives one count per stage, --pool names a head pooling, --conv-stem the
+    channels of the ViT's 3x3 stride-2 stem convolutions (its patch size follows: 2 per
+    convolution). Raises ``ConfigError`` naming the option."""
     model_config: dict[str, Any] = {}
+    if conv_stem is not None:
+        _takes(arch, "conv_stem")
+        model_config["conv_stem"] = _counts(conv_stem, "--conv-stem")
+        model_config["patch_size"] = 2 ** len(model_config["conv_stem"])  # the stem's total stride
     if widths is not None:
         _takes(arch, "widths")
         model_config["widths"] = _counts(widths, "--widths")
@@ -146,7 +166,9 @@ def _takes(arch: str, name: str) -> None:
     """--NAME sets the config field NAME: refused for an architecture whose config has none."""
     takers = [a for a, spec in ARCHS.items() if name in {f.name for f in fields(spec.config)}]
     if arch not in takers:
-        raise ConfigError(f"only for {' or '.join(f'--arch {a}' for a in takers)}", option=f"--{name}")
+        raise ConfigError(
+            f"only for {' or '.join(f'--arch {a}' for a in takers)}", option=f"--{name.replace('_', '-')}"
+        )
 
 
 def _counts(text: str, option: str) -> list[int]:
