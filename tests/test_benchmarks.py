@@ -89,3 +89,17 @@ def test_bench_efficientnet_reports_three_engines_and_its_ratios_are_its_medians
         assert m["rss_before_mb"] > 0 and m["high_water_reset"] in (True, False)
         assert math.isfinite(m["rss_peak_growth_mb"]) and math.isfinite(m["rss_peak_growth_later_step_mb"])
     assert r["memory"]["numpy"]["traced_peak_mb"] > 0
+
+
+def test_bench_vit_puts_the_bundled_vit_beside_the_cnn_and_its_ratios_are_its_figures():
+    report = run_json("bench_vit.py", "--batch", "2", "--blocks", "1")
+    assert report["machine"] and (report["batch"], report["blocks"]) == (2, 1)
+    for arch in ("cnn", "vit"):
+        r = report[arch]
+        assert r["file"].endswith(f"triage_{arch}.safetensors") and r["params"] > 0 and r["macs"] > 0
+        assert math.isfinite(r["forward_ms_per_photo"]) and r["forward_ms_per_photo"] > 0
+    ratio = report["ratio"]
+    assert ratio["forward_time"] == pytest.approx(
+        report["vit"]["forward_ms_per_photo"] / report["cnn"]["forward_ms_per_photo"], rel=1e-12
+    )
+    assert ratio["macs"] == pytest.approx(report["vit"]["macs"] / report["cnn"]["macs"], rel=1e-12)
