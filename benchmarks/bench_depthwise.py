@@ -33,10 +33,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import _machine  # noqa: E402  (benchmarks/_machine.py, beside this script)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -44,18 +44,7 @@ from tinytriage import nn  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"NumPy {np.__version__}, PyTorch {torch.__version__}"
-    )
+    return _machine.machine(f"NumPy {np.__version__}", f"PyTorch {torch.__version__}")
 
 
 def timed(fn, n: int) -> float:

@@ -47,6 +47,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
+import _machine  # noqa: E402  (benchmarks/_machine.py, beside this script)
 import numpy as np  # noqa: E402
 
 from tinytriage.engines import load_engine, make_engine  # noqa: E402
@@ -55,15 +56,7 @@ from tinytriage.models.file import bundled_model_path, read_model  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
+    return _machine.machine(f"NumPy {np.__version__}")
 
 
 def blas() -> str:

@@ -28,10 +28,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import _machine  # noqa: E402  (benchmarks/_machine.py, beside this script)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -41,15 +41,7 @@ from tinytriage.models.file import read_model_or_bundled  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {args.threads} threads, Python {platform.python_version()}, NumPy {np.__version__}"
+    return _machine.machine(f"{args.threads} threads", f"NumPy {np.__version__}")
 
 
 def main() -> None:
