@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="photos already generated with --per-class and --seed")
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--teacher", default="cnn", help="a model file, or a bundled model's architecture")
+    ap.add_argument("--init", help="continue from this ViT model file's weights (a new schedule)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the ViT's, 1e-3)")
     ap.add_argument("--run", type=Path, default=Path("runs/vit"), help="the training run folder")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -70,7 +72,8 @@ def main() -> None:
     try:
         cfg = TrainConfig(
             data_dir=str(data), out=str(args.run), exist_ok=True, arch="vit", epochs=args.epochs,
-            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=args.teacher, seed=0,
+            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=args.teacher, seed=0, init=args.init,
+            lr=args.lr,
         )  # fmt: skip
         result = train(cfg, _log)
     finally:
