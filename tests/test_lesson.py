@@ -112,3 +112,14 @@ def test_lesson_end_to_end_tiny(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert "translation test" in p.stdout and "position embedding" in p.stdout
+
+
+def test_variants_are_checked_and_ordered_teacher_first():
+    from tinytriage.errors import TinyTriageError
+    from tinytriage.explain.lesson import _check_models
+
+    assert _check_models(("vit_distilled", "cnn")) == ["cnn", "vit_distilled"]  # the teacher trains first
+    with pytest.raises(TinyTriageError, match="learns from cnn's runs: add cnn"):
+        _check_models(("vit", "vit_distilled"))
+    with pytest.raises(TinyTriageError, match="choose from cnn, vit, vit_conv, vit_distilled"):
+        _check_models(("resnet",))
