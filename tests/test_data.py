@@ -254,18 +254,6 @@ def test_colour_jitter_brightness_only_scales_pixels():
     assert len(np.unique(out)) == 1 and 50 <= out[0, 0, 0] <= 150
 
 
-def test_augmentation_is_fast_enough():
-    # Target > 1500 images/s at 112 px on one core; the bound here is loose because
-    # CI machines are shared. See the report for measured numbers.
-    imgs = np.stack([np.asarray(photo(i, 129, 129)) for i in range(8)] * 25)  # (200, 129, 129, 3)
-    rng = np.random.default_rng(0)
-    augment_batch(imgs[:8], 112, Augment(), rng)  # warm up
-    t = time.perf_counter()
-    augment_batch(imgs, 112, Augment(), rng)
-    rate = len(imgs) / (time.perf_counter() - t)
-    assert rate > 300, f"{rate:.0f} images/s"
-
-
 def test_unlistable_subfolder_is_reported(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "ds", {"a": 2, "b": 2})
     locked = root / "a" / "locked"
