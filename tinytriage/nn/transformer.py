@@ -299,7 +299,48 @@ class Block(Module):
 
 
 # -- patches in, class out ------------------------------------------------------------------
-class PatchEmbed(Module):
+class _TokenGrid(Module):
+    """What both patch embeddings share: (N, C, H, W) images become (N, T, D) tokens, one
+    per P x P cell, T = (H/P) (W/P) in row-major order. A subclass says how a cell is
+    embedded (``embed``: images -> (N, D, H/P, W/P), and its ``embed_backward``)."""
+
+    def _grid(self, img_size: int | tuple[int, int], patch_size: int | tuple[int, int]) -> None:
+        """``img_size``, ``patch_size``, ``grid_size`` and ``num_patches``, checked."""
+        name = type(self).__name__
+        self.img_size = pair(img_size, "img_size", name, 1)
+        self.patch_size = pair(patch_size, "patch_size", name, 1)
+        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
+            raise ShapeError(f"{name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_backward(self, d: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        name = type(self).__name__
+        check_ndim(x, 4, name, "(N, C, H, W)")
+        if x.shape[2:] != self.img_size:
+            raise ShapeError(
+                f"{name}: expected {self.img_size[0]}x{self.img_size[1]} images, got shape {tuple(x.shape)}"
+            )
+        x = self.embed(x)  # (N, D, H/P, W/P): one embedding per cell
+        N, D, gh, gw = x.shape
+        return x.reshape(N, D, gh * gw).transpose(0, 2, 1)  # (N, T, D)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        N, T, D = grad_out.shape
+        d = grad_out.transpose(0, 2, 1).reshape(N, D, *self.grid_size)  # back to (N, D, H/P, W/P)
+        return self.embed_backward(d)  # None when the first conv skips dx
+
+    def extra_repr(self) -> str:
+        return f"img_size={self.img_size}, patch_size={self.patch_size}, grid_size={self.grid_size}"
+
+
+class PatchEmbed(_TokenGrid):
     """timm's ``PatchEmbed``: a Conv2d ``proj`` with kernel = stride = patch size embeds each
     non-overlapping patch as one token; (N, C, H, W) -> (N, T, D), T = (H/P) (W/P) tokens
     in row-major patch order."""
@@ -314,33 +355,16 @@ class PatchEmbed(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.img_size = pair(img_size, "img_size", "PatchEmbed", 1)
-        self.patch_size = pair(patch_size, "patch_size", "PatchEmbed", 1)
-        if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
-            raise ShapeError(f"PatchEmbed: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self._grid(img_size, patch_size)
         self.proj = self.add_module(
             "proj", Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size, dtype=dtype, rng=rng)
         )
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        check_ndim(x, 4, "PatchEmbed", "(N, C, H, W)")
-        if x.shape[2:] != self.img_size:
-            raise ShapeError(
-                f"PatchEmbed: expected {self.img_size[0]}x{self.img_size[1]} images, got shape {tuple(x.shape)}"
-            )
-        x = self.proj(x)  # (N, D, H/P, W/P): one embedding per patch
-        N, D, gh, gw = x.shape
-        return x.reshape(N, D, gh * gw).transpose(0, 2, 1)  # (N, T, D)
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        return self.proj(x)  # (N, D, H/P, W/P): one linear map per patch
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        N, T, D = grad_out.shape
-        d = grad_out.transpose(0, 2, 1).reshape(N, D, *self.grid_size)  # back to (N, D, H/P, W/P)
+    def embed_backward(self, d: np.ndarray) -> np.ndarray | None:
         return self.proj.backward(d)
-
-    def extra_repr(self) -> str:
-        return f"img_size={self.img_size}, patch_size={self.patch_size}, grid_size={self.grid_size}"
 
 
 class ConvNormAct(Module):
@@ -371,7 +395,7 @@ class ConvNormAct(Module):
         return self.conv.backward(self.bn.backward(self.act.backward(grad_out)))  # None when conv skips dx
 
 
-class ConvPatchEmbed(Module):
+class ConvPatchEmbed(_TokenGrid):
     """The convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See
     Better"): a ``stem`` of 3x3 stride-2 ``ConvNormAct`` stages (padding 1), each halving
     the image, with ``stem_channels[i]`` output channels, then a 1x1 conv ``proj`` (with
@@ -395,18 +419,13 @@ class ConvPatchEmbed(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.img_size = pair(img_size, "img_size", "ConvPatchEmbed", 1)
-        self.patch_size = pair(patch_size, "patch_size", "ConvPatchEmbed", 1)
         stride = 2 ** len(stem_channels)  # each stage halves the image
-        if not stem_channels or self.patch_size != (stride, stride):
+        if not stem_channels or pair(patch_size, "patch_size", "ConvPatchEmbed", 1) != (stride, stride):
             raise ShapeError(
                 f"ConvPatchEmbed: a stem of {len(stem_channels)} stride-2 convolutions has stride {stride}, "
-                f"not patch_size {self.patch_size} (it needs at least one convolution)"
+                f"not patch_size {patch_size} (it needs at least one convolution)"
             )
-        if self.img_size[0] % stride or self.img_size[1] % stride:
-            raise ShapeError(f"ConvPatchEmbed: img_size {self.img_size} is not a multiple of patch_size {stride}")
-        self.grid_size = (self.img_size[0] // stride, self.img_size[1] // stride)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self._grid(img_size, patch_size)
         chans = [in_chans, *stem_channels]
         stages = [
             ConvNormAct(c_in, c_out, dtype=dtype, rng=rng) for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)
@@ -414,24 +433,12 @@ class ConvPatchEmbed(Module):
         self.stem = self.add_module("stem", Sequential(*stages))
         self.proj = self.add_module("proj", Conv2d(chans[-1], embed_dim, 1, dtype=dtype, rng=rng))
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        check_ndim(x, 4, "ConvPatchEmbed", "(N, C, H, W)")
-        if x.shape[2:] != self.img_size:
-            raise ShapeError(
-                f"ConvPatchEmbed: expected {self.img_size[0]}x{self.img_size[1]} images, got shape {tuple(x.shape)}"
-            )
+    def embed(self, x: np.ndarray) -> np.ndarray:
         x = self.stem(x)  # (N, C', H/P, W/P): each stage halves the image
-        x = self.proj(x)  # (N, D, H/P, W/P): each cell's C' features mixed into D
-        N, D, gh, gw = x.shape
-        return x.reshape(N, D, gh * gw).transpose(0, 2, 1)  # (N, T, D)
+        return self.proj(x)  # (N, D, H/P, W/P): each cell's C' features mixed into D
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        N, T, D = grad_out.shape
-        d = grad_out.transpose(0, 2, 1).reshape(N, D, *self.grid_size)  # back to (N, D, H/P, W/P)
+    def embed_backward(self, d: np.ndarray) -> np.ndarray | None:
         return self.stem.backward(self.proj.backward(d))  # None when the first conv skips dx
-
-    def extra_repr(self) -> str:
-        return f"img_size={self.img_size}, patch_size={self.patch_size}, grid_size={self.grid_size}"
 
 
 def trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype: type) -> np.ndarray:
