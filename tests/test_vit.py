@@ -306,7 +306,10 @@ def test_count_macs_matches_the_models_weights():
         (lambda: LayerNorm(8)(np.zeros((2, 7), np.float32)), r"LayerNorm: expected \(\.\.\., \(8,\)\) input"),
         (lambda: ConvPatchEmbed(16, 4, 3, 8, (4, 4, 4)), r"3 stride-2 convolutions has stride 8, not patch_size"),
         (lambda: ConvPatchEmbed(16, 1, 3, 8, ()), r"0 stride-2 convolutions has stride 1.*at least one"),
-        (lambda: ConvPatchEmbed(12, 8, 3, 8, (4, 4, 4)), r"img_size \(12, 12\) is not a multiple of patch_size \(8, 8\)"),
+        (
+            lambda: ConvPatchEmbed(12, 8, 3, 8, (4, 4, 4)),
+            r"img_size \(12, 12\) is not a multiple of patch_size \(8, 8\)",
+        ),
         (lambda: tiny_vit(TINY_CONV_STEM)(np.zeros((1, 3, 16, 20), np.float32)), r"ConvPatchEmbed: expected 16x16"),
         (
             lambda: torch_vit.TorchVisionTransformer(TINY_CONV_STEM)(torch.zeros(1, 3, 20, 16)),
