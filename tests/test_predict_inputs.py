@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 
+from conftest import run_cli
+
 from tinytriage.inference.predict import PhotoFailure, expand_inputs, load_routes
 
 
@@ -34,6 +36,16 @@ def test_stdin_lines_and_nul(tmp_path):
     assert got == ["one.jpg", "two words.jpg"]
     stream = io.TextIOWrapper(io.BytesIO(os.fsencode(str(weird)) + b"\0other.jpg\0"))
     assert list(expand_inputs(["-"], null=True, stdin=stream)) == [str(weird), "other.jpg"]
+
+
+def test_empty_stdin_is_said_not_silent():
+    # `find tickets -name '*.jpg' | tinytriage predict -` where find found nothing
+    (empty,) = expand_inputs(["-"], stdin=io.StringIO("\n\n"))
+    assert isinstance(empty, PhotoFailure) and empty.reason == "no photo paths on stdin"
+    (empty,) = expand_inputs(["-"], null=True, stdin=io.StringIO(""))
+    assert isinstance(empty, PhotoFailure) and "-0" in empty.reason
+    p = run_cli("predict", "-", input="")
+    assert p.returncode == 1 and "no photo paths on stdin" in p.stderr and p.stdout == ""
 
 
 def test_symlink_loop_terminates(tmp_path):

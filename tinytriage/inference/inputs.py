@@ -41,7 +41,12 @@ def expand_inputs(
     for arg in args:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin
-            yield from _read_paths(stream, null)
+            empty = True
+            for path in _read_paths(stream, null):
+                empty = False
+                yield path
+            if empty:  # e.g. a `find` upstream that found nothing: said, as an empty folder is
+                yield PhotoFailure(arg, "no photo paths on stdin" + (" (NUL-separated, -0)" if null else ""))
             continue
         p = Path(arg)
         if p.is_dir():
