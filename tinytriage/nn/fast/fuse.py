@@ -48,6 +48,7 @@ from tinytriage.nn.mobile import DepthwiseSeparableConv, InvertedResidual
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.norm import BatchNorm2d
 from tinytriage.nn.pool import MaxPool2d
+from tinytriage.nn.transformer import ConvNormAct
 
 
 def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +141,8 @@ def fuse_for_inference(model: Module) -> Module:
     """A model computing the same as ``model.eval()`` with every ``Conv2d, BatchNorm2d[, ReLU
     or ReLU6]`` run inside a Sequential or a mobile block's branch fused. Every other layer is
     ``model``'s own (shared). Returns ``model`` itself when there is nothing to fuse."""
+    if isinstance(model, ConvNormAct) and model.bn.track_running_stats:  # a ViT's early convolutions
+        return ConvBNReLU(model.conv, model.bn, relu=True)
     if isinstance(model, (DepthwiseSeparableConv, InvertedResidual)):
         branch = Sequential(*model.branch())
         fused = fuse_for_inference(branch)
