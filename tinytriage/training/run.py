@@ -75,9 +75,11 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     pretrained = cfg.pretrained
     if cfg.teacher is not None:  # DeiT's distillation: a distilled model, trained by the loop
-        if "distilled" not in spec.config.__dataclass_fields__:
-            distillable = ", ".join(n for n, a in ARCHS.items() if "distilled" in a.config.__dataclass_fields__)
-            raise TrainingError(f"--teacher trains a distilled transformer (--arch {distillable}), not {cfg.arch}")
+        distillable = _archs_with("distilled")
+        if cfg.arch not in distillable:
+            raise TrainingError(
+                f"--teacher trains a distilled transformer (--arch {', '.join(distillable)}), not {cfg.arch}"
+            )
         cfg = replace(cfg, model_config={**cfg.model_config, "distilled": True})
         pretrained = None
     if cfg.init is not None or cfg.resume:  # the loop continues from those weights
@@ -162,9 +164,14 @@ def model_config_from_options(
     return model_config
 
 
+def _archs_with(name: str) -> list[str]:
+    """The architectures whose config has a field ``name``."""
+    return [a for a, spec in ARCHS.items() if name in {f.name for f in fields(spec.config)}]
+
+
 def _takes(arch: str, name: str) -> None:
     """--NAME sets the config field NAME: refused for an architecture whose config has none."""
-    takers = [a for a, spec in ARCHS.items() if name in {f.name for f in fields(spec.config)}]
+    takers = _archs_with(name)
     if arch not in takers:
         raise ConfigError(
             f"only for {' or '.join(f'--arch {a}' for a in takers)}", option=f"--{name.replace('_', '-')}"
