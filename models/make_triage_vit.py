@@ -28,17 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "models" / "triage_vit.safetensors"
 
 # the ViT's config: what differs from ViTConfig's defaults (the plain ViT of the lesson)
 CONFIG = {
     "img_size": 128,  # the CNN teacher's input size: cracks need the pixels
-    "conv_stem": [32, 64, 128, 128],  # stride 16: an 8 x 8 grid of tokens
+    "conv_stem": [16, 32, 64, 128],  # the bundled CNN's first four stages: an 8 x 8 grid of tokens
+    "stem_pool": True,  # stride-1 convs and 2x2 max pools, as the CNN's stages
     "patch_size": 16,
     "embed_dim": 128,
     "num_heads": 4,
-    "depth": 6,
+    "depth": 4,
     "distilled": True,
 }
 
@@ -56,29 +59,32 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--teacher", default="cnn", help="a model file, or a bundled model's architecture")
     ap.add_argument("--init", help="continue from this ViT model file's weights (a new schedule)")
+    ap.add_argument(
+        "--stem-from", default="cnn", help="without --init: the CNN model file (or 'cnn', the bundled one) whose "
+        "first stages start the stem"
+    )  # fmt: skip
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the ViT's, 1e-3)")
     ap.add_argument("--run", type=Path, default=Path("runs/vit"), help="the training run folder")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    tmp = None
-    data = args.data
-    if data is None:
-        tmp = tempfile.mkdtemp(prefix="tinytriage-vit-")
-        gen = generate_dataset(tmp, args.per_class, args.seed, workers=2)
-        print(f"generated {gen.n_photos} photos in {gen.seconds:.0f} s", flush=True)
-        data = Path(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="tinytriage-vit-"))  # generated photos, the starting weights
     try:
+        data = args.data
+        if data is None:
+            data = tmp / "photos"
+            gen = generate_dataset(data, args.per_class, args.seed, workers=2)
+            print(f"generated {gen.n_photos} photos in {gen.seconds:.0f} s", flush=True)
+        init = args.init or _hybrid_init(args.stem_from, data, tmp)
         cfg = TrainConfig(
             data_dir=str(data), out=str(args.run), exist_ok=True, arch="vit", epochs=args.epochs,
-            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=args.teacher, seed=0, init=args.init,
+            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=args.teacher, seed=0, init=str(init),
             lr=args.lr,
         )  # fmt: skip
         result = train(cfg, _log)
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_bytes(args.out, result.model_path.read_bytes())
     print(
         f"wrote {args.out}: best epoch {result.best_epoch}, validation accuracy {result.best_val_acc:.3f}, "
@@ -86,6 +92,30 @@ def main() -> None:
         f"{result.train_seconds:.0f} s training, {time.perf_counter() - t0:.0f} s in all",
         flush=True,
     )
+
+
+def _hybrid_init(stem_from: str, data: Path, tmp: Path) -> Path:
+    """A ViT model file to start from: the stem from the CNN's first stages, the rest at
+    its initialisation (seed 0), the classes the photo folders' (the CNN's, by name)."""
+
+    from tinytriage.models.file import ModelFile, read_model_or_bundled, save_model
+    from tinytriage.models.vit import ViTConfig, build_vit, stem_from_cnn
+    from tinytriage.training.folders import default_routes
+
+    cnn, where = read_model_or_bundled(None if stem_from == "cnn" else stem_from, "cnn")
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    if classes != list(cnn.classes):
+        raise SystemExit(f"{where}: classes {cnn.classes}, but the photos' are {classes}")
+    cfg = ViTConfig.from_dict({**CONFIG, "num_classes": len(classes)})
+    state = build_vit(cfg, rng=np.random.default_rng(0)).state_dict()
+    stem = stem_from_cnn(cfg, cnn.config, cnn.tensors)
+    state.update({k: v.astype(state[k].dtype) for k, v in stem.items()})
+    print(f"stem: the first {len(cfg.conv_stem)} stages of {where} ({len(stem)} tensors)", flush=True)
+    path = tmp / "hybrid_init.safetensors"
+    save_model(
+        ModelFile("vit", cfg.to_dict(), classes, default_routes(classes), dict(cnn.preprocess), state), path
+    )  # fmt: skip
+    return path
 
 
 def _log(event) -> None:

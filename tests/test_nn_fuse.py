@@ -178,12 +178,18 @@ def test_fused_layers_refuse_backward_and_non_conv_models_pass_through():
     assert nn.fuse_for_inference(batch_stats) is batch_stats  # no running statistics: nothing to fold
 
 
-def test_a_vits_early_convolutions_fold_and_it_predicts_as_before():
-    """The conv stem's conv-BatchNorm-ReLU stages fold like the CNN's (BatchNorm statistics
-    made non-trivial by a few training-mode passes); the transformer is the model's own."""
+@pytest.mark.parametrize("stem_pool", [False, True], ids=["stride-2", "pooled"])
+def test_a_vits_early_convolutions_fold_and_it_predicts_as_before(stem_pool):
+    """The conv stem's conv-BatchNorm-ReLU[-pool] stages fold like the CNN's (BatchNorm
+    statistics made non-trivial by a few training-mode passes); the blocks run on the fast
+    path with the model's own weights, in float64 with the exact erf."""
     from tinytriage.models.vit import ViTConfig, build_vit
+    from tinytriage.nn.fast.transformer import FastBlocks
 
-    cfg = ViTConfig(num_classes=3, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, conv_stem=[4, 8, 8])
+    cfg = ViTConfig(
+        num_classes=3, img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, conv_stem=[4, 8, 8],
+        stem_pool=stem_pool,
+    )  # fmt: skip
     model = build_vit(cfg, rng=np.random.default_rng(0), dtype=np.float64)
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32))
     model.train()
@@ -192,7 +198,8 @@ def test_a_vits_early_convolutions_fold_and_it_predicts_as_before():
     model.eval()
     fused = nn.fuse_for_inference(model)
     assert [type(s).__name__ for s in fused.patch_embed.stem] == ["ConvBNReLU"] * 3
-    assert fused.blocks is model.blocks  # shared, not copied
+    assert isinstance(fused.blocks, FastBlocks)
+    assert all(f is b for f, b in zip(fused.blocks.blocks, model.blocks, strict=True))  # shared, not copied
     assert_close("fused ViT", fused(x), model(x), rtol=1e-10, atol=1e-12)
 
 

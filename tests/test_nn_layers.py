@@ -309,6 +309,11 @@ LAYERS = [
     case("conv-patch-embed-s8",     twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 16, 8, 2, 4, (3, 4, 6)), (2, 2, 16, 16)),
     case("conv-patch-embed-eval",   twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 8, 4, 3, 6, (4, 5)),    (2, 3, 8, 8), train=False,
          params=bn_stats(**{"stem.0.bn": 4, "stem.1.bn": 5})),
+    # the pooled stem (stem_pool: stride-1 convs, each then a 2x2 max pool, as the triage CNN's stages)
+    case("conv-norm-act-pool",      twins(ConvNormAct, torch_vit.ConvNormAct, 3, 4, stride=1, pool=True),   (2, 3, 8, 6)),
+    case("conv-patch-embed-pool",   twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 8, 4, 3, 6, (4, 5), True), (2, 3, 8, 8)),
+    case("conv-patch-embed-pool-eval", twins(ConvPatchEmbed, torch_vit.ConvPatchEmbed, 8, 4, 3, 6, (4, 5), True), (2, 3, 8, 8),
+         train=False, params=bn_stats(**{"stem.0.bn": 4, "stem.1.bn": 5})),
     # -- whole ViTs: the distillation token (DeiT) in training mode, (N, 2, K), and eval mode, log of the
     #    averaged softmaxes (N, K); the conv stem; both
     case("vit",                     vit_twins(**SMALL_VIT),                                                 (2, 3, 8, 8)),
@@ -320,6 +325,7 @@ LAYERS = [
     case("vit-conv-stem-distilled", vit_twins(**SMALL_VIT, conv_stem=[4, 6], distilled=True),               (2, 3, 8, 8)),
     case("vit-conv-stem-distilled-eval", vit_twins(**SMALL_VIT, conv_stem=[4, 6], distilled=True),          (2, 3, 8, 8), train=False,
          params=bn_stats(**{"patch_embed.stem.0.bn": 4, "patch_embed.stem.1.bn": 6})),
+    case("vit-pooled-stem-distilled", vit_twins(**SMALL_VIT, conv_stem=[4, 6], stem_pool=True, distilled=True), (2, 3, 8, 8)),
     # -- mobile blocks: twins in tinytriage.models.torch_efficientnet, timm's names; train and eval, with and without the residual
     case("ds-residual",             twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7)),
     case("ds-residual-eval",        twins(DepthwiseSeparableConv, torch_eff.DepthwiseSeparableConv, 4, 4, 3, 1), (2, 4, 6, 7), train=False,
@@ -739,6 +745,7 @@ GRADCHECK = [
     pytest.param(lambda: GELU(), [(3, 7)], id="gelu"),
     pytest.param(lambda: Attention(4, 2), [(2, 3, 4)], id="attention"),
     pytest.param(lambda: ConvPatchEmbed(8, 4, 2, 4, (3, 3)), [(2, 2, 8, 8)], id="conv-patch-embed"),
+    pytest.param(lambda: ConvPatchEmbed(8, 4, 2, 4, (3, 3), True), [(2, 2, 8, 8)], id="conv-patch-embed-pool"),
     pytest.param(
         lambda: VisionTransformer(**SMALL_VIT, distilled=True).eval(), [(2, 3, 8, 8)], id="vit-distilled-eval"
     ),

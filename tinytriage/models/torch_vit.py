@@ -43,15 +43,22 @@ class ConvNormAct(nn.Module):
     """conv (no bias) -> BatchNorm2d -> ReLU: one stage of the convolutional stem."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2, padding: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 1,
+        pool: bool = False,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, 2) if pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.pool(self.act(self.bn(self.conv(x))))
 
 
 class ConvPatchEmbed(nn.Module):
@@ -64,6 +71,7 @@ class ConvPatchEmbed(nn.Module):
         in_chans: int = 3,
         embed_dim: int = 768,
         stem_channels: Sequence[int] = (48, 96, 192, 384),
+        stem_pool: bool = False,
     ) -> None:
         super().__init__()
         if not stem_channels or patch_size != 2 ** len(stem_channels):
@@ -76,7 +84,10 @@ class ConvPatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         chans = [in_chans, *stem_channels]
         self.stem = nn.Sequential(
-            *[ConvNormAct(c_in, c_out) for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)]
+            *[
+                ConvNormAct(c_in, c_out, stride=1 if stem_pool else 2, pool=stem_pool)
+                for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)
+            ]
         )
         self.proj = nn.Conv2d(chans[-1], embed_dim, kernel_size=1)
 
@@ -150,7 +161,9 @@ class TorchVisionTransformer(nn.Module):
         self.cfg = cfg
         D = cfg.embed_dim
         if cfg.conv_stem:
-            self.patch_embed = ConvPatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D, cfg.conv_stem)
+            self.patch_embed = ConvPatchEmbed(
+                cfg.img_size, cfg.patch_size, cfg.in_chans, D, cfg.conv_stem, cfg.stem_pool
+            )
         else:
             self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
         self.num_prefix_tokens = cfg.num_prefix_tokens  # the class token, and the distillation token

@@ -14,11 +14,15 @@ plus the class token (Dosovitskiy et al. 2020). Why these defaults:
   is the costliest elementwise op in NumPy; ratio 4 makes each step about 1.5x slower
   and adds 0.15 M parameters for a few thousand training photos.
 
-Two options, off by default (the bundled ViT has neither):
+These defaults are the plain ViT of ``tinytriage lesson``. Two options, off by default, give
+it a CNN's inductive biases back; the bundled ViT (``models/make_triage_vit.py``) has both,
+its stem the bundled CNN's first four stages:
 
 * ``conv_stem``: early convolutions (Xiao et al. 2021) instead of the patchify stem: 3x3
   stride-2 convolutions with BatchNorm and ReLU, one per entry, then a 1x1 projection.
   Their total stride is the patch size: [24, 48, 96] with patch_size 8, say.
+  ``stem_pool`` makes each stage a stride-1 convolution and a 2x2 max pool, as the triage
+  CNN's stages, so the stem can start from a trained CNN's (``stem_from_cnn``).
 * ``distilled``: DeiT's distillation token and second head (Touvron et al. 2021), trained
   on a teacher's labels; training-mode logits are (N, 2, K) and targets (N, 2).
 
@@ -53,11 +57,16 @@ class ViTConfig:
     distilled: bool = False  # DeiT's distillation token and its head (head_dist), for a teacher's labels
     # output channels of the early 3x3 stride-2 convolutions (Xiao et al. 2021); empty: patchify
     conv_stem: list[int] = field(default_factory=list)
+    # the stem's stages as the triage CNN's: stride-1 convolutions, each then a 2x2 max pool
+    # (so a CNN's first stages can initialise it: a hybrid ViT); False: stride-2 convolutions
+    stem_pool: bool = False
 
     def __post_init__(self) -> None:
         self.conv_stem = [int(c) for c in self.conv_stem]  # from a tuple or a JSON list alike
         if any(c < 1 for c in self.conv_stem):
             raise ShapeError(f"ViT: conv_stem channels must be positive, got {self.conv_stem}")
+        if self.stem_pool and not self.conv_stem:
+            raise ShapeError("ViT: stem_pool pools the stages of a conv_stem, and there is none")
         if self.conv_stem and self.patch_size != 2 ** len(self.conv_stem):
             n, stride = len(self.conv_stem), 2 ** len(self.conv_stem)
             raise ShapeError(
@@ -91,7 +100,7 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("distilled", "conv_stem"):
+        for key in ("distilled", "conv_stem", "stem_pool"):
             if not d[key]:
                 del d[key]  # files of the plain ViT stay as they were
         return d
@@ -116,6 +125,7 @@ def build_vit(cfg: ViTConfig, rng: np.random.Generator | None = None, dtype: typ
         qkv_bias=cfg.qkv_bias,
         distilled=cfg.distilled,
         conv_stem=cfg.conv_stem,
+        stem_pool=cfg.stem_pool,
         dtype=dtype,
         rng=np.random.default_rng(0) if rng is None else rng,
     )
@@ -147,9 +157,10 @@ def count_macs(cfg: ViTConfig) -> int:
     hidden = int(D * cfg.mlp_ratio)
     if cfg.conv_stem:
         embed, side, c_in = 0, cfg.img_size, cfg.in_chans
-        for c_out in cfg.conv_stem:  # each 3x3 stride-2 conv: one 3x3 x c_in kernel per output cell
+        for c_out in cfg.conv_stem:  # each 3x3 conv: one 3x3 x c_in kernel per output cell
+            conv_side = side if cfg.stem_pool else side // 2  # stride 1 then a pool, or stride 2
+            embed += conv_side * conv_side * c_out * c_in * 9
             side //= 2
-            embed += side * side * c_out * c_in * 9
             c_in = c_out
         embed += gh * gw * D * c_in  # the 1x1 projection
     else:
@@ -157,3 +168,32 @@ def count_macs(cfg: ViTConfig) -> int:
     per_block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * hidden  # qkv, q.k and attn.v, proj, mlp
     heads = 2 if cfg.distilled else 1  # the class head, and the distillation head
     return embed + cfg.depth * per_block + heads * D * cfg.num_classes
+
+
+def stem_from_cnn(cfg: ViTConfig, cnn_config: dict, cnn_tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights of a pooled stem (``stem_pool``) taken from a trained triage CNN's first
+    stages, by name: the CNN's ``conv{s}`` and ``bn{s}`` become ``patch_embed.stem.{s-1}.conv``
+    and ``.bn``. The ViT then starts from the features the CNN has learnt (a hybrid ViT,
+    Dosovitskiy et al. 2020, sec. 3.1, whose stem is a pretrained ResNet's first stages);
+    everything after the stem starts afresh. The stem must be the CNN's first stages:
+    the same channels, one 3x3 conv each."""
+    from tinytriage.models.cnn import CNNConfig, layer_names
+
+    cnn = CNNConfig.from_dict(cnn_config)
+    n = len(cfg.conv_stem)
+    if not cfg.stem_pool or cnn.kernel_size != 3 or cnn.depths is not None or cnn.in_channels != cfg.in_chans:
+        raise ShapeError("stem_from_cnn: a pooled ViT stem (stem_pool) and a CNN of one 3x3 conv a stage, same input")
+    if list(cnn.widths[:n]) != cfg.conv_stem:
+        raise ShapeError(
+            f"stem_from_cnn: the stem's channels {cfg.conv_stem} are not the CNN's first {n} stages' {list(cnn.widths[:n])}"
+        )
+    index = {role: i for i, role in enumerate(layer_names(cnn))}  # conv1 -> 0, bn1 -> 1, ...
+    out = {}
+    for s in range(n):
+        conv, bn = index[f"conv{s + 1}"], index[f"bn{s + 1}"]
+        out[f"patch_embed.stem.{s}.conv.weight"] = cnn_tensors[f"features.{conv}.weight"]
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            key = f"features.{bn}.{name}"
+            if key in cnn_tensors:
+                out[f"patch_embed.stem.{s}.bn.{name}"] = cnn_tensors[key]
+    return out

@@ -41,6 +41,7 @@ from tinytriage.nn.conv import Conv2d, pair
 from tinytriage.nn.linear import Linear
 from tinytriage.nn.module import Module, Sequential, check_ndim
 from tinytriage.nn.norm import BatchNorm2d
+from tinytriage.nn.pool import MaxPool2d
 
 # -- erf, to double precision and vectorised -------------------------------------------------
 # GELU needs the error function on every hidden activation, and the float64 parity tests
@@ -369,7 +370,8 @@ class PatchEmbed(_TokenGrid):
 
 class ConvNormAct(Module):
     """One stage of a convolutional stem: conv (no bias) -> BatchNorm2d -> ReLU, with timm's
-    ``ConvNormAct`` names (``conv``, ``bn``). The BatchNorm makes the conv's bias redundant."""
+    ``ConvNormAct`` names (``conv``, ``bn``). The BatchNorm makes the conv's bias redundant.
+    ``pool=True`` adds a 2x2 max pool after the ReLU (a VGG-style stage, as the triage CNN's)."""
 
     def __init__(
         self,
@@ -378,6 +380,7 @@ class ConvNormAct(Module):
         kernel_size: int = 3,
         stride: int = 2,
         padding: int = 1,
+        pool: bool = False,
         dtype: type = np.float32,
         rng: np.random.Generator | None = None,
     ) -> None:
@@ -387,11 +390,15 @@ class ConvNormAct(Module):
         )
         self.bn = self.add_module("bn", BatchNorm2d(out_channels, dtype=dtype))
         self.act = self.add_module("act", ReLU())
+        self.pool = self.add_module("pool", MaxPool2d(2, 2)) if pool else None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.act(self.bn(self.conv(x)))  # (N, C, H, W) -> (N, out_channels, H/2, W/2)
+        x = self.act(self.bn(self.conv(x)))  # (N, C, H, W) -> (N, out_channels, H/stride, W/stride)
+        return x if self.pool is None else self.pool(x)  # pooled: halved again
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        if self.pool is not None:
+            grad_out = self.pool.backward(grad_out)
         return self.conv.backward(self.bn.backward(self.act.backward(grad_out)))  # None when conv skips dx
 
 
@@ -400,7 +407,9 @@ class ConvPatchEmbed(_TokenGrid):
     Better"): a ``stem`` of 3x3 stride-2 ``ConvNormAct`` stages (padding 1), each halving
     the image, with ``stem_channels[i]`` output channels, then a 1x1 conv ``proj`` (with
     bias) to embed_dim; (N, C, H, W) -> (N, T, D) as ``PatchEmbed``, one token per P x P
-    cell, P = 2^len(stem_channels).
+    cell, P = 2^len(stem_channels). With ``stem_pool`` each stage is a stride-1 conv and a
+    2x2 max pool instead (the triage CNN's stages, so a CNN's first stages can be the stem:
+    the hybrid ViT of Dosovitskiy et al. 2020, sec. 3.1).
 
     Where patchify sees each patch once through one linear map, the stem's overlapping
     3x3 windows and nonlinearities give the Transformer better-conditioned inputs: the
@@ -415,6 +424,7 @@ class ConvPatchEmbed(_TokenGrid):
         in_chans: int = 3,
         embed_dim: int = 768,
         stem_channels: Sequence[int] = (48, 96, 192, 384),
+        stem_pool: bool = False,
         dtype: type = np.float32,
         rng: np.random.Generator | None = None,
     ) -> None:
@@ -428,7 +438,8 @@ class ConvPatchEmbed(_TokenGrid):
         self._grid(img_size, patch_size)
         chans = [in_chans, *stem_channels]
         stages = [
-            ConvNormAct(c_in, c_out, dtype=dtype, rng=rng) for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)
+            ConvNormAct(c_in, c_out, stride=1 if stem_pool else 2, pool=stem_pool, dtype=dtype, rng=rng)
+            for c_in, c_out in zip(chans[:-1], chans[1:], strict=True)
         ]
         self.stem = self.add_module("stem", Sequential(*stages))
         self.proj = self.add_module("proj", Conv2d(chans[-1], embed_dim, 1, dtype=dtype, rng=rng))
@@ -470,6 +481,7 @@ class VisionTransformer(Module):
 
     ``conv_stem`` (channels, one per 3x3 stride-2 convolution) embeds the patches with
     ``ConvPatchEmbed`` instead of ``PatchEmbed``; ``patch_size`` must then be 2^len(conv_stem).
+    ``stem_pool``: its stages are stride-1 convolutions, each with a 2x2 max pool.
 
     ``distilled`` adds DeiT's distillation token (timm's ``VisionTransformerDistilled``):
     ``dist_token`` is token 1, right after the class token (``num_prefix_tokens`` = 2), with
@@ -491,6 +503,7 @@ class VisionTransformer(Module):
         qkv_bias: bool = True,
         distilled: bool = False,
         conv_stem: Sequence[int] = (),
+        stem_pool: bool = False,
         dtype: type = np.float32,
         rng: np.random.Generator | None = None,
     ) -> None:
@@ -499,7 +512,9 @@ class VisionTransformer(Module):
         self.num_classes, self.embed_dim = num_classes, embed_dim
         self.num_prefix_tokens = 2 if distilled else 1  # the class token, and the distillation token
         if conv_stem:
-            embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim, conv_stem, dtype=dtype, rng=rng)
+            embed = ConvPatchEmbed(
+                img_size, patch_size, in_chans, embed_dim, conv_stem, stem_pool, dtype=dtype, rng=rng
+            )
         else:
             embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, dtype=dtype, rng=rng)
         self.patch_embed = self.add_module("patch_embed", embed)

@@ -24,6 +24,9 @@ pointwise convolutions on their own fast paths (``tinytriage.nn.fast.depthwise``
 mobile blocks (``tinytriage.nn.mobile``) every conv -> BatchNorm [-> ReLU6] of the branch
 is folded (``FusedBlock``), and the residual add stays.
 
+A Vision Transformer's blocks run on ``tinytriage.nn.fast.transformer`` (groups of photos
+over the threads, a float32 erf, nothing kept for backward).
+
 The fused layers fold the original layers' weights and running statistics again on every
 call (one multiply per weight, under a millisecond for the triage CNN), so training the
 original model never leaves them stale. They
@@ -44,11 +47,12 @@ from tinytriage.nn.fast.depthwise import depthwise_conv2d_fused_forward
 from tinytriage.nn.fast.im2col import conv2d_fused_forward
 from tinytriage.nn.fast.memory import empty_like
 from tinytriage.nn.fast.pointwise import pointwise_conv2d_fused_forward
+from tinytriage.nn.fast.transformer import FastBlocks
 from tinytriage.nn.mobile import DepthwiseSeparableConv, InvertedResidual
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.norm import BatchNorm2d
 from tinytriage.nn.pool import MaxPool2d
-from tinytriage.nn.transformer import ConvNormAct
+from tinytriage.nn.transformer import Block, ConvNormAct
 
 
 def fold_batchnorm(weight: np.ndarray, bias: np.ndarray | None, bn: BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +146,10 @@ def fuse_for_inference(model: Module) -> Module:
     or ReLU6]`` run inside a Sequential or a mobile block's branch fused. Every other layer is
     ``model``'s own (shared). Returns ``model`` itself when there is nothing to fuse."""
     if isinstance(model, ConvNormAct) and model.bn.track_running_stats:  # a ViT's early convolutions
-        return ConvBNReLU(model.conv, model.bn, relu=True)
+        return ConvBNReLU(model.conv, model.bn, relu=True, pool=model.pool)
+    if type(model) is Sequential and len(model) and all(isinstance(b, Block) for b in model):
+        return FastBlocks(model)  # a ViT's blocks: groups of photos over the threads
+
     if isinstance(model, (DepthwiseSeparableConv, InvertedResidual)):
         branch = Sequential(*model.branch())
         fused = fuse_for_inference(branch)
