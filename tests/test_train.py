@@ -181,6 +181,25 @@ def test_init_at_another_input_size_carries_every_cnn_weight_over(toy, tmp_path)
         train(replace(vit, out=str(tmp_path / "vit2"), input_size=36, init=str(vit_path)))
 
 
+def test_init_takes_the_files_architecture_and_a_distilled_vit_tunes_without_a_teacher(toy, tmp_path):
+    """``train photos --init FILE`` fine-tunes the file's model as it is: no --arch, no shape
+    options. A distilled ViT without --teacher trains both heads on the true classes."""
+    shape = {"embed_dim": 16, "depth": 1, "num_heads": 2, "conv_stem": [4, 6], "patch_size": 4, "distilled": True}
+    vit = cfg_for(toy, tmp_path / "vit", arch="vit", epochs=1, model_config=shape, input_size=16, lr=1e-3)
+    first = read_model(train(vit).model_path)  # no teacher: both heads on the true classes
+    assert first.config["distilled"] and first.config["embed_dim"] == 16
+    tuned = train(TrainConfig(data_dir=str(toy), out=str(tmp_path / "tuned"), epochs=1, batch_size=8, lr=1e-12,
+                              init=str(tmp_path / "vit" / "model.safetensors")))  # fmt: skip
+    last = read_model(tuned.model_path.parent / "last.safetensors")
+    assert last.arch == "vit" and last.config == first.config
+    assert last.preprocess["input_size"] == 16
+    np.testing.assert_allclose(last.tensors["head_dist.weight"], first.tensors["head_dist.weight"], atol=1e-9)
+    # an option given still wins, and a shape the weights do not fit is refused by name
+    with pytest.raises(TrainingError, match=r"--init .*embed_dim 16 -> 24"):
+        train(replace(vit, out=str(tmp_path / "wider"), model_config={**shape, "embed_dim": 24},
+                      init=str(tmp_path / "vit" / "model.safetensors")))  # fmt: skip
+
+
 def test_init_from_an_avg_head_into_avgmax_starts_as_the_same_function(toy, tmp_path):
     from tinytriage.models.file import build_numpy_model
     from tinytriage.training.checkpoint import init_weights

@@ -144,6 +144,8 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, device: str) -> TrainR
         taught = teacher_labels(cfg.teacher, data.train.paths, data.train.labels, folders.classes)
         data.teacher = taught.labels
         emit(events.Teacher(path=taught.path, arch=taught.arch, agreement=taught.agreement))
+    elif run.arch_config.get("distilled"):  # a distilled model, no teacher (--init from one): both heads
+        data.teacher = data.train.labels  # learn the true classes, as compare trains one
     optim = OptimConfig(
         name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing
     )

@@ -17,7 +17,7 @@ import numpy as np
 from tinytriage.errors import ConfigError, TinyTriageError, TrainingError
 from tinytriage.models import ARCHS, get_arch
 from tinytriage.models.cnn import HEAD_POOLS
-from tinytriage.models.file import bundled_file
+from tinytriage.models.file import bundled_file, read_model
 from tinytriage.training.calibration import Calibration
 
 
@@ -56,7 +56,8 @@ class TrainConfig:
     damage_weight: float = 0.0  # > 0: also learn where the damage boxes are (tinytriage.training.damage_maps)
     model_config: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config
     # a model file (or the name of a bundled model's architecture, e.g. "cnn") whose class for
-    # each training photo a distilled ViT's distillation token learns (training.distill)
+    # each training photo a distilled ViT's distillation token learns (training.distill);
+    # None for a distilled model (--init from one): its distillation token learns the true classes
     teacher: str | None = None
 
 
@@ -66,6 +67,8 @@ DEFAULT_ARCH = "efficientnet_lite0"  # what train fine-tunes when --arch is not 
 def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every option left at None filled from its architecture's
     ``train_defaults`` (``models.ARCHS``) and config's input size."""
+    if cfg.init is not None and not cfg.resume:
+        cfg = _shaped_as_init(cfg)
     cfg = replace(cfg, arch=cfg.arch or DEFAULT_ARCH, augment=True if cfg.augment is None else cfg.augment)
     try:
         spec = get_arch(cfg.arch)
@@ -87,6 +90,24 @@ def with_arch_defaults(cfg: TrainConfig) -> TrainConfig:
     elif pretrained == "auto":
         pretrained = None if spec.pretrained is None else str(bundled_file(spec.pretrained))
     return replace(cfg, **unset, pretrained=pretrained)
+
+
+def _shaped_as_init(cfg: TrainConfig) -> TrainConfig:
+    """``--init FILE``: the architecture, its shape and the input size are the file's, so
+    ``train photos/ --init models/triage_vit.safetensors`` fine-tunes that model as it is.
+    What the command sets itself (--arch, --widths, --input-size, ...) still wins, and
+    ``init_weights`` then refuses weights that do not fit it, naming the difference."""
+    mf = read_model(cfg.init)
+    if cfg.arch not in (None, mf.arch):
+        return cfg  # another architecture: init_weights says so
+    spec = get_arch(mf.arch)
+    shape = {k: v for k, v in mf.config.items() if k not in ("num_classes", spec.input_size_field)}
+    return replace(
+        cfg,
+        arch=mf.arch,
+        model_config={**shape, **cfg.model_config},
+        input_size=cfg.input_size if cfg.input_size is not None else spec.input_size(mf.config),
+    )
 
 
 DEFAULT_RUNS = "runs/train"  # train's run folder when --out is not given: runs/train, runs/train2, ...
