@@ -1,13 +1,17 @@
 """Make the bundled ViT, models/triage_vit.safetensors, from generated photos only.
 
-    python models/make_triage_vit.py                        # about 30 minutes on 2 cores
+    python models/make_triage_vit.py                        # about 23 minutes on 2 cores
     python models/make_triage_vit.py --data /tmp/vit_train  # photos generated before (same seed)
 
-The two ways to give a Vision Transformer a CNN's inductive biases back, together:
+The two ways to give a Vision Transformer a CNN's inductive biases back, together, and
+one way to hand it what the CNN has learnt:
 
-* early convolutions (Xiao et al. 2021): four 3x3 stride-2 convolutions with BatchNorm and
-  ReLU, then a 1x1 convolution, turn a 128-pixel photo into 8 x 8 tokens of 128 features,
-  where the plain ViT cut it into patches with one linear map;
+* early convolutions (Xiao et al. 2021): four 3x3 convolutions with BatchNorm, ReLU and a
+  2x2 max pool each (``stem_pool``), then a 1x1 convolution, turn a 128-pixel photo into
+  8 x 8 tokens of 128 features, where the plain ViT cut it into patches with one linear map;
+* the stem starts as the bundled CNN's first four stages, whose shape it has (``--stem-from``;
+  the hybrid ViT of Dosovitskiy et al. 2020, sec. 3.1, started from a trained ResNet's):
+  the blocks, the tokens and the heads start from their initialisation;
 * distillation through attention (Touvron et al. 2021): a distillation token beside the
   class token learns the bundled CNN's class for each photo (hard labels), the class token
   the true labels; predictions average the two heads' softmaxes.
@@ -56,14 +60,14 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=21, help="generator seed (keep it apart from the test seeds)")
     ap.add_argument("--data", type=Path, help="photos already generated with --per-class and --seed")
-    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--teacher", default="cnn", help="a model file, or a bundled model's architecture")
     ap.add_argument("--init", help="continue from this ViT model file's weights (a new schedule)")
     ap.add_argument(
         "--stem-from", default="cnn", help="without --init: the CNN model file (or 'cnn', the bundled one) whose "
         "first stages start the stem"
     )  # fmt: skip
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the ViT's, 1e-3)")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (the ViT's default is 1e-3)")
     ap.add_argument("--run", type=Path, default=Path("runs/vit"), help="the training run folder")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
