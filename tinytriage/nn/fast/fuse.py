@@ -149,7 +149,6 @@ def fuse_for_inference(model: Module) -> Module:
         return ConvBNReLU(model.conv, model.bn, relu=True, pool=model.pool)
     if type(model) is Sequential and len(model) and all(isinstance(b, Block) for b in model):
         return FastBlocks(model)  # a ViT's blocks: groups of photos over the threads
-
     if isinstance(model, (DepthwiseSeparableConv, InvertedResidual)):
         branch = Sequential(*model.branch())
         fused = fuse_for_inference(branch)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytriage.nn.fast.parallel import TASK_BYTES, parallel_map, split
+from tinytriage.nn.linear import Linear
 from tinytriage.nn.module import Module, Sequential
 from tinytriage.nn.transformer import Attention, Block, LayerNorm, Mlp, erf
 
@@ -75,7 +76,8 @@ def layer_norm(x: np.ndarray, ln: LayerNorm) -> np.ndarray:
     return xc
 
 
-def linear(x: np.ndarray, layer) -> np.ndarray:
+def linear(x: np.ndarray, layer: Linear) -> np.ndarray:
+    """``layer(x)``, its bias added in place."""
     out = x @ layer.params["weight"].T  # (..., in) @ (in, out)
     if "bias" in layer.params:
         out += layer.params["bias"]
@@ -87,9 +89,8 @@ def attention(x: np.ndarray, attn: Attention) -> np.ndarray:
     N, T, D = x.shape
     H, hd = attn.num_heads, attn.head_dim
     qkv = linear(x, attn.qkv).reshape(N, T, 3, H, hd).transpose(2, 0, 3, 1, 4)  # (3, N, H, T, hd)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]  # each (N, H, T, hd)
     scores = q @ k.swapaxes(-1, -2)  # (N, H, T, T)
-    scores *= attn.scale  # on the scores, not q: the same up to rounding, one pass fewer here
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)  # the attention probabilities, in place
