@@ -53,7 +53,8 @@ def test_pretrained_is_the_default_and_init_or_resume_or_scratch_use_the_loop():
     cfg = with_arch_defaults(TrainConfig(data_dir="."))
     assert cfg.arch == "efficientnet_lite0" and Path(cfg.pretrained) == IMAGENET and cfg.input_size == 224
     assert with_arch_defaults(TrainConfig(data_dir=".", arch="cnn")).pretrained is None  # nothing pretrained
-    assert with_arch_defaults(TrainConfig(data_dir=".", init="x.safetensors")).pretrained is None
+    init = with_arch_defaults(TrainConfig(data_dir=".", init=str(REPO / "models" / "triage_cnn.safetensors")))
+    assert init.pretrained is None and init.arch == "cnn"  # --init: the file's architecture, by the loop
     assert with_arch_defaults(TrainConfig(data_dir=".", resume=True)).pretrained is None
     assert with_arch_defaults(TrainConfig(data_dir=".", pretrained=None)).pretrained is None
 
