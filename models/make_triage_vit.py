@@ -61,7 +61,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=21, help="generator seed (keep it apart from the test seeds)")
     ap.add_argument("--data", type=Path, help="photos already generated with --per-class and --seed")
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--teacher", default="cnn", help="a model file, or a bundled model's architecture")
+    ap.add_argument(
+        "--teacher", default="cnn", help="a model file, a bundled model's architecture, or 'none' (both heads then "
+        "learn the true classes: the ablation of distillation)"
+    )  # fmt: skip
     ap.add_argument("--init", help="continue from this ViT model file's weights (a new schedule)")
     ap.add_argument(
         "--stem-from", default="cnn", help="without --init: the CNN model file (or 'cnn', the bundled one) whose "
@@ -81,9 +84,10 @@ def main() -> None:
             gen = generate_dataset(data, args.per_class, args.seed, workers=2)
             print(f"generated {gen.n_photos} photos in {gen.seconds:.0f} s", flush=True)
         init = args.init or _hybrid_init(args.stem_from, data, tmp)
+        teacher = None if args.teacher == "none" else args.teacher
         cfg = TrainConfig(
             data_dir=str(data), out=str(args.run), exist_ok=True, arch="vit", epochs=args.epochs,
-            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=args.teacher, seed=0, init=str(init),
+            input_size=CONFIG["img_size"], model_config=CONFIG, teacher=teacher, seed=0, init=str(init),
             lr=args.lr,
         )  # fmt: skip
         result = train(cfg, _log)
