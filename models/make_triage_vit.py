@@ -53,6 +53,7 @@ CONFIG = {
 def main() -> None:
     sys.path.insert(0, str(REPO))
     from tinytriage.data.synth import generate_dataset
+    from tinytriage.errors import TinyTriageError
     from tinytriage.files import atomic_write_bytes
     from tinytriage.training.loop import TrainConfig, train
 
@@ -83,7 +84,7 @@ def main() -> None:
             data = tmp / "photos"
             gen = generate_dataset(data, args.per_class, args.seed, workers=2)
             print(f"generated {gen.n_photos} photos in {gen.seconds:.0f} s", flush=True)
-        init = args.init or _hybrid_init(args.stem_from, data, tmp)
+        init = args.init or _hybrid_init(args.stem_from, tmp)
         teacher = None if args.teacher == "none" else args.teacher
         cfg = TrainConfig(
             data_dir=str(data), out=str(args.run), exist_ok=True, arch="vit", epochs=args.epochs,
@@ -91,6 +92,8 @@ def main() -> None:
             lr=args.lr,
         )  # fmt: skip
         result = train(cfg, _log)
+    except TinyTriageError as err:  # e.g. photo folders whose classes are not the CNN's
+        raise SystemExit(f"error: {err}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_bytes(args.out, result.model_path.read_bytes())
@@ -102,18 +105,16 @@ def main() -> None:
     )
 
 
-def _hybrid_init(stem_from: str, data: Path, tmp: Path) -> Path:
+def _hybrid_init(stem_from: str, tmp: Path) -> Path:
     """A ViT model file to start from: the stem from the CNN's first stages, the rest at
-    its initialisation (seed 0), the classes the photo folders' (the CNN's, by name)."""
-
+    its initialisation (seed 0), the CNN's classes (``train`` refuses photo folders whose
+    classes differ, as for any ``init``)."""
     from tinytriage.models.file import ModelFile, read_model_or_bundled, save_model
     from tinytriage.models.vit import ViTConfig, build_vit, stem_from_cnn
     from tinytriage.training.folders import default_routes
 
     cnn, where = read_model_or_bundled(None if stem_from == "cnn" else stem_from, "cnn")
-    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
-    if classes != list(cnn.classes):
-        raise SystemExit(f"{where}: classes {cnn.classes}, but the photos' are {classes}")
+    classes = list(cnn.classes)
     cfg = ViTConfig.from_dict({**CONFIG, "num_classes": len(classes)})
     state = build_vit(cfg, rng=np.random.default_rng(0)).state_dict()
     stem = stem_from_cnn(cfg, cnn.config, cnn.tensors)

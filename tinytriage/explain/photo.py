@@ -118,11 +118,9 @@ def _vit_summary(config: dict) -> ModelSummary:
     if cfg.conv_stem:  # early convolutions: 3x3 stride 2 each, so the window grows by 2 jumps a stage
         rf, jump, side = 1, 1, cfg.img_size
         kind = "conv-bn-relu-pool" if cfg.stem_pool else "conv-bn-relu"
+        grow = 3 if cfg.stem_pool else 2  # pooled: a stride-1 3x3 conv (+2 jumps), then a 2x2 pool (+1)
         for i, c_out in enumerate(cfg.conv_stem):
-            if cfg.stem_pool:  # a stride-1 3x3 conv (+2 jumps), then a 2x2 pool (+1 jump, jump doubles)
-                rf, jump, side = rf + 3 * jump, 2 * jump, side // 2
-            else:
-                rf, jump, side = rf + 2 * jump, 2 * jump, side // 2
+            rf, jump, side = rf + grow * jump, 2 * jump, side // 2
             params = c_out * c_in * 9 + 2 * c_out  # the conv's kernels (no bias), BatchNorm's gamma and beta
             rows.append(LayerRow(f"stem.{i}", kind, f"patch_embed.stem.{i}", (c_out, side, side), params, rf, jump))
             c_in = c_out
